@@ -1,0 +1,87 @@
+"""The chat REST API. Views parse input, call one service, and render the result."""
+
+import re
+
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from chat import selectors, services
+from chat.models import Conversation
+from chat.serializers import ConversationSerializer, MessageSerializer
+
+_ID = re.compile(r"[1-9][0-9]{0,17}")
+
+
+class ConversationNotFound(exceptions.NotFound):
+    """One answer for missing, someone else's, deletion-requested and malformed ids alike."""
+
+    default_detail = "Conversation not found."
+    default_code = "conversation_not_found"
+
+
+class ConversationViewSet(
+    mixins.ListModelMixin,
+    mixins.CreateModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = ConversationSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    # Any path segment reaches get_object, so every malformed id gets the same 404 body.
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        if self.action in ("list", "retrieve", "partial_update"):
+            return selectors.conversations_of(self.request.user)
+        # Deleting or touching messages must not count a conversation's messages first.
+        return Conversation.objects.visible().filter(owner=self.request.user)
+
+    def get_serializer_class(self):
+        return MessageSerializer if self.action == "messages" else ConversationSerializer
+
+    def get_object(self):
+        raw = self.kwargs[self.lookup_field]
+        conversation = (
+            self.get_queryset().filter(pk=int(raw)).first() if _ID.fullmatch(raw) else None
+        )
+        if conversation is None:
+            raise ConversationNotFound()
+        return conversation
+
+    def perform_create(self, serializer):
+        serializer.instance = services.create_conversation(
+            owner_id=self.request.user.pk, **serializer.validated_data
+        )
+
+    def perform_update(self, serializer):
+        services.rename_conversation(serializer.instance, **serializer.validated_data)
+
+    def destroy(self, request, *args, **kwargs):
+        conversation = self.get_object()
+        job = services.request_conversation_deletion(conversation, request_id=request.request_id)
+        if job is None:  # a concurrent request got there first
+            raise ConversationNotFound()
+        return Response(
+            {"ok": True, "job_id": str(job.id), "conversation_id": conversation.pk},
+            status=status.HTTP_200_OK,
+        )
+
+    @action(detail=True, methods=["get", "post"])
+    def messages(self, request, *args, **kwargs):
+        conversation = self.get_object()
+        if request.method == "POST":
+            serializer = MessageSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            try:
+                message = services.add_message(
+                    conversation_id=conversation.pk,
+                    user_id=request.user.pk,
+                    **serializer.validated_data,
+                )
+            except services.ConversationGone:
+                raise ConversationNotFound() from None
+            return Response(MessageSerializer(message).data, status=status.HTTP_201_CREATED)
+        page = self.paginate_queryset(conversation.messages.all())
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)

@@ -1,0 +1,44 @@
+"""How a job's failure is classified: retried (transient) or failed at once (permanent)."""
+
+from django.db import DatabaseError, InterfaceError, OperationalError
+
+
+class JobError(Exception):
+    """Base class of the queue's own errors."""
+
+
+class JobValidationError(JobError, ValueError):
+    """Raised at enqueue time: unknown queue or type, missing or malformed data. Nothing stored."""
+
+    def __init__(self, message, fields=None):
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+class PermanentJobError(JobError):
+    """Retrying cannot help (invalid data, wrong owner): the job fails at once."""
+
+
+class TransientJobError(JobError):
+    """Something outside the job went wrong (database unreachable): retry later."""
+
+
+class JobTimeout(TransientJobError):
+    """The handler ran longer than its queue's timeout."""
+
+
+class WorkerLost(TransientJobError):
+    """The worker running an attempt died (killed, out of memory) before it finished."""
+
+
+TRANSIENT = (TransientJobError, OperationalError, InterfaceError)
+
+
+def is_transient(exc):
+    """Database trouble and timeouts are worth retrying; anything else is a bug or bad data.
+
+    Integrity and data errors are `DatabaseError`s too, but retrying them gives the same answer.
+    """
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, DatabaseError) and exc.__class__ is DatabaseError

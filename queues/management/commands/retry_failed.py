@@ -1,0 +1,20 @@
+from django.core.management.base import BaseCommand
+
+from queues.models import Job
+from queues.services import retry_jobs
+
+
+class Command(BaseCommand):
+    help = "Send failed jobs back to their queue with a fresh attempt budget."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--queue", help="only jobs of this queue")
+        parser.add_argument("--type", dest="job_type", help="only jobs of this type")
+
+    def handle(self, *args, queue=None, job_type=None, **options):
+        jobs = Job.objects.filter(status=Job.Status.FAILED)
+        if queue:
+            jobs = jobs.filter(queue=queue)
+        if job_type:
+            jobs = jobs.filter(job_type=job_type)
+        self.stdout.write(f"retried {retry_jobs(jobs)} failed job(s)")

@@ -1,0 +1,102 @@
+"""Job types, registered in one place: each with its queue, handler, data schema and retry policy.
+
+Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup like admin
+modules are; `settings.JOB_TYPE_MODULES` names extra ones.
+"""
+
+import random
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from django.conf import settings
+from django.utils.module_loading import autodiscover_modules
+
+from queues.errors import JobValidationError
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`attempts` runs in all; the n-th failure waits `backoff_seconds * 2**(n-1)` (± jitter)."""
+
+    attempts: int = 3
+    backoff_seconds: float = 2.0
+    jitter: float = 0.0  # a fraction: 0.1 spreads each delay by ±10%
+
+    def delay_after(self, failed_attempt):
+        delay = self.backoff_seconds * 2 ** (failed_attempt - 1)
+        if self.jitter:
+            delay *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(delay, 0.0)
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    queue: str
+    handler: object  # callable(data: dict) -> JSON-serializable result
+    schema: type  # a DRF Serializer class validating the job's data
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    subject: object = None  # callable(data, result) -> "kind:id", or None
+
+    def subject_of(self, data, result=None):
+        return self.subject(data, result) or "" if self.subject else ""
+
+    @property
+    def retry_policy(self):
+        """The registered policy with `settings.JOB_RETRY_POLICIES[name]` applied over it."""
+        overrides = getattr(settings, "JOB_RETRY_POLICIES", {}).get(self.name, {})
+        return RetryPolicy(**{**self.retry.__dict__, **overrides})
+
+    def validate(self, data):
+        """The cleaned data, or JobValidationError naming every problem."""
+        if not isinstance(data, dict):
+            raise JobValidationError(f"{self.name}: data must be an object")
+        serializer = self.schema(data=data)
+        if not serializer.is_valid():
+            problems = "; ".join(
+                f"{name}: {' '.join(str(m) for m in messages)}"
+                for name, messages in serializer.errors.items()
+            )
+            raise JobValidationError(f"{self.name}: invalid data ({problems})", serializer.errors)
+        return serializer.validated_data
+
+
+_types = {}
+
+
+def register(name, *, queue, schema, retry=None, subject=None):
+    """Decorator registering `handler` as job type `name`."""
+
+    def decorator(handler):
+        if name in _types:
+            raise ValueError(f"job type {name!r} is already registered")
+        if queue not in settings.QUEUES:
+            raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
+        _types[name] = JobType(name, queue, handler, schema, retry or RetryPolicy(), subject)
+        return handler
+
+    return decorator
+
+
+def get(queue, name):
+    """The registered type `name` on `queue`, or JobValidationError."""
+    if queue not in settings.QUEUES:
+        raise JobValidationError(f"unknown queue {queue!r}")
+    job_type = _types.get(name)
+    if job_type is None or job_type.queue != queue:
+        raise JobValidationError(f"unknown job type {name!r} on queue {queue!r}")
+    return job_type
+
+
+def find(name):
+    return _types.get(name)
+
+
+def all_types():
+    return dict(_types)
+
+
+def autodiscover():
+    autodiscover_modules("jobs")
+    for module in settings.JOB_TYPE_MODULES:
+        import_module(module)

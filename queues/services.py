@@ -1,0 +1,61 @@
+"""Writes on jobs: enqueue one, retry failed ones."""
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from queues import registry
+from queues.broker import push
+from queues.models import Job
+from slimy import log_context
+from slimy.request_id import new_request_id
+
+
+def enqueue(queue, job_type, data, *, request_id=None):
+    """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
+
+    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` must carry
+    `user_id`; `request_id` defaults to the current request's. Unknown queue or type, or data
+    that does not fit the type's schema, raise `JobValidationError` and store nothing.
+    """
+    kind = registry.get(queue, job_type)
+    data = {**data}
+    data.setdefault(
+        "request_id", request_id or log_context.current().get("request_id") or new_request_id()
+    )
+    cleaned = dict(kind.validate(data))
+    with transaction.atomic():
+        job = Job.objects.create(
+            queue=queue,
+            job_type=job_type,
+            data=cleaned,
+            subject=kind.subject_of(cleaned),
+            user_id=cleaned["user_id"],
+            request_id=cleaned["request_id"],
+            max_attempts=kind.retry_policy.attempts,
+        )
+        push(job)
+    return job
+
+
+@transaction.atomic
+def retry_jobs(jobs, *, by=None):
+    """Send failed jobs back to their queue with a fresh attempt budget. Returns how many."""
+    now = timezone.now()
+    count = 0
+    failed = Job.objects.select_for_update().filter(
+        pk__in=jobs.values("pk"), status=Job.Status.FAILED
+    )
+    for job in failed:
+        kind = registry.find(job.job_type)
+        job.status = Job.Status.QUEUED
+        job.max_attempts = F("attempts") + (kind.retry_policy.attempts if kind else 1)
+        job.run_after = now
+        job.finished_at = None
+        job.retried_by = by
+        job.retried_at = now
+        job.save()
+        job.refresh_from_db(fields=["max_attempts"])
+        push(job)
+        count += 1
+    return count

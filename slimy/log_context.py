@@ -1,0 +1,41 @@
+"""Context carried into every log line: the request id, and for a job its ids.
+
+Values live in a context variable so web requests and job runs each see their own. Only ids and
+sizes ever go here: never titles or message content.
+"""
+
+import contextvars
+import logging
+from contextlib import contextmanager
+
+_context = contextvars.ContextVar("slimy_log_context", default=None)
+
+
+def current():
+    """The fields bound to the running request or job."""
+    return _context.get() or {}
+
+
+@contextmanager
+def bind(**fields):
+    """Add `fields` to every log line written inside the block."""
+    merged = {**current(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield merged
+    finally:
+        _context.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Puts the bound fields on each record: `request_id`, plus ` key=value` pairs in `context`."""
+
+    def filter(self, record):
+        fields = current()
+        record.request_id = fields.get("request_id", "-")
+        for key, value in fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "request_id")
+        record.context = f" {extra}" if extra else ""
+        return True

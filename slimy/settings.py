@@ -1,0 +1,237 @@
+"""Slimy settings.
+
+Everything that differs between machines is read from the environment here, and only here.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name, default=False):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name, default):
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_list(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", default=False)
+
+# A development key exists only so `DEBUG=1` works out of the box. Job payloads in the ORM broker
+# are pickled and signed with this key, so production must bring its own long, secret one.
+_DEV_SECRET_KEY = "django-insecure-slimy-development-key-do-not-use-in-production"
+SECRET_KEY = os.environ.get("SECRET_KEY") or (_DEV_SECRET_KEY if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+if not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be a private value of at least 50 characters when DEBUG is off."
+    )
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_q",
+    "django_prometheus",
+    "queues",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "slimy.request_id.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "slimy.urls"
+WSGI_APPLICATION = "slimy.wsgi.application"
+ASGI_APPLICATION = "slimy.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+# DATABASE_URL selects PostgreSQL (postgres://...); without it an SQLite file in the project
+# folder is used so the product starts anywhere with no server.
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+# Persistent connections: with Django's default of 0 every django-q2 task opens several new
+# PostgreSQL connections, which caps the queue at about 30 jobs/s.
+_default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
+DB_VENDOR = "sqlite" if _default_db["ENGINE"].endswith("sqlite3") else "postgresql"
+if DB_VENDOR == "sqlite":
+    # WAL lets readers and one writer share the file; IMMEDIATE takes the write lock when a
+    # transaction starts (not on its first write), so concurrent writers queue on the busy
+    # timeout instead of failing with "database is locked".
+    _default_db["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _default_db["CONN_MAX_AGE"] = 0 if env_bool("SQLITE_CLOSE_CONNECTIONS") else 600
+    # A file, not memory, so the qcluster processes that tests start can share it.
+    _default_db["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+DATABASES = {"default": _default_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first, so an anonymous request gets 401 with WWW-Authenticate rather than 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "slimy.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+# --- Job queues -----------------------------------------------------------------------------
+# Each queue is its own django-q2 cluster (`manage.py qcluster --name <queue>`), all on the ORM
+# broker of the default database so a job is stored in the same transaction as the change that
+# asks for it. SQLite allows one writer at a time, so it gets fewer workers.
+QUEUE_DEFAULTS = {
+    "workers": env_int("QUEUE_WORKERS", 2 if DB_VENDOR == "sqlite" else 10),
+    # Seconds a job's handler may run before it is cut off and retried.
+    "timeout": env_int("QUEUE_TIMEOUT", 120),
+}
+QUEUES = {
+    "database": dict(QUEUE_DEFAULTS),
+}
+DEFAULT_QUEUE = "database"
+# Per job type overrides of the registered retry policy, e.g.
+# {"delete_conversation": {"attempts": 5, "backoff_seconds": 1.0, "jitter": 0.1}}.
+JOB_RETRY_POLICIES = {}
+# Extra modules that register job types (the apps' own `jobs` modules are always loaded).
+JOB_TYPE_MODULES = env_list("JOB_TYPE_MODULES", [])
+# Finished job records kept per queue; older ones are pruned by the maintenance schedule.
+JOB_RETENTION = {
+    "succeeded": env_int("JOB_KEEP_SUCCEEDED", 50),
+    "failed": env_int("JOB_KEEP_FAILED", 100),
+}
+# A conversation whose deletion was requested this long ago, still present and with no live
+# job, is queued for deletion again by the sweeper.
+DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
+
+
+def _cluster_options(queue):
+    options = QUEUES[queue]
+    return {
+        "workers": options["workers"],
+        # django-q2's own guard is the backstop: our runner cuts a handler off at `timeout`;
+        # the guard kills a worker stuck in C code a little later.
+        "timeout": options["timeout"] + 10,
+        # Visibility timeout: a job whose worker died is delivered again after this long.
+        "retry": options["timeout"] + 20,
+        # Prefetch little, so a crashed cluster strands few jobs and clusters share work.
+        "queue_limit": options["workers"] * 2,
+    }
+
+
+Q_CLUSTER = {
+    "name": DEFAULT_QUEUE,
+    "orm": "default",
+    "poll": 0.2,
+    # Our job records are the source of truth, so django-q2 stores no successes (its pruning
+    # locks and scans every saved row per task). The runner records every job failure itself;
+    # what escapes it (the database is down) stays unacknowledged and is delivered again.
+    "save_limit": -1,
+    "ack_failures": False,
+    "max_attempts": 0,
+    "broker_class": "queues.broker.JobBroker",
+    "catch_up": False,
+    "label": "Django Q (broker)",
+    **_cluster_options(DEFAULT_QUEUE),
+    "ALT_CLUSTERS": {queue: _cluster_options(queue) for queue in QUEUES if queue != DEFAULT_QUEUE},
+}
+
+# --- Logging --------------------------------------------------------------------------------
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "slimy.log_context.ContextFilter"}},
+    "formatters": {
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s%(context)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "text",
+            "filters": ["context"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django-q": {"level": os.environ.get("DJANGO_Q_LOG_LEVEL", "WARNING")},
+    },
+}
+
+# --- Security -------------------------------------------------------------------------------
+SESSION_COOKIE_SECURE = not DEBUG and env_bool("SECURE_COOKIES", default=True)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 1024 * 1024)

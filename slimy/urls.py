@@ -1,0 +1,17 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+
+from slimy.auth import ObtainTokenView
+
+urlpatterns = [
+    re_path(r"^api/auth/token/?$", ObtainTokenView.as_view(), name="auth-token"),
+    path("api/chat/", include("chat.urls")),
+    path("api/queues/", include("queues.urls")),
+    path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),
+]
+
+handler400 = "slimy.errors.json_400"
+handler403 = "slimy.errors.json_403"
+handler404 = "slimy.errors.json_404"
+handler500 = "slimy.errors.json_500"

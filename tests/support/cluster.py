@@ -1,0 +1,110 @@
+"""Real `manage.py qcluster` processes for tests, pointed at the test database."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def test_database_url():
+    db = settings.DATABASES["default"]
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Cluster:
+    def __init__(self, process, log_path):
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self):
+        """Pids of the cluster's worker processes (children of its sentinel)."""
+        out = subprocess.run(
+            ["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True
+        ).stdout
+        rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
+        children = {}
+        for pid, ppid, _args in rows:
+            children.setdefault(int(ppid), []).append(int(pid))
+        sentinels = children.get(self.process.pid, [])
+        return [pid for s in sentinels for pid in children.get(s, [])]
+
+    def stop(self, timeout=30):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self):
+        """SIGKILL the whole cluster: the qcluster process and all its children."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+class ClusterFactory:
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.clusters = []
+
+    def start(self, *, workers=4, timeout=10, extra_env=None, wait=True):
+        env = {
+            **os.environ,
+            "DATABASE_URL": test_database_url(),
+            "QUEUE_WORKERS": str(workers),
+            "QUEUE_TIMEOUT": str(timeout),
+            "JOB_TYPE_MODULES": "tests.support.job_types",
+            "DJANGO_Q_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        log_path = self.tmp_path / f"qcluster-{len(self.clusters)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        cluster = Cluster(process, log_path)
+        self.clusters.append(cluster)
+        if wait:
+            wait_for(
+                lambda: "running." in cluster.log or process.poll() is not None,
+                60,
+                message="qcluster start",
+            )
+            assert process.poll() is None, cluster.log
+        return cluster
+
+    def stop_all(self):
+        for cluster in self.clusters:
+            cluster.stop()

@@ -1,0 +1,51 @@
+"""Job types that exist only in tests: they fail, hang or kill their worker on purpose.
+
+Loaded by test clusters through `JOB_TYPE_MODULES`.
+"""
+
+import os
+import signal
+import time
+
+from django.db import OperationalError
+from rest_framework import serializers
+
+from queues.errors import PermanentJobError
+from queues.registry import RetryPolicy, register
+from queues.schemas import JobData
+from slimy import log_context
+
+
+class TestData(JobData):
+    fail_times = serializers.IntegerField(min_value=0, default=0)
+    seconds = serializers.FloatField(min_value=0, default=0)
+
+
+@register("test_flaky", queue="database", schema=TestData)
+def flaky(data):
+    """Fails with a transient database error on the first `fail_times` attempts."""
+    attempts = log_context.current()["attempt"]
+    if attempts <= data["fail_times"]:
+        raise OperationalError(f"simulated outage on attempt {attempts}")
+    return {"attempt": attempts}
+
+
+@register("test_permanent", queue="database", schema=TestData)
+def permanent(data):
+    raise PermanentJobError("simulated bad data")
+
+
+@register(
+    "test_poison",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(attempts=3, backoff_seconds=0.1),
+)
+def poison(data):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register("test_sleep", queue="database", schema=TestData)
+def sleep(data):
+    time.sleep(data["seconds"])
+    return {"slept": data["seconds"]}
