@@ -17,7 +17,7 @@ BATCH = 500
 
 
 def sweep_deletions():
-    """Queue deletion again for conversations requested long ago that still exist with no live job."""
+    """Re-queue deletion of conversations requested long ago, still present, with no live job."""
     cutoff = timezone.now() - timedelta(seconds=settings.DELETION_SWEEP_AFTER_SECONDS)
     stale = list(
         Conversation.objects.filter(deletion_requested_at__lt=cutoff)

@@ -175,15 +175,19 @@ JOB_RETENTION = {
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
 
 
+# How long after a job's timeout its broker row is handed out again when its worker died
+# silently (SIGKILL, out of memory): django-q2's visibility timeout is `timeout + grace`.
+QUEUE_REDELIVERY_GRACE = env_int("QUEUE_REDELIVERY_GRACE", 30)
+
+
 def _cluster_options(queue):
     options = QUEUES[queue]
     return {
         "workers": options["workers"],
-        # django-q2's own guard is the backstop: our runner cuts a handler off at `timeout`;
-        # the guard kills a worker stuck in C code a little later.
-        "timeout": options["timeout"] + 10,
-        # Visibility timeout: a job whose worker died is delivered again after this long.
-        "retry": options["timeout"] + 20,
+        # Our runner cuts a handler off at `timeout`; django-q2's guard, the backstop for a
+        # worker stuck in C code, kills it a little later, and well before redelivery.
+        "timeout": options["timeout"] + max(1, QUEUE_REDELIVERY_GRACE // 2),
+        "retry": options["timeout"] + QUEUE_REDELIVERY_GRACE,
         # Prefetch little, so a crashed cluster strands few jobs and clusters share work.
         "queue_limit": options["workers"] * 2,
     }

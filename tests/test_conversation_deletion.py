@@ -1,0 +1,137 @@
+"""DELETE /api/chat/conversations/{id}: hide at once, one job, all or nothing; the job's service."""
+
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django_q.models import OrmQ
+from rest_framework.test import APIClient
+
+from chat import services
+from chat.models import Conversation, Message
+from queues.errors import PermanentJobError
+from queues.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def conversation(user):
+    conversation = Conversation.objects.create(owner=user, title="Doomed")
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(3)
+    )
+    return conversation
+
+
+def test_delete_answers_ok_with_the_job_id_and_hides_the_conversation(api, conversation):
+    response = api.delete(f"/api/chat/conversations/{conversation.pk}", HTTP_X_REQUEST_ID="req-1")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True
+    job = Job.objects.get()
+    assert body["job_id"] == str(job.id)
+    assert (job.queue, job.job_type, job.status) == ("database", "delete_conversation", "queued")
+    assert job.data == {
+        "conversation_id": conversation.pk,
+        "user_id": conversation.owner_id,
+        "request_id": "req-1",
+    }
+    assert job.request_id == "req-1" and job.user_id == conversation.owner_id
+    assert OrmQ.objects.filter(key="database").count() == 1
+    # Gone for every API call from now on; the rows wait for the worker.
+    base = f"/api/chat/conversations/{conversation.pk}"
+    assert api.get(base).status_code == 404
+    assert api.patch(base, {"title": "x"}, format="json").status_code == 404
+    assert api.get(f"{base}/messages").status_code == 404
+    assert api.delete(base).status_code == 404
+    assert api.get("/api/chat/conversations").json()["count"] == 0
+    assert Message.objects.filter(conversation=conversation).count() == 3
+    assert Job.objects.count() == 1
+
+
+def test_job_id_from_delete_works_on_the_job_status_endpoint(api, conversation):
+    job_id = api.delete(f"/api/chat/conversations/{conversation.pk}").json()["job_id"]
+    response = api.get(f"/api/queues/jobs/{job_id}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
+    assert "traceback" not in response.json()
+
+
+def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conversation):
+    with (
+        mock.patch("queues.services.push", side_effect=RuntimeError("broker down")),
+        pytest.raises(RuntimeError),
+    ):
+        api.delete(f"/api/chat/conversations/{conversation.pk}")
+    conversation.refresh_from_db()
+    assert conversation.deletion_requested_at is None
+    assert Job.objects.count() == 0
+    assert OrmQ.objects.count() == 0
+
+
+def test_session_authenticated_delete_without_csrf_token_is_refused(user, conversation):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = client.delete(f"/api/chat/conversations/{conversation.pk}")
+    assert response.status_code == 403
+    assert response.json()["error"] == "permission_denied"
+    assert "CSRF" in response.json()["detail"]
+    assert Job.objects.count() == 0
+
+
+def test_session_authenticated_delete_with_csrf_token_works(user, conversation):
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/admin/login/")  # sets the CSRF cookie
+    token = client.cookies["csrftoken"].value
+    response = client.delete(f"/api/chat/conversations/{conversation.pk}", HTTP_X_CSRFTOKEN=token)
+    assert response.status_code == 200
+
+
+def test_delete_service_removes_conversation_and_messages_only(user, other_user, conversation):
+    kept = Conversation.objects.create(owner=user, title="Kept")
+    Message.objects.create(conversation=kept, role="user", content="stay")
+    theirs = Conversation.objects.create(owner=other_user, title="Theirs")
+    Message.objects.create(conversation=theirs, role="user", content="stay")
+
+    result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+
+    assert result == {"deleted": True, "conversation_id": conversation.pk, "messages": 3}
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+    assert Message.objects.count() == 2
+
+
+def test_delete_service_is_idempotent(user, conversation):
+    services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    again = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    assert again == {"deleted": False, "conversation_id": conversation.pk}
+
+
+def test_delete_service_refuses_a_wrong_owner_and_deletes_nothing(other_user, conversation):
+    with pytest.raises(PermanentJobError):
+        services.delete_conversation(conversation_id=conversation.pk, user_id=other_user.pk)
+    assert Conversation.objects.filter(pk=conversation.pk).exists()
+    assert Message.objects.filter(conversation=conversation).count() == 3
+
+
+def _queries_to_delete(user, messages):
+    conversation = Conversation.objects.create(owner=user, title="Sized")
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content="x") for _ in range(messages)
+    )
+    with CaptureQueriesContext(connection) as queries:
+        services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    return [q["sql"] for q in queries.captured_queries]
+
+
+def test_deleting_1000_messages_costs_the_same_few_queries_as_one(user):
+    one = _queries_to_delete(user, 1)
+    thousand = _queries_to_delete(user, 1000)
+    assert len(thousand) == len(one) <= 6, thousand
+    # Messages go in one statement, never loaded into Python.
+    message_table = Message._meta.db_table
+    assert not any(sql.startswith("SELECT") and message_table in sql for sql in thousand)
+    assert sum(1 for sql in thousand if sql.startswith(f'DELETE FROM "{message_table}"')) == 1
