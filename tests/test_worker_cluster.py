@@ -1,0 +1,214 @@
+"""The job engine with real `manage.py qcluster` processes on PostgreSQL."""
+
+import itertools
+import os
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+import requests
+from django.db import connection
+from django.utils import timezone
+
+from chat import services
+from chat.models import Conversation, Message
+from queues.models import Job
+from queues.services import enqueue
+from tests.conftest import token_client
+from tests.support.cluster import wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
+
+
+def job_state(job_id):
+    return Job.objects.get(pk=job_id)
+
+
+def wait_finished(job_id, timeout=60):
+    return wait_for(
+        lambda: (job := job_state(job_id)).is_finished and job, timeout, message=f"job {job_id}"
+    )
+
+
+def make_conversation(owner, messages=3, title="Chat"):
+    conversation = Conversation.objects.create(owner=owner, title=title)
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
+    )
+    return conversation
+
+
+def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, other_user):
+    doomed = make_conversation(user, messages=50)
+    kept = make_conversation(user)
+    theirs = make_conversation(other_user)
+    cluster.start()
+
+    response = token_client(user).delete(f"/api/chat/conversations/{doomed.pk}")
+    job = wait_finished(response.json()["job_id"])
+
+    assert (job.status, job.attempts) == ("succeeded", 1)
+    assert job.result == {"deleted": True, "conversation_id": doomed.pk, "messages": 50}
+    assert not Conversation.objects.filter(pk=doomed.pk).exists()
+    assert not Message.objects.filter(conversation_id=doomed.pk).exists()
+    assert Message.objects.filter(conversation__in=[kept, theirs]).count() == 6
+
+
+def test_retries_back_off_2s_then_4s(cluster, user):
+    cluster.start()
+    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 2})
+    starts, scheduled = [], []
+
+    def observe():
+        current = job_state(job.id)
+        if current.started_at and current.started_at not in starts:
+            starts.append(current.started_at)
+        if current.status == "retrying" and current.run_after not in scheduled:
+            scheduled.append(current.run_after)
+        return current.is_finished
+
+    wait_for(observe, 30, interval=0.02, message="flaky job")
+    final = job_state(job.id)
+    assert (final.status, final.attempts) == ("succeeded", 3)
+    assert len(starts) == 3 and len(scheduled) == 2
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    assert 2.0 <= gaps[0] <= 3.0, gaps
+    assert 4.0 <= gaps[1] <= 5.0, gaps
+    lateness = [
+        (start - due).total_seconds() for start, due in zip(starts[1:], scheduled, strict=True)
+    ]
+    assert all(0 <= late <= 1.0 for late in lateness), lateness
+
+
+def test_a_waiting_retry_survives_a_full_restart_of_the_cluster(cluster, user):
+    first = cluster.start()
+    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    wait_for(lambda: job_state(job.id).status == "retrying", 20, message="first failure")
+    first.stop()
+    assert first.process.returncode is not None
+    time.sleep(2.5)  # the retry falls due while no worker runs
+    assert job_state(job.id).status == "retrying"
+    cluster.start()
+    final = wait_finished(job.id, 20)
+    assert (final.status, final.attempts) == ("succeeded", 2)
+
+
+def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster, user):
+    doomed = make_conversation(user, messages=200)
+    kept = make_conversation(user)
+    cluster.start(workers=2, timeout=5, extra_env=FAST_RECOVERY)
+    settings = connection.settings_dict
+    # Hold a lock on one message so the worker's delete blocks mid-transaction.
+    blocker = psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        dbname=settings["NAME"],
+    )
+    blocker.execute(
+        "SELECT id FROM chat_message WHERE conversation_id = %s LIMIT 1 FOR UPDATE", [doomed.pk]
+    )
+    job_id = token_client(user).delete(f"/api/chat/conversations/{doomed.pk}").json()["job_id"]
+    with connection.cursor() as cursor:
+
+        def worker_waits_on_lock():
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'DELETE FROM \"chat_message\"%%'"
+            )
+            return cursor.fetchone()[0]
+
+        wait_for(worker_waits_on_lock, 20, message="the delete to block")
+    running = job_state(job_id)
+    assert running.status == "running"
+    os.kill(int(running.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    time.sleep(0.5)
+    blocker.rollback()
+    blocker.close()
+
+    final = wait_finished(job_id, 60)
+    assert (final.status, final.attempts) == ("succeeded", 2)
+    assert not Conversation.objects.filter(pk=doomed.pk).exists()
+    assert not Message.objects.filter(conversation_id=doomed.pk).exists()
+    assert Message.objects.filter(conversation=kept).count() == 3
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_3_attempts(cluster, user):
+    cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
+    job = enqueue("database", "test_poison", {"user_id": user.pk})
+    final = wait_finished(job.id, 60)
+    assert (final.status, final.attempts, final.last_error_class) == ("failed", 3, "WorkerLost")
+    # The cluster replaced its workers and still works.
+    follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
+    assert wait_finished(follow_up.id, 20).status == "succeeded"
+
+
+def test_two_clusters_share_500_jobs_none_lost_or_doubled(cluster, user):
+    jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(500)]
+    one, two = cluster.start(workers=4), cluster.start(workers=4)
+    wait_for(lambda: not Job.objects.exclude(status="succeeded").exists(), 120, message="500 jobs")
+    finished = Job.objects.filter(pk__in=[j.pk for j in jobs])
+    assert finished.filter(status="succeeded", attempts=1).count() == 500
+    pids_by_cluster = [set(c.worker_pids()) for c in (one, two)]
+    used = {int(w.rsplit(":", 1)[1]) for w in finished.values_list("worker", flat=True)}
+    assert all(used & pids for pids in pids_by_cluster), "both clusters took work"
+
+
+def test_save_message_racing_delete_never_leaves_an_orphan_message(cluster, user):
+    cluster.start(workers=6)
+    conversations = [make_conversation(user, messages=1) for _ in range(30)]
+    jobs = []
+    for conversation in conversations:
+        for n in range(3):
+            jobs.append(
+                enqueue(
+                    "database",
+                    "save_message",
+                    {
+                        "user_id": user.pk,
+                        "conversation_id": conversation.pk,
+                        "role": "user",
+                        "content": f"late {n}",
+                    },
+                )
+            )
+        jobs.append(services.request_conversation_deletion(conversation, request_id="race"))
+    for job in jobs:
+        wait_finished(job.id)
+    ids = [c.pk for c in conversations]
+    assert not Conversation.objects.filter(pk__in=ids).exists()
+    assert not Message.objects.filter(conversation_id__in=ids).exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM chat_message m "
+            "LEFT JOIN chat_conversation c ON c.id = m.conversation_id WHERE c.id IS NULL"
+        )
+        assert cursor.fetchone()[0] == 0
+    deletes = Job.objects.filter(job_type="delete_conversation")
+    assert deletes.filter(status="succeeded").count() == 30
+
+
+def test_50_simultaneous_deletes_make_one_200_and_one_job(live_server, user):
+    conversation = make_conversation(user)
+    token = token_client(user)._credentials["HTTP_AUTHORIZATION"]
+    url = f"{live_server.url}/api/chat/conversations/{conversation.pk}"
+    barrier = threading.Barrier(50)
+    statuses = []
+
+    def delete():
+        with requests.Session() as session:
+            barrier.wait()
+            statuses.append(session.delete(url, headers={"Authorization": token}).status_code)
+
+    threads = [threading.Thread(target=delete) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(statuses) == [200] + [404] * 49
+    assert Job.objects.filter(job_type="delete_conversation").count() == 1
+    assert Conversation.objects.get(pk=conversation.pk).deletion_requested_at <= timezone.now()
