@@ -230,6 +230,8 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Replaces Django's own console handler for "django", which would print lines twice.
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django.db.backends": {"level": "INFO"},
         "django-q": {"level": os.environ.get("DJANGO_Q_LOG_LEVEL", "WARNING")},
     },
