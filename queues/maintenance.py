@@ -10,7 +10,7 @@ logger = logging.getLogger("queues.maintenance")
 
 
 def prune_finished_jobs():
-    """Keep the newest N succeeded and M failed job records per queue; delete the rest.
+    """Keep the newest N succeeded (and cancelled) and M failed job records per queue.
 
     One indexed DELETE per queue and status (`job_retention_idx`), however many jobs ran since the
     last prune: no per-job scan or lock, unlike django-q2's `save_limit`.

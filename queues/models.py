@@ -18,10 +18,12 @@ class Job(models.Model):
         RETRYING = "retrying"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        # Withdrawn before it ran, e.g. a message for a conversation that is being deleted.
+        CANCELLED = "cancelled"
 
     WAITING = (Status.QUEUED, Status.RETRYING)
     LIVE = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
-    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     queue = models.CharField(max_length=64)
