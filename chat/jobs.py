@@ -52,13 +52,20 @@ def delete_conversation(data):
     queue="database",
     schema=CreateConversationData,
     subject=conversation_subject,
+    content_fields=["title"],
 )
 def create_conversation(data):
     conversation = services.create_conversation(owner_id=data["user_id"], title=data["title"])
     return {"conversation_id": conversation.pk}
 
 
-@register("save_message", queue="database", schema=SaveMessageData, subject=conversation_subject)
+@register(
+    "save_message",
+    queue="database",
+    schema=SaveMessageData,
+    subject=conversation_subject,
+    content_fields=["content"],
+)
 def save_message(data):
     message = services.add_message(
         conversation_id=data["conversation_id"],

@@ -37,6 +37,8 @@ class JobType:
     schema: type  # a DRF Serializer class validating the job's data
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     subject: object = None  # callable(data, result) -> "kind:id", or None
+    # Data fields holding user content (titles, messages): erased by `scrub_jobs`.
+    content_fields: tuple = ()
 
     def subject_of(self, data, result=None):
         return self.subject(data, result) or "" if self.subject else ""
@@ -64,7 +66,7 @@ class JobType:
 _types = {}
 
 
-def register(name, *, queue, schema, retry=None, subject=None):
+def register(name, *, queue, schema, retry=None, subject=None, content_fields=()):
     """Decorator registering `handler` as job type `name`."""
 
     def decorator(handler):
@@ -72,7 +74,9 @@ def register(name, *, queue, schema, retry=None, subject=None):
             raise ValueError(f"job type {name!r} is already registered")
         if queue not in settings.QUEUES:
             raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
-        _types[name] = JobType(name, queue, handler, schema, retry or RetryPolicy(), subject)
+        _types[name] = JobType(
+            name, queue, handler, schema, retry or RetryPolicy(), subject, tuple(content_fields)
+        )
         return handler
 
     return decorator

@@ -59,3 +59,30 @@ def retry_jobs(jobs, *, by=None):
         push(job)
         count += 1
     return count
+
+
+def cancel_waiting_jobs(subject, job_type):
+    """Withdraw the not-yet-started jobs of `job_type` about `subject`. Returns how many.
+
+    Their broker rows stay; the runner skips a delivery of a finished job.
+    """
+    return Job.objects.filter(subject=subject, job_type=job_type, status__in=Job.WAITING).update(
+        status=Job.Status.CANCELLED, finished_at=timezone.now()
+    )
+
+
+def scrub_jobs(subject):
+    """Erase the user content that job records about `subject` carry in their data.
+
+    Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
+    finished records there are, so this touches few rows.
+    """
+    scrubbed = []
+    for job in Job.objects.filter(subject=subject).only("id", "job_type", "data"):
+        kind = registry.find(job.job_type)
+        fields = [f for f in (kind.content_fields if kind else ()) if f in job.data]
+        if fields:
+            job.data = {k: v for k, v in job.data.items() if k not in fields}
+            scrubbed.append(job)
+    Job.objects.bulk_update(scrubbed, ["data"], batch_size=500)
+    return len(scrubbed)

@@ -108,9 +108,11 @@ if DB_VENDOR == "sqlite":
     _default_db["OPTIONS"] = {
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        # secure_delete overwrites deleted content in the file instead of leaving it in free pages.
+        "init_command": (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA secure_delete=ON;"
+        ),
     }
-    _default_db["CONN_MAX_AGE"] = 0 if env_bool("SQLITE_CLOSE_CONNECTIONS") else 600
     # A file, not memory, so the qcluster processes that tests start can share it.
     _default_db["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 DATABASES = {"default": _default_db}

@@ -3,6 +3,7 @@
 from unittest import mock
 
 import pytest
+from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
@@ -128,9 +129,10 @@ def _queries_to_delete(user, messages):
 
 
 def test_deleting_1000_messages_costs_the_same_few_queries_as_one(user):
+    ContentType.objects.get_for_model(Conversation)  # a per-process cache, warm in a worker
     one = _queries_to_delete(user, 1)
     thousand = _queries_to_delete(user, 1000)
-    assert len(thousand) == len(one) <= 6, thousand
+    assert len(thousand) == len(one) <= 8, thousand
     # Messages go in one statement, never loaded into Python.
     message_table = Message._meta.db_table
     assert not any(sql.startswith("SELECT") and message_table in sql for sql in thousand)

@@ -1,0 +1,145 @@
+"""Once a conversation's deletion job succeeds, nothing of its title or content remains anywhere."""
+
+import logging
+import sqlite3
+import subprocess
+import uuid
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.db import connection
+from django.forms import MultiWidget
+
+from chat.models import Conversation
+from queues.models import Job
+from tests.conftest import token_client
+from tests.support.cluster import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+VERBOSE_LOGS = {"LOG_LEVEL": "DEBUG", "DJANGO_Q_LOG_LEVEL": "DEBUG"}
+
+
+def wait_status(job_id, *statuses):
+    return wait_for(
+        lambda: (job := Job.objects.get(pk=job_id)).status in statuses and job,
+        60,
+        message=f"job {job_id} to be {statuses}",
+    )
+
+
+def enqueue_via_api(client, job_type, data):
+    response = client.post(
+        "/api/queues/jobs", {"queue": "database", "type": job_type, "data": data}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def admin_change_data(response, **changes):
+    """The admin change form's current values as POST data, with `changes` applied."""
+    data = {}
+    forms = [response.context["adminform"].form]
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        forms += [formset.management_form, *formset.forms]
+    for form in forms:
+        for field in form:
+            value = field.value()
+            if isinstance(field.field.widget, MultiWidget):
+                for i, part in enumerate(value or ["", ""]):
+                    data[f"{field.html_name}_{i}"] = part or ""
+            else:
+                data[field.html_name] = "" if value is None else value
+    data.update(changes)
+    return data
+
+
+def database_dump():
+    settings = connection.settings_dict
+    if connection.vendor == "postgresql":
+        return subprocess.run(
+            [
+                "pg_dump",
+                "--data-only",
+                "-h",
+                settings["HOST"] or "127.0.0.1",
+                "-p",
+                str(settings["PORT"] or 5432),
+                "-U",
+                settings["USER"],
+                settings["NAME"],
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    path = settings["NAME"]
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        logical = "\n".join(db.iterdump())
+    # With secure_delete, not even the file's free pages keep deleted text.
+    return logical + open(path, "rb").read().decode("latin-1")
+
+
+def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
+    cluster, user, other_user, staff_user, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    marker = f"ERASE-ME-{uuid.uuid4().hex}"
+    api, stranger = token_client(user), token_client(other_user)
+    first = cluster.start(extra_env=VERBOSE_LOGS)
+
+    created = enqueue_via_api(api, "create_conversation", {"title": f"Secret {marker}"})
+    conversation_id = wait_status(created, "succeeded").result["conversation_id"]
+    messages_url = f"/api/chat/conversations/{conversation_id}/messages"
+    sent = api.post(messages_url, {"role": "user", "content": f"api {marker}"}, format="json")
+    assert sent.status_code == 201
+    saved = enqueue_via_api(
+        api,
+        "save_message",
+        {"conversation_id": conversation_id, "role": "assistant", "content": f"job {marker}"},
+    )
+    wait_status(saved, "succeeded")
+    refused = enqueue_via_api(
+        stranger,
+        "save_message",
+        {"conversation_id": conversation_id, "role": "user", "content": f"foreign {marker}"},
+    )
+    assert wait_status(refused, "failed").last_error_class == "ConversationGone"
+
+    staff_user.is_superuser = True
+    staff_user.save()
+    admin = api.__class__()
+    admin.force_login(staff_user)
+    change_url = f"/admin/chat/conversation/{conversation_id}/change/"
+    form = admin.get(change_url)
+    edited = admin.post(change_url, admin_change_data(form, title=f"Edited {marker}"))
+    assert edited.status_code == 302, edited.content
+    assert LogEntry.objects.filter(object_id=str(conversation_id)).exists()
+
+    # A message still waiting when the deletion is requested is cancelled, not run.
+    first.stop()
+    waiting = enqueue_via_api(
+        api,
+        "save_message",
+        {"conversation_id": conversation_id, "role": "user", "content": f"late {marker}"},
+    )
+    deleted = api.delete(f"/api/chat/conversations/{conversation_id}")
+    assert deleted.status_code == 200
+    assert Job.objects.get(pk=waiting).status == "cancelled"
+    second = cluster.start(extra_env=VERBOSE_LOGS)
+    wait_status(deleted.json()["job_id"], "succeeded")
+
+    assert not Conversation.objects.filter(pk=conversation_id).exists()
+    kept_failure = Job.objects.get(pk=refused)
+    assert kept_failure.status == "failed" and kept_failure.traceback
+    assert "content" not in kept_failure.data
+    assert Job.objects.get(pk=waiting).attempts == 0
+    second.stop()
+    dump = database_dump()
+    assert str(conversation_id) in dump  # the dump is real: ids stay
+    assert marker not in dump
+    logs = caplog.text + first.log + second.log
+    assert "job attempt" in logs
+    assert marker not in logs
