@@ -1,0 +1,174 @@
+"""What users and operators do with jobs: status endpoint, enqueue API, admin retry, commands,
+the deletion sweeper."""
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from chat.models import Conversation
+from chat.sweeper import sweep_deletions
+from queues.models import Job
+from queues.runner import run_job
+from queues.services import enqueue
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def failed_job(user):
+    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    run_job(job.id)
+    return Job.objects.get(pk=job.pk)
+
+
+def test_job_status_is_shown_to_its_owner_and_staff_only(
+    api, other_api, staff_api, client, failed_job
+):
+    url = f"/api/queues/jobs/{failed_job.pk}"
+    mine = api.get(url)
+    assert mine.status_code == 200
+    assert mine.json()["status"] == "failed"
+    assert mine.json()["last_error"] == "simulated bad data"
+    assert "traceback" not in mine.json()
+    assert staff_api.get(url).status_code == 200
+    assert client.get(url).status_code == 401
+    foreign = other_api.get(url)
+    missing = other_api.get("/api/queues/jobs/00000000-0000-0000-0000-000000000000")
+    malformed = other_api.get("/api/queues/jobs/not-a-uuid")
+    assert foreign.status_code == missing.status_code == malformed.status_code == 404
+    assert foreign.content == missing.content == malformed.content
+    assert foreign.json()["error"] == "job_not_found"
+
+
+def test_jobs_can_be_enqueued_through_the_api_as_yourself(api, user, other_user):
+    conversation = Conversation.objects.create(owner=user, title="t")
+    response = api.post(
+        "/api/queues/jobs",
+        {
+            "queue": "database",
+            "type": "save_message",
+            "data": {"conversation_id": conversation.pk, "role": "user", "content": "hi"},
+        },
+        format="json",
+    )
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert response.json()["user_id"] == user.pk
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"queue": "database", "type": "nope", "data": {}},
+        {"queue": "elsewhere", "type": "save_message", "data": {}},
+        {"queue": "database", "type": "delete_conversation", "data": {"conversation_id": "x"}},
+        {"queue": "database", "type": "delete_conversation", "data": []},
+        {"queue": "database", "type": "delete_conversation"},
+    ],
+)
+def test_bad_jobs_from_the_api_get_a_400_and_store_nothing(api, body):
+    response = api.post("/api/queues/jobs", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
+    assert Job.objects.count() == 0
+
+
+def test_a_job_cannot_be_enqueued_for_another_user(api, other_user):
+    response = api.post(
+        "/api/queues/jobs",
+        {
+            "queue": "database",
+            "type": "delete_conversation",
+            "data": {"conversation_id": 1, "user_id": other_user.pk},
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    assert Job.objects.count() == 0
+
+
+def test_admin_retry_action_requeues_failed_jobs_and_records_who(
+    client, staff_user, failed_job, user
+):
+    staff_user.is_superuser = True
+    staff_user.save()
+    client.force_login(staff_user)
+    succeeded = enqueue("database", "test_sleep", {"user_id": user.pk})
+    run_job(succeeded.id)
+    OrmQ.objects.all().delete()
+
+    response = client.post(
+        "/admin/queues/job/",
+        {"action": "retry_selected", "_selected_action": [failed_job.pk, succeeded.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    messages = [str(m) for m in response.context["messages"]]
+    assert "1 failed job(s) sent back to their queue." in messages
+    assert "1 job(s) were not failed and were left alone." in messages
+    failed_job.refresh_from_db()
+    assert failed_job.status == "queued"
+    assert failed_job.max_attempts == failed_job.attempts + 3
+    assert failed_job.retried_by == staff_user
+    assert Job.objects.get(pk=succeeded.pk).status == "succeeded"
+    assert OrmQ.objects.count() == 1
+    run_job(failed_job.pk)
+    assert Job.objects.get(pk=failed_job.pk).attempts == 2
+
+
+def test_admin_jobs_page_filters_and_finds_jobs_by_conversation_id(client, staff_user, user):
+    staff_user.is_superuser = True
+    staff_user.save()
+    client.force_login(staff_user)
+    conversation = Conversation.objects.create(owner=user, title="t")
+    job = enqueue(
+        "database", "delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk}
+    )
+    found = client.get("/admin/queues/job/", {"q": str(conversation.pk), "status": "queued"})
+    assert found.status_code == 200
+    assert list(found.context["cl"].result_list) == [job]
+    by_request = client.get("/admin/queues/job/", {"q": job.request_id})
+    assert list(by_request.context["cl"].result_list) == [job]
+    detail = client.get(f"/admin/queues/job/{job.pk}/change/")
+    assert detail.status_code == 200
+
+
+def test_queue_stats_and_retry_failed_commands(failed_job, user):
+    out = StringIO()
+    call_command("queue_stats", stdout=out)
+    header, row = out.getvalue().splitlines()
+    assert header.split() == ["queue", *Job.Status.values]
+    assert row.split()[0] == "database"
+    assert row.split()[1 + Job.Status.values.index("failed")] == "1"
+
+    out = StringIO()
+    call_command("retry_failed", "--type", "delete_conversation", stdout=out)
+    assert "retried 0" in out.getvalue()
+    call_command("retry_failed", "--queue", "database", stdout=out)
+    assert "retried 1" in out.getvalue()
+    assert Job.objects.get(pk=failed_job.pk).status == "queued"
+
+
+def test_sweeper_requeues_stale_deletions_that_have_no_live_job(user, settings):
+    settings.DELETION_SWEEP_AFTER_SECONDS = 300
+    long_ago = timezone.now() - timedelta(minutes=10)
+    orphaned = Conversation.objects.create(owner=user, title="lost job")
+    tracked = Conversation.objects.create(owner=user, title="job waiting")
+    recent = Conversation.objects.create(owner=user, title="just asked")
+    Conversation.objects.filter(pk__in=[orphaned.pk, tracked.pk]).update(
+        deletion_requested_at=long_ago
+    )
+    Conversation.objects.filter(pk=recent.pk).update(deletion_requested_at=timezone.now())
+    enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": tracked.pk})
+
+    assert sweep_deletions() == 1
+    requeued = Job.objects.get(subject=f"conversation:{orphaned.pk}")
+    assert requeued.request_id.startswith("sweeper-")
+    assert sweep_deletions() == 0  # now it has a live job
+    run_job(requeued.pk)
+    assert not Conversation.objects.filter(pk=orphaned.pk).exists()
