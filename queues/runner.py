@@ -59,9 +59,16 @@ def run_job(job_id):
             return work(job)
         except Exception as exc:  # every failure is recorded, then retried or failed
             if isinstance(exc, JobTimeout):
-                connection.close()  # the timed-out query may still be running on it
+                discard_connection_if_busy()
             record_failure(job, exc)
             return None
+
+
+def discard_connection_if_busy():
+    """After a timeout the alarm may have interrupted a query that still runs on the connection."""
+    in_use = connection.connection is not None and not connection.in_atomic_block
+    if in_use and not connection.is_usable():
+        connection.close()
 
 
 def log_fields(job):

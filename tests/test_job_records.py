@@ -177,3 +177,37 @@ def test_retention_keeps_the_newest_50_succeeded_and_100_failed_per_queue(user):
     assert not Job.objects.filter(status="succeeded", finished_at__lt=newest).exists()
     assert Job.objects.filter(status="failed").count() == 100
     assert Job.objects.filter(status="queued").count() == 5
+
+
+def test_a_handler_running_past_its_queue_timeout_is_cut_off_and_retried(user, settings):
+    settings.QUEUES = {"database": {**settings.QUEUES["database"], "timeout": 1}}
+    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 5})
+    started = timezone.now()
+    run_job(job.id)
+    job.refresh_from_db()
+    assert timezone.now() - started < timedelta(seconds=3)
+    assert (job.status, job.last_error_class) == ("retrying", "JobTimeout")
+    assert "timeout of 1s" in job.last_error
+
+
+def test_worker_refuses_to_run_without_a_reachable_database(user, monkeypatch):
+    from django.db import OperationalError, connection
+
+    from queues.errors import TransientJobError
+
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+
+    def unreachable():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(connection, "ensure_connection", unreachable)
+    with pytest.raises(TransientJobError, match="database unreachable"):
+        run_job(job.id)
+    monkeypatch.undo()
+    monkeypatch.setitem(connection.settings_dict, "NAME", "")
+    monkeypatch.setattr("django.conf.settings.DATABASES", {"default": {"NAME": ""}})
+    with pytest.raises(TransientJobError, match="database not configured"):
+        run_job(job.id)
+    monkeypatch.undo()
+    # The job was not touched: its broker row is delivered again later.
+    assert Job.objects.get(pk=job.pk).attempts == 0
