@@ -129,17 +129,22 @@ def begin_attempt(job_id):
     return job
 
 
+def lock_attempt(job):
+    """The job's row, locked, while it is still in the attempt `job` began; else None."""
+    return (
+        Job.objects.select_for_update()
+        .filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+        .first()
+    )
+
+
 def work(job):
     """Run the handler and mark success, in one transaction holding the job row."""
     kind = registry.find(job.job_type)
     if kind is None:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
-        current = (
-            Job.objects.select_for_update()
-            .filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
-            .first()
-        )
+        current = lock_attempt(job)
         if current is None:
             return None  # another delivery took this attempt over
         with handler_timeout(settings.QUEUES[job.queue]["timeout"]):
@@ -158,11 +163,7 @@ def record_failure(job, exc):
     kind = registry.find(job.job_type)
     retry = is_transient(exc) and job.attempts < job.max_attempts
     with transaction.atomic():
-        current = (
-            Job.objects.select_for_update()
-            .filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
-            .first()
-        )
+        current = lock_attempt(job)
         if current is None:
             return
         now = timezone.now()
