@@ -30,9 +30,10 @@ from django_q.signing import SignedPackage
 
 RUNNER = "queues.runner.run_job"
 CHANNEL = "django_q_ormq"
-# Longest sleep of an idle pusher. A pusher only stops between two dequeues, so this also bounds
-# how long a cluster takes to stop; at 2 s an idle cluster's claims cost 0.5 statement/s.
-IDLE_WAIT = 2.0
+# Longest sleep of an idle pusher, the safety net should a NOTIFY be missed. A pusher only stops
+# between two dequeues, so this also bounds how long a cluster takes to stop; at 5 s an idle
+# cluster's claims cost 0.2 statement/s.
+IDLE_WAIT = 5.0
 TABLE = OrmQ._meta.db_table
 
 _CLAIM = f"""
