@@ -20,7 +20,9 @@ import os
 import time
 import uuid
 
-from django.db import DatabaseError, connections, transaction
+import psycopg
+from django.db import Error as DjangoDatabaseError
+from django.db import connections, transaction
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
@@ -38,16 +40,16 @@ TABLE = OrmQ._meta.db_table
 
 _CLAIM = f"""
 WITH due AS (
-    SELECT id FROM {TABLE}
+    SELECT id, lock FROM {TABLE}
     WHERE key = %(key)s AND lock <= %(now)s
     ORDER BY lock, id
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {TABLE} q SET lock = %(until)s FROM due WHERE q.id = due.id
-    RETURNING q.id, q.payload
+    RETURNING q.id, q.payload, due.lock
 )
-SELECT id, payload, NULL FROM claimed
+SELECT id, payload, lock FROM claimed
 UNION ALL
 SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
 """
@@ -79,8 +81,9 @@ class JobBroker(ORM):
             if not tasks:
                 self._wait(next_due)
             return tasks
-        except DatabaseError:
-            # A lost connection: drop both, so the next dequeue reconnects.
+        except (DjangoDatabaseError, psycopg.Error):
+            # A lost connection (the claim's or the LISTEN one): drop both; the next dequeue
+            # reconnects.
             logger.exception("Broker claim failed; reconnecting")
             self._close()
             time.sleep(1)
@@ -97,9 +100,9 @@ class JobBroker(ORM):
         with connections[Conf.ORM].cursor() as cursor:
             cursor.execute(_CLAIM, params)
             rows = cursor.fetchall()
-        tasks = sorted((row_id, payload) for row_id, payload, _ in rows if row_id is not None)
+        claimed = sorted((due, row_id, payload) for row_id, payload, due in rows if row_id)
         next_due = next((due for row_id, _, due in rows if row_id is None), None)
-        return tasks, next_due
+        return [(row_id, payload) for _, row_id, payload in claimed], next_due
 
     def _wait(self, next_due):
         """Sleep until a NOTIFY, the next due row, or IDLE_WAIT, whichever comes first."""
