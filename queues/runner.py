@@ -124,7 +124,17 @@ def begin_attempt(job_id):
         job.attempts += 1
         job.started_at = now
         job.worker = f"{socket.gethostname()}:{os.getpid()}"
-        job.save()
+        # Only what changed: no need to serialize and rewrite the job's data on every attempt.
+        job.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "started_at",
+                "worker",
+                "last_error",
+                "last_error_class",
+            ]
+        )
     return job
 
 
@@ -147,7 +157,7 @@ def work(job):
         current.result = result
         current.finished_at = timezone.now()
         current.subject = kind.subject_of(job.data, result) or current.subject
-        current.save()
+        current.save(update_fields=["status", "result", "finished_at", "subject"])
         acknowledge_delivery()
     logger.info("job succeeded")
     return result
