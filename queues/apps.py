@@ -6,6 +6,7 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import registry
+        from queues import broker, registry
 
+        broker.connect_signals()
         registry.autodiscover()

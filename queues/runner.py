@@ -5,12 +5,12 @@ delivery understands:
 
 1. begin (own commit): count the attempt and mark the job running. A worker killed later still
    used this attempt, so a job that kills its worker every time ends `failed` instead of being
-   redelivered forever.
-2. work: the handler runs in one transaction that also holds the job row's lock and marks the job
-   succeeded, so the work and its success commit together or not at all. The lock tells a later
-   delivery whether the attempt is still alive: a `running` job whose row is not locked lost its
-   worker.
-3. on failure (own commit): retry after a backoff, or fail for good.
+   redelivered forever. On PostgreSQL this commit does not wait for the disk (see begin_attempt).
+2. work: the handler runs in one transaction that also holds the job row's lock, marks the job
+   succeeded and deletes its broker row, so the work, its success and its acknowledgement commit
+   together or not at all. The lock tells a later delivery whether the attempt is still alive: a
+   `running` job whose row is not locked lost its worker.
+3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good.
 
 The runner never lets a job's own failure escape to django-q2: our job record holds the outcome,
 and the broker row is acknowledged. Only trouble recording the outcome (the database is down)
@@ -30,7 +30,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from queues import registry
-from queues.broker import push
+from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
     PermanentJobError,
@@ -98,6 +98,12 @@ def begin_attempt(job_id):
     """Count a new attempt and mark the job running; None when this delivery has nothing to do."""
     now = timezone.now()
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Visible to other sessions at once, durable with the next synchronous commit (the
+            # work's): WAL is flushed in order, so only a database crash that also loses the
+            # work can lose this count. A worker crash cannot. Saves one disk flush per job.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
         job = Job.objects.select_for_update(skip_locked=True).filter(pk=job_id).first()
         if job is None:
             busy = Job.objects.filter(pk=job_id).first()
@@ -125,7 +131,17 @@ def begin_attempt(job_id):
         job.attempts += 1
         job.started_at = now
         job.worker = f"{socket.gethostname()}:{os.getpid()}"
-        job.save()
+        # Only what changed: no need to serialize and rewrite the job's data on every attempt.
+        job.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "started_at",
+                "worker",
+                "last_error",
+                "last_error_class",
+            ]
+        )
     return job
 
 
@@ -153,7 +169,8 @@ def work(job):
         current.result = result
         current.finished_at = timezone.now()
         current.subject = kind.subject_of(job.data, result) or current.subject
-        current.save()
+        current.save(update_fields=["status", "result", "finished_at", "subject"])
+        acknowledge_delivery()
     logger.info("job succeeded")
     return result
 
@@ -178,6 +195,7 @@ def record_failure(job, exc):
             current.status = Job.Status.FAILED
             current.finished_at = now
         current.save()
+        acknowledge_delivery()
         if retry:
             push(current)
     if retry:

@@ -24,7 +24,9 @@ def enqueue(queue, job_type, data, *, request_id=None):
         "request_id", request_id or log_context.current().get("request_id") or new_request_id()
     )
     cleaned = dict(kind.validate(data))
-    with transaction.atomic():
+    # No savepoint inside the caller's transaction (two round trips saved): an error here
+    # propagates and rolls the caller's transaction back anyway.
+    with transaction.atomic(savepoint=False):
         job = Job.objects.create(
             queue=queue,
             job_type=job_type,

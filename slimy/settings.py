@@ -198,7 +198,10 @@ def _cluster_options(queue):
 Q_CLUSTER = {
     "name": DEFAULT_QUEUE,
     "orm": "default",
+    # Only SQLite polls; on PostgreSQL an idle pusher waits on LISTEN/NOTIFY (queues.broker).
     "poll": 0.2,
+    # Due broker rows claimed per round trip: one per worker keeps every worker busy.
+    "bulk": QUEUE_DEFAULTS["workers"],
     # Our job records are the source of truth, so django-q2 stores no successes (its pruning
     # locks and scans every saved row per task). The runner records every job failure itself;
     # what escapes it (the database is down) stays unacknowledged and is delivered again.
@@ -211,6 +214,19 @@ Q_CLUSTER = {
     **_cluster_options(DEFAULT_QUEUE),
     "ALT_CLUSTERS": {queue: _cluster_options(queue) for queue in QUEUES if queue != DEFAULT_QUEUE},
 }
+# QUEUE_BROKER=stock: django-q2's own ORM broker with its defaults and no persistent
+# connections. Only the benchmark's reference (bench/run.py) uses it.
+QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "tuned")
+if QUEUE_BROKER == "stock":
+    Q_CLUSTER = {
+        "name": DEFAULT_QUEUE,
+        "orm": "default",
+        "catch_up": False,
+        "timeout": Q_CLUSTER["timeout"],
+        "retry": Q_CLUSTER["retry"],
+        "workers": Q_CLUSTER["workers"],
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
