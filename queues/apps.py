@@ -6,7 +6,8 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, registry
+        from queues import broker, metrics, registry
 
         broker.connect_signals()
+        metrics.register()
         registry.autodiscover()

@@ -67,3 +67,72 @@ class Job(models.Model):
     @property
     def is_finished(self):
         return self.status in self.FINISHED
+
+
+class JobCounter(models.Model):
+    """A running total about one queue and job type, kept in the database.
+
+    Updated in the same transaction as the job state change it counts, so every web and worker
+    process, on any host, reads the same numbers, and they survive restarts and the pruning of job
+    records. `shard` spreads concurrent workers over several rows so they do not queue on one row
+    lock; readers sum the shards. Besides plain counters, `name` holds the gauges' running deltas
+    (`waiting`, `running`) and histogram series (`run_seconds_bucket:0.5`, `..._sum`, `..._count`).
+    """
+
+    queue = models.CharField(max_length=64)
+    job_type = models.CharField(max_length=64)
+    name = models.CharField(max_length=64)
+    shard = models.PositiveSmallIntegerField(default=0)
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queue", "job_type", "name", "shard"], name="job_counter_unique"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.queue}/{self.job_type} {self.name}[{self.shard}] = {self.value}"
+
+
+class JobMinute(models.Model):
+    """Finished attempts per minute, for throughput and failure charts over the last hour."""
+
+    queue = models.CharField(max_length=64)
+    job_type = models.CharField(max_length=64)
+    minute = models.DateTimeField()
+    shard = models.PositiveSmallIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    run_seconds = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["queue", "job_type", "minute", "shard"], name="job_minute_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["minute"], name="job_minute_idx")]
+
+    def __str__(self):
+        return f"{self.queue}/{self.job_type} {self.minute:%H:%M}"
+
+
+class ClusterHeartbeat(models.Model):
+    """The last status a `qcluster` reported, written by the broker (`JobBroker.set_stat`).
+
+    django-q2 keeps cluster status in the Django cache, which is per process unless configured
+    otherwise; here every web process sees every cluster on any host.
+    """
+
+    key = models.CharField(max_length=200, primary_key=True)
+    queue = models.CharField(max_length=64)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    status = models.CharField(max_length=32)
+    payload = models.TextField(help_text="django-q2's signed Stat, for its own monitors.")
+    seen_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.host}:{self.pid} [{self.queue}] {self.status}"

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from queues import registry
+from queues import counters, registry
 from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
@@ -121,12 +121,16 @@ def begin_attempt(job_id):
             # Running but unlocked: the worker of the last attempt died mid-job.
             lost = WorkerLost(f"worker {job.worker or '?'} died during attempt {job.attempts}")
             job.last_error, job.last_error_class = str(lost), WorkerLost.__name__
-            if job.attempts >= job.max_attempts:
+            final = job.attempts >= job.max_attempts
+            counters.worker_lost(job, final=final)
+            if final:
                 job.status, job.finished_at = Job.Status.FAILED, now
                 job.save()
                 with log_context.bind(**log_fields(job)):
                     logger.error("job failed for good: %s", lost)
                 return None
+        else:
+            counters.attempt_started(job, first=job.attempts == 0)
         job.status = Job.Status.RUNNING
         job.attempts += 1
         job.started_at = now
@@ -170,6 +174,9 @@ def work(job):
         current.finished_at = timezone.now()
         current.subject = kind.subject_of(job.data, result) or current.subject
         current.save(update_fields=["status", "result", "finished_at", "subject"])
+        counters.attempt_succeeded(
+            current, (current.finished_at - current.started_at).total_seconds()
+        )
         acknowledge_delivery()
     logger.info("job succeeded")
     return result
@@ -195,6 +202,7 @@ def record_failure(job, exc):
             current.status = Job.Status.FAILED
             current.finished_at = now
         current.save()
+        counters.attempt_failed(current, (now - current.started_at).total_seconds(), retry=retry)
         acknowledge_delivery()
         if retry:
             push(current)

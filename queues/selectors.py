@@ -1,6 +1,13 @@
-"""Reads on jobs."""
+"""Reads on jobs: records, counters, cluster heartbeats."""
 
-from queues.models import Job
+from datetime import timedelta
+
+from django.db.models import Count, Sum
+from django.utils import timezone
+
+from queues.broker import live_clusters
+from queues.counters import BUCKETS, bucket_name
+from queues.models import Job, JobCounter, JobMinute
 
 
 def jobs_visible_to(user):
@@ -15,3 +22,118 @@ def subjects_with_live_jobs(job_type, subjects):
             job_type=job_type, subject__in=subjects, status__in=Job.LIVE
         ).values_list("subject", flat=True)
     )
+
+
+def counter_totals():
+    """{(queue, job_type, name): value}, summed over shards. One query."""
+    rows = JobCounter.objects.values("queue", "job_type", "name").annotate(total=Sum("value"))
+    return {(r["queue"], r["job_type"], r["name"]): r["total"] for r in rows}
+
+
+def oldest_due_job(queue):
+    """The waiting job of `queue` that has been due longest, or None (an index lookup)."""
+    return (
+        Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
+        .order_by("run_after")
+        .only("run_after")
+        .first()
+    )
+
+
+def live_cluster_counts():
+    """{queue: number of clusters seen within the last 30 s}."""
+    rows = live_clusters().values("queue").annotate(n=Count("key"))
+    return {r["queue"]: r["n"] for r in rows}
+
+
+def minutes_since(start):
+    """Per queue and minute: succeeded jobs and failed attempts since `start`."""
+    return (
+        JobMinute.objects.filter(minute__gte=start)
+        .values("queue", "minute")
+        .annotate(succeeded=Sum("succeeded"), failed=Sum("failed"))
+        .order_by("queue", "minute")
+    )
+
+
+def histogram(totals, queue, series, job_type=None):
+    """Cumulative (bound, count) pairs, sum and count of one series, over one or all types."""
+
+    def total(name):
+        return sum(
+            v
+            for (q, t, n), v in totals.items()
+            if q == queue and n == name and (job_type is None or t == job_type)
+        )
+
+    buckets, running = [], 0.0
+    for bound in BUCKETS:
+        running += total(bucket_name(series, bound))
+        buckets.append((bound, running))
+    return buckets, total(f"{series}_sum"), total(f"{series}_count")
+
+
+def quantile(buckets, q):
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket that holds q."""
+    count = buckets[-1][1] if buckets else 0
+    if not count:
+        return None
+    rank, lower, below = q * count, 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def queue_stats(queues):
+    """The snapshot behind `/api/queues/stats` and the dashboard: one dict per queue."""
+    now = timezone.now()
+    totals = counter_totals()
+    clusters = live_cluster_counts()
+    minutes = list(minutes_since(now - timedelta(minutes=60)))
+    stats = {}
+    for queue in queues:
+
+        def total(name, queue=queue):
+            return sum(v for (q, _, n), v in totals.items() if q == queue and n == name)
+
+        succeeded, failed = total("succeeded"), total("failed")
+        buckets, run_sum, run_count = histogram(totals, queue, "run_seconds")
+        oldest = oldest_due_job(queue)
+        throughput = {}
+        for window in (1, 5, 60):
+            since = now - timedelta(minutes=window)
+            done = sum(
+                m["succeeded"] for m in minutes if m["queue"] == queue and m["minute"] >= since
+            )
+            throughput[f"{window}m"] = round(done / window, 2)
+        stats[queue] = {
+            "waiting": int(total("waiting")),
+            "running": int(total("running")),
+            "succeeded": int(succeeded),
+            "failed": int(failed),
+            "cancelled": int(total("cancelled")),
+            "enqueued": int(total("enqueued")),
+            "attempts_failed": int(total("attempts_failed")),
+            "retries_scheduled": int(total("retries_scheduled")),
+            "success_rate": round(succeeded / (succeeded + failed), 4)
+            if succeeded + failed
+            else None,
+            "run_seconds_avg": round(run_sum / run_count, 4) if run_count else None,
+            "run_seconds_p95": quantile(buckets, 0.95),
+            "throughput_per_minute": throughput,
+            "oldest_waiting_seconds": (
+                round((now - oldest.run_after).total_seconds(), 3) if oldest else 0.0
+            ),
+            "live_clusters": clusters.get(queue, 0),
+            "per_minute": [
+                {"minute": m["minute"], "succeeded": m["succeeded"], "failed": m["failed"]}
+                for m in minutes
+                if m["queue"] == queue
+            ],
+        }
+    return stats

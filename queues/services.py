@@ -4,7 +4,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from queues import registry
+from queues import counters, registry
 from queues.broker import push
 from queues.models import Job
 from slimy import log_context
@@ -36,6 +36,7 @@ def enqueue(queue, job_type, data, *, request_id=None):
             request_id=cleaned["request_id"],
             max_attempts=kind.retry_policy.attempts,
         )
+        counters.job_enqueued(job)
         push(job)
     return job
 
@@ -58,6 +59,7 @@ def retry_jobs(jobs, *, by=None):
         job.retried_at = now
         job.save()
         job.refresh_from_db(fields=["max_attempts"])
+        counters.retried_by_operator(job)
         push(job)
         count += 1
     return count
@@ -68,9 +70,11 @@ def cancel_waiting_jobs(subject, job_type):
 
     Their broker rows stay; the runner skips a delivery of a finished job.
     """
-    return Job.objects.filter(subject=subject, job_type=job_type, status__in=Job.WAITING).update(
-        status=Job.Status.CANCELLED, finished_at=timezone.now()
-    )
+    cancelled = Job.objects.filter(
+        subject=subject, job_type=job_type, status__in=Job.WAITING
+    ).update(status=Job.Status.CANCELLED, finished_at=timezone.now())
+    counters.jobs_cancelled(registry.find(job_type).queue, job_type, cancelled)
+    return cancelled
 
 
 def scrub_jobs(subject):

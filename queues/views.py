@@ -1,6 +1,7 @@
 import uuid
 
-from rest_framework import exceptions, generics, status
+from django.conf import settings
+from rest_framework import exceptions, generics, permissions, status
 from rest_framework.response import Response
 
 from queues import selectors, services
@@ -52,3 +53,12 @@ class JobCreateView(generics.GenericAPIView):
         except JobValidationError as exc:
             raise exceptions.ValidationError({"data": exc.fields or [str(exc)]}) from None
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class QueueStatsView(generics.GenericAPIView):
+    """`GET /api/queues/stats`: per queue counts, rates, run times, throughput (staff only)."""
+
+    permission_classes = [permissions.IsAdminUser]
+
+    def get(self, request):
+        return Response({"queues": selectors.queue_stats(settings.QUEUES)})

@@ -175,6 +175,8 @@ JOB_RETENTION = {
 # A conversation whose deletion was requested this long ago, still present and with no live
 # job, is queued for deletion again by the sweeper.
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
+# /readyz fails when a due job has waited longer than this (seconds).
+READY_MAX_BACKLOG_SECONDS = env_int("READY_MAX_BACKLOG_SECONDS", 300)
 
 
 # How long after a job's timeout its broker row is handed out again when its worker died

@@ -1,12 +1,16 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
+from slimy import health
 from slimy.auth import ObtainTokenView
 
 urlpatterns = [
     re_path(r"^api/auth/token/?$", ObtainTokenView.as_view(), name="auth-token"),
     path("api/chat/", include("chat.urls")),
     path("api/queues/", include("queues.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("dashboard/", include("queues.dashboard_urls")),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]

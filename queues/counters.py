@@ -1,0 +1,110 @@
+"""Count job state changes in the database, in the transaction that makes them.
+
+Each function here is called exactly where a job changes state (enqueue, runner, operator retry,
+cancel), so the totals are as durable and as consistent as the job records themselves, whichever
+process or host did the work, and they outlive the pruning of those records. `queues.metrics`
+reads them at scrape time. Gauges are kept as running deltas (`waiting`, `running`).
+"""
+
+import math
+import os
+
+from django.db import connection
+from django.utils import timezone
+
+from queues.models import JobCounter, JobMinute
+
+# Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, math.inf)
+# Concurrent workers add to different rows (by pid), so they do not wait on each other's locks.
+SHARDS = 8
+
+
+def job_enqueued(job):
+    _add(job, enqueued=1, waiting=1)
+
+
+def attempt_started(job, *, first):
+    deltas = {"waiting": -1, "running": 1}
+    if first:
+        _observe(deltas, "wait_seconds", (timezone.now() - job.created_at).total_seconds())
+    _add(job, **deltas)
+
+
+def worker_lost(job, *, final):
+    """A `running` job whose worker died: its attempt failed; it fails or runs again."""
+    if final:
+        _add(job, attempts_failed=1, failed=1, running=-1)
+    else:
+        _add(job, attempts_failed=1, retries_scheduled=1)
+    _add_minute(job, failed=1)
+
+
+def attempt_succeeded(job, seconds):
+    deltas = {"succeeded": 1, "running": -1}
+    _observe(deltas, "run_seconds", seconds)
+    _add(job, **deltas)
+    _add_minute(job, succeeded=1, run_seconds=seconds)
+
+
+def attempt_failed(job, seconds, *, retry):
+    deltas = {"attempts_failed": 1, "running": -1}
+    deltas.update({"waiting": 1, "retries_scheduled": 1} if retry else {"failed": 1})
+    _observe(deltas, "run_seconds", seconds)
+    _add(job, **deltas)
+    _add_minute(job, failed=1, run_seconds=seconds)
+
+
+def jobs_cancelled(queue, job_type, count):
+    if count:
+        _add_for(queue, job_type, cancelled=count, waiting=-count)
+
+
+def retried_by_operator(job):
+    _add(job, operator_retries=1, waiting=1)
+
+
+def bucket_name(series, bound):
+    return f"{series}_bucket:{'+Inf' if math.isinf(bound) else bound}"
+
+
+def _observe(deltas, series, seconds):
+    bound = next(b for b in BUCKETS if seconds <= b)
+    deltas[bucket_name(series, bound)] = 1
+    deltas[f"{series}_sum"] = max(seconds, 0.0)
+    deltas[f"{series}_count"] = 1
+
+
+def _add(job, **deltas):
+    _add_for(job.queue, job.job_type, **deltas)
+
+
+def _upsert(model, key_columns, rows, value_columns):
+    """INSERT rows; on conflict add their values to the existing row (PostgreSQL and SQLite)."""
+    table = connection.ops.quote_name(model._meta.db_table)
+    columns = [*key_columns, *value_columns]
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in value_columns)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
+        f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for row in rows for value in row])
+
+
+def _add_for(queue, job_type, **deltas):
+    shard = os.getpid() % SHARDS
+    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
+    _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"])
+
+
+def _add_minute(job, succeeded=0, failed=0, run_seconds=0.0):
+    minute = timezone.now().replace(second=0, microsecond=0)
+    row = (job.queue, job.job_type, minute, os.getpid() % SHARDS, succeeded, failed, run_seconds)
+    _upsert(
+        JobMinute,
+        ["queue", "job_type", "minute", "shard"],
+        [row],
+        ["succeeded", "failed", "run_seconds"],
+    )

@@ -1,0 +1,99 @@
+"""The staff queue dashboard: server-rendered HTML and SVG, refreshed by the browser."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from queues import selectors
+from queues.broker import live_clusters
+from queues.models import Job
+from queues.services import retry_jobs
+
+CHART_WIDTH, CHART_HEIGHT, MINUTES = 600, 120, 60
+PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def minute_bars(per_minute, now):
+    """Bars for the last hour, one slot a minute: succeeded stacked over failed attempts."""
+    slot = CHART_WIDTH / MINUTES
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
+    by_minute = {m["minute"]: m for m in per_minute}
+    rows = [by_minute.get(start + timedelta(minutes=i), {}) for i in range(MINUTES)]
+    peak = max([r.get("succeeded", 0) + r.get("failed", 0) for r in rows] + [1])
+    bars = []
+    for i, row in enumerate(rows):
+        ok_h = CHART_HEIGHT * row.get("succeeded", 0) / peak
+        fail_h = CHART_HEIGHT * row.get("failed", 0) / peak
+        bars.append(
+            {
+                "x": round(i * slot, 1),
+                "width": round(slot - 1, 1),
+                "ok_y": round(CHART_HEIGHT - ok_h, 1),
+                "ok_h": round(ok_h, 1),
+                "fail_y": round(CHART_HEIGHT - ok_h - fail_h, 1),
+                "fail_h": round(fail_h, 1),
+                "label": f"{start + timedelta(minutes=i):%H:%M}: {row.get('succeeded', 0)} ok, "
+                f"{row.get('failed', 0)} failed",
+            }
+        )
+    return {"bars": bars, "peak": peak}
+
+
+def percentile_bars(buckets):
+    values = [(q, selectors.quantile(buckets, q)) for q in PERCENTILES]
+    peak = max([v for _, v in values if v] + [0.001])
+    bar_width = CHART_WIDTH / len(values)
+    return [
+        {
+            "label": f"p{round(q * 100)}",
+            "seconds": v,
+            "x": round(i * bar_width + 10, 1),
+            "width": round(bar_width - 20, 1),
+            "h": round(CHART_HEIGHT * (v or 0) / peak, 1),
+            "y": round(CHART_HEIGHT - CHART_HEIGHT * (v or 0) / peak, 1),
+        }
+        for i, (q, v) in enumerate(values)
+    ]
+
+
+@staff_member_required
+def queue_dashboard(request):
+    now = timezone.now()
+    stats = selectors.queue_stats(settings.QUEUES)
+    totals = selectors.counter_totals()
+    cards = []
+    for queue, queue_stats in stats.items():
+        buckets, _, _ = selectors.histogram(totals, queue, "run_seconds")
+        cards.append(
+            {
+                "queue": queue,
+                "stats": queue_stats,
+                "throughput": minute_bars(queue_stats["per_minute"], now),
+                "percentiles": percentile_bars(buckets),
+            }
+        )
+    context = {
+        "cards": cards,
+        "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT},
+        "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
+        "clusters": live_clusters().order_by("queue", "host", "pid"),
+        "refresh_seconds": 5,
+        "now": now,
+    }
+    return render(request, "queues/dashboard.html", context)
+
+
+@staff_member_required
+@require_POST
+def retry_job(request, job_id):
+    job = get_object_or_404(Job, pk=job_id)
+    if retry_jobs(Job.objects.filter(pk=job.pk), by=request.user):
+        messages.success(request, f"Job {job.pk} sent back to its queue.")
+    else:
+        messages.warning(request, f"Job {job.pk} is not failed; nothing to retry.")
+    return redirect("queue-dashboard")

@@ -1,0 +1,78 @@
+"""`/healthz` (the process answers) and `/readyz` (it can do useful work), for load balancers and
+orchestrators. Both answer JSON; `/readyz` names each check and says which one failed."""
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.http import JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from queues import selectors
+
+_migrated = False  # once true, stays true for this process
+
+
+@never_cache
+@require_GET
+def healthz(request):
+    return JsonResponse({"status": "ok"})
+
+
+def _database():
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return True, "reachable"
+
+
+def _migrations():
+    global _migrated
+    if not _migrated:
+        connection = connections[DEFAULT_DB_ALIAS]
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if pending:
+            return False, f"{len(pending)} migration(s) not applied"
+        _migrated = True
+    return True, "applied"
+
+
+def _clusters():
+    live = sum(selectors.live_cluster_counts().values())
+    return live > 0, f"{live} cluster(s) seen in the last 30 s"
+
+
+def _backlog():
+    limit = settings.READY_MAX_BACKLOG_SECONDS
+    worst = 0.0
+    for queue in settings.QUEUES:
+        job = selectors.oldest_due_job(queue)
+        if job is not None:
+            worst = max(worst, (selectors.timezone.now() - job.run_after).total_seconds())
+    return worst <= limit, f"oldest due job waited {worst:.1f}s (limit {limit}s)"
+
+
+CHECKS = {
+    "database": _database,
+    "migrations": _migrations,
+    "clusters": _clusters,
+    "backlog": _backlog,
+}
+
+
+@never_cache
+@require_GET
+def readyz(request):
+    results = {}
+    for name, check in CHECKS.items():
+        if name != "database" and not results["database"]["ok"]:
+            results[name] = {"ok": False, "detail": "not checked: database unreachable"}
+            continue
+        try:
+            passed, detail = check()
+        except Exception as exc:  # a failing check is the answer, not a 500
+            passed, detail = False, f"{exc.__class__.__name__}: {exc}".strip()
+        results[name] = {"ok": passed, "detail": detail}
+    failed = [name for name, result in results.items() if not result["ok"]]
+    body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": results}
+    return JsonResponse(body, status=503 if failed else 200)
