@@ -83,7 +83,9 @@ class QueueCollector:
             labels=["queue"],
         )
         clusters = GaugeMetricFamily(
-            "slimy_queue_live_clusters", "qcluster processes seen in the last 30 s.", ["queue"]
+            "slimy_queue_live_clusters",
+            "qcluster processes seen in the last 30 s.",
+            labels=["queue"],
         )
         live = selectors.live_cluster_counts()
         for queue in settings.QUEUES:

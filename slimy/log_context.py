@@ -5,7 +5,9 @@ sizes ever go here: never titles or message content.
 """
 
 import contextvars
+import json
 import logging
+import time
 from contextlib import contextmanager
 
 _context = contextvars.ContextVar("slimy_log_context", default=None)
@@ -39,3 +41,20 @@ class ContextFilter(logging.Filter):
         extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "request_id")
         record.context = f" {extra}" if extra else ""
         return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the bound fields, any traceback."""
+
+    def format(self, record):
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **current(),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)

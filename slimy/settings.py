@@ -232,6 +232,8 @@ if QUEUE_BROKER == "stock":
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+# "json": one JSON object per line (for log shippers); anything else: readable text.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -240,11 +242,12 @@ LOGGING = {
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s%(context)s",
         },
+        "json": {"()": "slimy.log_context.JsonFormatter"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "text",
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
             "filters": ["context"],
         },
     },

@@ -4,6 +4,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from tests.support.cluster import ClusterFactory
+from tests.support.web import WebServerFactory
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,5 +70,13 @@ def staff_api(staff_user):
 def cluster(transactional_db, tmp_path):
     """Start real `manage.py qcluster` processes against the test database; stopped after."""
     factory = ClusterFactory(tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture
+def web(transactional_db, tmp_path):
+    """Start real gunicorn processes against the test database; stopped after."""
+    factory = WebServerFactory(tmp_path)
     yield factory
     factory.stop_all()
