@@ -1,10 +1,12 @@
-"""Periodic upkeep of the job tables, run by django-q2's scheduler (see migration 0002)."""
+"""Periodic upkeep of the job tables, run by django-q2's scheduler (see migrations 0002, 0008)."""
 
 import logging
+from datetime import timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
-from queues.models import Job
+from queues.models import Job, JobMinute
 
 logger = logging.getLogger("queues.maintenance")
 
@@ -31,3 +33,13 @@ def prune_finished_jobs():
     if deleted:
         logger.info("pruned %d finished job records", deleted)
     return deleted
+
+
+def prune_minute_stats(keep=timedelta(hours=2)):
+    """Per-minute stats feed charts of the last hour; older minutes are dropped."""
+    return JobMinute.objects.filter(minute__lt=timezone.now() - keep).delete()[0]
+
+
+def prune():
+    """Everything the maintenance schedule does, once a minute."""
+    return prune_finished_jobs() + prune_minute_stats()

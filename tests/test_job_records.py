@@ -211,3 +211,16 @@ def test_worker_refuses_to_run_without_a_reachable_database(user, monkeypatch):
     monkeypatch.undo()
     # The job was not touched: its broker row is delivered again later.
     assert Job.objects.get(pk=job.pk).attempts == 0
+
+
+def test_maintenance_drops_per_minute_stats_older_than_two_hours(db):
+    from queues.maintenance import prune
+    from queues.models import JobMinute
+
+    now = timezone.now().replace(second=0, microsecond=0)
+    for age in (1, 119, 121, 600):
+        JobMinute.objects.create(
+            queue="database", job_type="test_sleep", minute=now - timedelta(minutes=age)
+        )
+    assert prune() == 2
+    assert JobMinute.objects.count() == 2

@@ -49,3 +49,11 @@ def poison(data):
 def sleep(data):
     time.sleep(data["seconds"])
     return {"slept": data["seconds"]}
+
+
+@register("test_fails_once", queue="database", schema=TestData)
+def fails_once(data):
+    """Fails for good on its first attempt; succeeds when an operator retries it."""
+    if log_context.current()["attempt"] == 1:
+        raise PermanentJobError("simulated failure that an operator can retry")
+    return {"attempt": log_context.current()["attempt"]}
