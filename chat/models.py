@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.db import models
+from django_prometheus.models import ExportModelOperationsMixin
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -8,7 +9,7 @@ class ConversationQuerySet(models.QuerySet):
         return self.filter(deletion_requested_at__isnull=True)
 
 
-class Conversation(models.Model):
+class Conversation(ExportModelOperationsMixin("conversation"), models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
     )

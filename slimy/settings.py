@@ -101,6 +101,11 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sql
 # PostgreSQL connections, which caps the queue at about 30 jobs/s.
 _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
 DB_VENDOR = "sqlite" if _default_db["ENGINE"].endswith("sqlite3") else "postgresql"
+# django-prometheus' wrappers of the same backends count queries, errors and connections.
+_default_db["ENGINE"] = {
+    "sqlite": "django_prometheus.db.backends.sqlite3",
+    "postgresql": "django_prometheus.db.backends.postgresql",
+}[DB_VENDOR]
 if DB_VENDOR == "sqlite":
     # WAL lets readers and one writer share the file; IMMEDIATE takes the write lock when a
     # transaction starts (not on its first write), so concurrent writers queue on the busy

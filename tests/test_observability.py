@@ -112,8 +112,9 @@ def test_metrics_match_job_records_from_any_process_across_restarts_and_pruning(
     } <= set(about_delete[0])
 
 
-@pytest.mark.parametrize("marks", [cluster_test])
-def test_stats_api_agrees_with_job_records_and_is_for_staff_only(marks, cluster, user, staff_user):
+@pytest.mark.cluster
+@pytest.mark.django_db(transaction=True)
+def test_stats_api_agrees_with_job_records_and_is_for_staff_only(cluster, user, staff_user):
     cluster.start()
     for _ in range(3):
         enqueue("database", "test_sleep", {"user_id": user.pk})
@@ -189,3 +190,12 @@ def test_dashboard_is_for_staff_and_retries_a_failed_job(client, user, staff_use
     assert "sent back to its queue" in retried.content.decode()
     job.refresh_from_db()
     assert (job.status, job.retried_by) == ("queued", staff_user)
+
+
+@pytest.mark.django_db
+def test_metrics_include_django_prometheus_http_database_and_model_series(api, client):
+    api.post("/api/chat/conversations", {"title": "counted"}, format="json")
+    text = client.get("/metrics").content.decode()
+    assert 'django_model_inserts_total{model="conversation"}' in text
+    assert "django_db_execute_total{" in text
+    assert "django_http_requests_total_by_view_transport_method_total{" in text
