@@ -94,7 +94,7 @@ def queue_stats(queues):
     now = timezone.now()
     totals = counter_totals()
     clusters = live_cluster_counts()
-    minutes = list(minutes_since(now - timedelta(minutes=60)))
+    minutes = list(minutes_since(now - timedelta(minutes=61)))
     stats = {}
     for queue in queues:
 
@@ -106,7 +106,8 @@ def queue_stats(queues):
         oldest = oldest_due_job(queue)
         throughput = {}
         for window in (1, 5, 60):
-            since = now - timedelta(minutes=window)
+            # Every minute bucket that overlaps the window, the oldest one in full.
+            since = (now - timedelta(minutes=window)).replace(second=0, microsecond=0)
             done = sum(
                 m["succeeded"] for m in minutes if m["queue"] == queue and m["minute"] >= since
             )
