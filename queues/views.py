@@ -1,11 +1,14 @@
 import uuid
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, status
 from rest_framework.response import Response
 
 from queues import selectors, services
 from queues.errors import JobValidationError
 from queues.serializers import EnqueueSerializer, JobSerializer
+from slimy.openapi import AUTHENTICATED, WITH_BODY, errors
 
 
 class JobNotFound(exceptions.NotFound):
@@ -15,6 +18,10 @@ class JobNotFound(exceptions.NotFound):
     default_code = "job_not_found"
 
 
+@extend_schema(
+    parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+    responses={200: JobSerializer, **errors(*AUTHENTICATED, 404)},
+)
 class JobDetailView(generics.RetrieveAPIView):
     """`GET /api/queues/jobs/{id}`: the job's record, for whoever enqueued it and for staff."""
 
@@ -36,6 +43,7 @@ class JobCreateView(generics.GenericAPIView):
 
     serializer_class = EnqueueSerializer
 
+    @extend_schema(responses={202: JobSerializer, **errors(*AUTHENTICATED, *WITH_BODY)})
     def post(self, request):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)

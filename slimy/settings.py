@@ -57,6 +57,9 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_q",
     "django_prometheus",
+    "drf_spectacular",
+    # Swagger UI's assets served from our own static files: the docs page needs no internet.
+    "drf_spectacular_sidecar",
     "queues",
     "chat",
 ]
@@ -142,9 +145,22 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["slimy.parsers.JSONParserWithDepthLimit"],
     "EXCEPTION_HANDLER": "slimy.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"auth-token": os.environ.get("AUTH_TOKEN_RATE", "10/minute")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Slimy API",
+    "DESCRIPTION": "Conversations, their messages, and the jobs that act on them.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components, so read-only fields are not asked for as input.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Job queues -----------------------------------------------------------------------------
