@@ -148,3 +148,16 @@ def test_a_hanging_handler_is_cut_off_by_the_timeout_and_retried(cluster, user):
     follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
     wait_all_finished([follow_up.pk], 20)
     assert succeeded([follow_up.pk]) == 1
+
+
+def test_a_handler_stuck_out_of_reach_of_the_timeout_has_its_worker_replaced(cluster, user):
+    qcluster = cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
+    workers_before = set(qcluster.worker_pids())
+    job = enqueue("database", "test_stuck", {"user_id": user.pk, "seconds": 60})
+    wait_all_finished([job.pk], 60)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_error_class) == ("failed", 2, "WorkerLost")
+    assert set(qcluster.worker_pids()) - workers_before, "the guard started a new worker"
+    follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
+    wait_all_finished([follow_up.pk], 20)
+    assert succeeded([follow_up.pk]) == 1
