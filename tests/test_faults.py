@@ -21,7 +21,8 @@ from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
-FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
+# Quick redelivery, and every job record kept so the end state can be checked against all of them.
+FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2", "JOB_KEEP_SUCCEEDED": "1000"}
 
 
 def request_deletions(owner, count, messages=3):
@@ -62,6 +63,7 @@ def assert_everything_deleted_exactly_once(conversation_ids, job_ids):
         )
         assert cursor.fetchone()[0] == 0, "orphan messages"
     jobs = Job.objects.filter(pk__in=job_ids)
+    assert jobs.count() == len(job_ids)
     assert sorted(set(jobs.values_list("status", flat=True))) == ["succeeded"]
     assert all(result["deleted"] for result in jobs.values_list("result", flat=True))
 
