@@ -9,6 +9,7 @@ Plugged in through `Q_CLUSTER["broker_class"]`, so it stays django-q2's cluster,
 
 import uuid
 
+from django.db import transaction
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
@@ -42,4 +43,10 @@ def push(job):
         "started": timezone.now(),
         "cluster": job.queue,
     }
-    return get_broker(job.queue).enqueue(SignedPackage.dumps(package), run_after=job.run_after)
+    broker = get_broker(job.queue)
+    payload = SignedPackage.dumps(package)
+    # A broker outside the database (Redis) gets the row only once the job record is committed.
+    if not getattr(broker, "joins_transactions", True):
+        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        return None
+    return broker.enqueue(payload, run_after=job.run_after)

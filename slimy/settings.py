@@ -226,6 +226,15 @@ Q_CLUSTER = {
     "ALT_CLUSTERS": {queue: _cluster_options(queue) for queue in QUEUES if queue != DEFAULT_QUEUE},
 }
 
+# `redis` moves the queues to django-q2's Redis broker (queues.redis_broker: more throughput, but
+# no redelivery of a task whose worker died); `orm`, the default, keeps them in the database.
+QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
+if QUEUE_BROKER == "redis":
+    Q_CLUSTER["broker_class"] = "queues.redis_broker.RedisJobBroker"
+    Q_CLUSTER["redis"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+elif QUEUE_BROKER != "orm":
+    raise ImproperlyConfigured("QUEUE_BROKER must be 'orm' or 'redis'.")
+
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
