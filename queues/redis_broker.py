@@ -4,12 +4,16 @@ Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues
 
 - Redis cannot join the database transaction, so `queues.broker.push` hands the row to Redis only
   once the job record is committed. A crash between the commit and the push loses the delivery,
-  not the job record: the chat sweeper re-queues deletions left behind.
+  not the job record.
 - Delayed retries wait in a sorted set scored by the time they may run; each `dequeue` first
   moves the due ones onto the queue's list, atomically (a Lua script), so two clusters never
   both take one.
 - Redis hands a task out once and has no visibility timeout: a task whose worker is SIGKILLed is
-  not delivered again (its job record stays `running`).
+  not delivered again by Redis.
+
+Both kinds of lost delivery are pushed again from the job records by
+`queues.maintenance.redeliver_stranded_jobs` (every minute), once the job is more than its
+timeout plus `QUEUE_REDELIVERY_GRACE` late.
 """
 
 import time

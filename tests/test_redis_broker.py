@@ -1,12 +1,17 @@
 """The `database` queue on Redis (QUEUE_BROKER=redis), end to end with a real cluster."""
 
+from datetime import timedelta
+
 import pytest
 import redis
 from django.db import transaction
+from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 
+from chat import services
 from chat.models import Conversation, Message
+from queues.maintenance import redeliver_stranded_jobs
 from queues.models import Job
 from queues.services import enqueue
 from tests.conftest import token_client
@@ -71,3 +76,34 @@ def test_nothing_reaches_redis_from_a_transaction_that_rolls_back(redis_queue, u
     assert redis_queue.queue_size() == 0 and Job.objects.count() == 0
     enqueue("database", "test_sleep", {"user_id": user.pk})
     assert redis_queue.queue_size() == 1
+
+
+def test_deliveries_redis_lost_are_pushed_again_by_the_maintenance_task(
+    redis_queue, cluster, user, settings
+):
+    settings.QUEUES = {"database": {**settings.QUEUES["database"], "timeout": 5}}
+    settings.QUEUE_REDELIVERY_GRACE = 2
+    long_ago = timezone.now() - timedelta(minutes=5)
+    conversation = Conversation.objects.create(owner=user, title="Lost push")
+    lost_push = services.request_conversation_deletion(conversation, request_id="lost-push")
+    lost_worker = enqueue("database", "test_sleep", {"user_id": user.pk})
+    redis_queue.purge_queue()  # both deliveries lost
+    Job.objects.filter(pk=lost_push.pk).update(run_after=long_ago)
+    Job.objects.filter(pk=lost_worker.pk).update(
+        status="running", attempts=1, started_at=long_ago, run_after=long_ago
+    )
+
+    assert redeliver_stranded_jobs() == 2
+    assert redeliver_stranded_jobs() == 0  # each job's clock was reset
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    assert finished(lost_push.pk).status == "succeeded"
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    worker_job = finished(lost_worker.pk)
+    assert (worker_job.status, worker_job.attempts) == ("succeeded", 2)
+    assert worker_job.last_error_class == "WorkerLost"
+
+
+def test_the_maintenance_task_leaves_the_database_queue_alone(user):
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(hours=1))
+    assert redeliver_stranded_jobs() == 0
