@@ -366,7 +366,7 @@ def main():
         stock_idle = idle_statements(admin_url, name, args.idle_seconds)
     finally:
         stock.stop()
-    rate, ours = drain_cluster(db, owner, args.jobs, 20, "tuned", log_dir)
+    rate, ours = drain_cluster(db, owner, args.jobs, 20, "orm", log_dir)
     try:
         row(
             f"1. drain {args.jobs} jobs x 20 msgs, {WORKERS} workers (jobs/s)",

@@ -2,13 +2,21 @@
 
 import re
 
-from rest_framework import exceptions, mixins, status, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from chat import selectors, services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
+from slimy.openapi import AUTHENTICATED, WITH_BODY, errors
 
 _ID = re.compile(r"[1-9][0-9]{0,17}")
 
@@ -20,6 +28,40 @@ class ConversationNotFound(exceptions.NotFound):
     default_code = "conversation_not_found"
 
 
+_ID_PARAMETER = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
+_DELETION_ACCEPTED = inline_serializer(
+    "DeletionAccepted",
+    {
+        "ok": serializers.BooleanField(),
+        "job_id": serializers.UUIDField(help_text="Follow it at /api/queues/jobs/{job_id}."),
+        "conversation_id": serializers.IntegerField(),
+    },
+)
+
+
+@extend_schema_view(
+    # An out-of-range `page` is a 404 too.
+    list=extend_schema(
+        responses={200: ConversationSerializer(many=True), **errors(*AUTHENTICATED, 404)}
+    ),
+    create=extend_schema(
+        responses={201: ConversationSerializer, **errors(*AUTHENTICATED, *WITH_BODY)}
+    ),
+    retrieve=extend_schema(
+        parameters=[_ID_PARAMETER],
+        responses={200: ConversationSerializer, **errors(*AUTHENTICATED, 404)},
+    ),
+    partial_update=extend_schema(
+        parameters=[_ID_PARAMETER],
+        request=ConversationSerializer,
+        responses={200: ConversationSerializer, **errors(*AUTHENTICATED, *WITH_BODY, 404)},
+    ),
+    destroy=extend_schema(
+        parameters=[_ID_PARAMETER],
+        description="Hides the conversation at once and queues its deletion.",
+        responses={200: _DELETION_ACCEPTED, **errors(*AUTHENTICATED, 404)},
+    ),
+)
 class ConversationViewSet(
     mixins.ListModelMixin,
     mixins.CreateModelMixin,
@@ -55,6 +97,10 @@ class ConversationViewSet(
             owner_id=self.request.user.pk, **serializer.validated_data
         )
 
+    def partial_update(self, request, *args, **kwargs):
+        # The title is the only writable field, so a PATCH must carry it.
+        return self.update(request, *args, **kwargs)
+
     def perform_update(self, serializer):
         services.rename_conversation(serializer.instance, **serializer.validated_data)
 
@@ -68,6 +114,17 @@ class ConversationViewSet(
             status=status.HTTP_200_OK,
         )
 
+    @extend_schema(
+        methods=["GET"],
+        parameters=[_ID_PARAMETER],
+        responses={200: MessageSerializer(many=True), **errors(*AUTHENTICATED, 404)},
+    )
+    @extend_schema(
+        methods=["POST"],
+        parameters=[_ID_PARAMETER],
+        request=MessageSerializer,
+        responses={201: MessageSerializer, **errors(*AUTHENTICATED, *WITH_BODY, 404)},
+    )
     @action(detail=True, methods=["get", "post"])
     def messages(self, request, *args, **kwargs):
         conversation = self.get_object()

@@ -25,6 +25,7 @@ import psycopg
 from django.db import Error as DjangoDatabaseError
 from django.db import connections, transaction
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
 from django_q.models import OrmQ
@@ -191,9 +192,15 @@ def push(job):
         "started": timezone.now(),
         "cluster": job.queue,
     }
-    # Always our class, also under a cluster running django-q2's stock broker (the benchmark's
-    # reference), whose `enqueue` knows no `run_after`.
-    return JobBroker(job.queue).enqueue(SignedPackage.dumps(package), run_after=job.run_after)
+    payload = SignedPackage.dumps(package)
+    broker = get_broker(job.queue)
+    if not getattr(broker, "joins_transactions", True):
+        # A broker outside the database (Redis) gets the row only once the job record commits.
+        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        return None
+    # Our database broker, also under a cluster running django-q2's stock broker (the
+    # benchmark's reference), whose `enqueue` knows no `run_after`.
+    return JobBroker(job.queue).enqueue(payload, run_after=job.run_after)
 
 
 # The broker row this worker process is running, and whether the runner already deleted it.

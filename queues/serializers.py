@@ -36,3 +36,33 @@ class EnqueueSerializer(serializers.Serializer):
     queue = serializers.CharField(max_length=64)
     type = serializers.CharField(max_length=64)
     data = serializers.DictField()
+
+
+class MinuteStatsSerializer(serializers.Serializer):
+    minute = serializers.DateTimeField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Failed attempts in that minute.")
+
+
+class QueueStatsSerializer(serializers.Serializer):
+    waiting = serializers.IntegerField(help_text="Queued or waiting for a retry.")
+    running = serializers.IntegerField()
+    enqueued = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Jobs failed for good (once per job).")
+    cancelled = serializers.IntegerField()
+    attempts_failed = serializers.IntegerField()
+    retries_scheduled = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True)
+    run_seconds_avg = serializers.FloatField(allow_null=True)
+    run_seconds_p95 = serializers.FloatField(allow_null=True)
+    throughput_per_minute = serializers.DictField(
+        child=serializers.FloatField(), help_text='Jobs per minute over the last "1m", "5m", "60m".'
+    )
+    oldest_waiting_seconds = serializers.FloatField()
+    live_clusters = serializers.IntegerField()
+    per_minute = MinuteStatsSerializer(many=True)
+
+
+class StatsSerializer(serializers.Serializer):
+    queues = serializers.DictField(child=QueueStatsSerializer())

@@ -1,12 +1,15 @@
 import uuid
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, permissions, status
 from rest_framework.response import Response
 
 from queues import selectors, services
 from queues.errors import JobValidationError
-from queues.serializers import EnqueueSerializer, JobSerializer
+from queues.serializers import EnqueueSerializer, JobSerializer, StatsSerializer
+from slimy.openapi import AUTHENTICATED, WITH_BODY, errors
 
 
 class JobNotFound(exceptions.NotFound):
@@ -16,6 +19,10 @@ class JobNotFound(exceptions.NotFound):
     default_code = "job_not_found"
 
 
+@extend_schema(
+    parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+    responses={200: JobSerializer, **errors(*AUTHENTICATED, 404)},
+)
 class JobDetailView(generics.RetrieveAPIView):
     """`GET /api/queues/jobs/{id}`: the job's record, for whoever enqueued it and for staff."""
 
@@ -37,6 +44,7 @@ class JobCreateView(generics.GenericAPIView):
 
     serializer_class = EnqueueSerializer
 
+    @extend_schema(responses={202: JobSerializer, **errors(*AUTHENTICATED, *WITH_BODY)})
     def post(self, request):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -55,10 +63,14 @@ class JobCreateView(generics.GenericAPIView):
         return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema(responses={200: StatsSerializer, **errors(*AUTHENTICATED)})
 class QueueStatsView(generics.GenericAPIView):
     """`GET /api/queues/stats`: per queue counts, rates, run times, throughput (staff only)."""
 
     permission_classes = [permissions.IsAdminUser]
+    serializer_class = StatsSerializer
 
     def get(self, request):
-        return Response({"queues": selectors.queue_stats(settings.QUEUES)})
+        return Response(
+            self.get_serializer({"queues": selectors.queue_stats(settings.QUEUES)}).data
+        )

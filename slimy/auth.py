@@ -1,11 +1,15 @@
 """`POST /api/auth/token`: trade a username and password for an API token."""
 
-from rest_framework import exceptions
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, serializers
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
+
+from slimy.openapi import WITH_BODY, errors
 
 
 class InvalidCredentials(exceptions.ValidationError):
@@ -16,7 +20,16 @@ class ObtainTokenView(APIView):
     authentication_classes = []
     permission_classes = [AllowAny]
     serializer_class = AuthTokenSerializer
+    # Slows password guessing; the rate is AUTH_TOKEN_RATE, counted per client address.
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth-token"
 
+    @extend_schema(
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField()}),
+            **errors(*WITH_BODY, 406, 429),
+        }
+    )
     def post(self, request):
         serializer = self.serializer_class(data=request.data, context={"request": request})
         if not serializer.is_valid():

@@ -1,5 +1,6 @@
 """One error shape for the whole API: `{"error": <code>, "detail": <text>}`, never HTML."""
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
@@ -17,7 +18,15 @@ def _first_message(detail):
     return str(detail)
 
 
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "request_too_large"
+
+
 def api_exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):  # the body is over DATA_UPLOAD_MAX_MEMORY_SIZE
+        exc = RequestTooLarge()
     response = exception_handler(exc, context)
     if response is None:
         return None  # not an API error: a real bug, let Django report it as a 500

@@ -57,6 +57,9 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_q",
     "django_prometheus",
+    "drf_spectacular",
+    # Swagger UI's assets served from our own static files: the docs page needs no internet.
+    "drf_spectacular_sidecar",
     "queues",
     "chat",
 ]
@@ -149,9 +152,22 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["slimy.parsers.JSONParserWithDepthLimit"],
     "EXCEPTION_HANDLER": "slimy.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"auth-token": os.environ.get("AUTH_TOKEN_RATE", "10/minute")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Slimy API",
+    "DESCRIPTION": "Conversations, their messages, and the jobs that act on them.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components, so read-only fields are not asked for as input.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Job queues -----------------------------------------------------------------------------
@@ -221,10 +237,17 @@ Q_CLUSTER = {
     **_cluster_options(DEFAULT_QUEUE),
     "ALT_CLUSTERS": {queue: _cluster_options(queue) for queue in QUEUES if queue != DEFAULT_QUEUE},
 }
-# QUEUE_BROKER=stock: django-q2's own ORM broker with its defaults and no persistent
-# connections. Only the benchmark's reference (bench/run.py) uses it.
-QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "tuned")
-if QUEUE_BROKER == "stock":
+# Which broker carries the queues:
+# - `orm` (default): our database broker (queues.broker), jobs stored with the data change;
+# - `redis`: django-q2's Redis broker (queues.redis_broker): more throughput, but Redis cannot
+#   join the transaction and forgets a task whose worker died (see README, Deploying);
+# - `stock`: django-q2's own ORM broker with its defaults and no persistent connections, only
+#   for the benchmark's reference (bench/run.py).
+QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
+if QUEUE_BROKER == "redis":
+    Q_CLUSTER["broker_class"] = "queues.redis_broker.RedisJobBroker"
+    Q_CLUSTER["redis"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+elif QUEUE_BROKER == "stock":
     Q_CLUSTER = {
         "name": DEFAULT_QUEUE,
         "orm": "default",
@@ -234,6 +257,8 @@ if QUEUE_BROKER == "stock":
         "workers": Q_CLUSTER["workers"],
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif QUEUE_BROKER != "orm":
+    raise ImproperlyConfigured("QUEUE_BROKER must be 'orm', 'redis' or 'stock'.")
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
@@ -268,4 +293,15 @@ LOGGING = {
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_SECURE = not DEBUG and env_bool("SECURE_COOKIES", default=True)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+# Production is HTTPS only: plain HTTP is redirected and browsers are told to stay on HTTPS.
+# Tests and local runs over plain HTTP turn the redirect off (scripts/test does).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600)
+# The header allows preload-list submission; submitting stays a deliberate, manual step.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+# Behind a proxy that terminates TLS, its X-Forwarded-Proto header says whether the client used
+# HTTPS. Only set this when the proxy always sets (or strips) that header.
+if env_bool("TRUST_X_FORWARDED_PROTO"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 1024 * 1024)

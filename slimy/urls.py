@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from slimy import health
 from slimy.auth import ObtainTokenView
@@ -11,6 +12,19 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("dashboard/", include("queues.dashboard_urls")),
+    # The schema and its docs page are public: they describe the API, they hold no data.
+    re_path(
+        r"^api/schema/?$",
+        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+        name="schema",
+    ),
+    re_path(
+        r"^api/docs/?$",
+        SpectacularSwaggerView.as_view(
+            url_name="schema", authentication_classes=[], permission_classes=[]
+        ),
+        name="docs",
+    ),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]

@@ -57,3 +57,19 @@ def fails_once(data):
     if log_context.current()["attempt"] == 1:
         raise PermanentJobError("simulated failure that an operator can retry")
     return {"attempt": log_context.current()["attempt"]}
+
+
+@register(
+    "test_stuck",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(attempts=2, backoff_seconds=0.1),
+)
+def stuck(data):
+    """Hangs where the runner's SIGALRM cannot reach it, like a handler stuck in C code."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        time.sleep(data["seconds"])
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return {"slept": data["seconds"]}

@@ -1,0 +1,168 @@
+"""Hostile input gets a clear 4xx JSON error and stores nothing."""
+
+import json
+
+import pytest
+
+from chat.models import Conversation, Message
+from queues.models import Job
+
+pytestmark = pytest.mark.django_db
+
+CONVERSATIONS = "/api/chat/conversations"
+
+
+@pytest.fixture
+def conversation(user):
+    return Conversation.objects.create(owner=user, title="Mine")
+
+
+def _nothing_stored(conversation=None):
+    assert Job.objects.count() == 0
+    if conversation is None:
+        assert Conversation.objects.count() == 0
+    else:
+        assert not Message.objects.filter(conversation=conversation).exists()
+
+
+def test_a_body_over_the_size_limit_gets_a_413(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = api.post(CONVERSATIONS, {"title": "x" * 2000}, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"] == "request_too_large"
+    _nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("text/plain", "title=hello"),
+        ("application/x-www-form-urlencoded", "title=hello"),
+        ("multipart/form-data; boundary=x", '--x\r\nContent-Disposition: form-data; name="title"'),
+        ("application/xml", "<title>hello</title>"),
+    ],
+)
+def test_bodies_that_are_not_json_get_a_415(api, content_type, body):
+    response = api.generic("POST", CONVERSATIONS, body, content_type=content_type)
+    assert response.status_code == 415
+    assert response.json()["error"] == "unsupported_media_type"
+    _nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,  # deeper than the decoder's recursion limit
+        '{"title": NaN}',
+        '{"title": "a"',
+        b'{"title": "\xff\xfe"}',  # not UTF-8
+    ],
+    ids=["deeply-nested", "nan", "truncated", "bad-utf8"],
+)
+def test_json_that_cannot_be_parsed_gets_a_400(api, body):
+    response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "parse_error"
+    _nothing_stored()
+
+
+def test_deeply_nested_values_in_fields_get_a_400_naming_the_field(api):
+    nested = "x"
+    for _ in range(500):
+        nested = {"a": nested}
+    response = api.post(CONVERSATIONS, {"title": nested}, format="json")
+    assert response.status_code == 400
+    assert "title" in response.json()["fields"]
+    job = api.post(
+        "/api/queues/jobs",
+        {"queue": "database", "type": "delete_conversation", "data": {"conversation_id": nested}},
+        format="json",
+    )
+    assert job.status_code == 400
+    _nothing_stored()
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["nul\x00byte", "escape\x1b[31m", "bell\x07", "c1\x85control", "lone\ud800surrogate", ""],
+)
+def test_titles_with_control_characters_or_lone_surrogates_get_a_400(api, title):
+    body = json.dumps({"title": title})  # \ud800 travels as an escape, as a hostile client sends it
+    response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
+    assert response.status_code == 400
+    assert list(response.json()["fields"]) == ["title"]
+    _nothing_stored()
+
+
+@pytest.mark.parametrize("content", ["nul\x00byte", "lone\udfffsurrogate", "esc\x1b"])
+def test_message_content_with_control_characters_gets_a_400(api, conversation, content):
+    body = json.dumps({"role": "user", "content": content})
+    response = api.generic(
+        "POST", f"{CONVERSATIONS}/{conversation.pk}/messages", body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert list(response.json()["fields"]) == ["content"]
+    _nothing_stored(conversation)
+
+
+def test_unicode_beyond_ascii_is_stored_as_sent(api, conversation):
+    title = "Слизень 🐌 — 蛞蝓 ‮rtl"
+    created = api.post(CONVERSATIONS, {"title": title}, format="json")
+    assert created.status_code == 201
+    assert Conversation.objects.get(pk=created.json()["id"]).title == title
+    content = "tabs\tand\nnewlines stay, astral \U0001f40c too"
+    posted = api.post(
+        f"{CONVERSATIONS}/{conversation.pk}/messages",
+        {"role": "user", "content": content},
+        format="json",
+    )
+    assert posted.status_code == 201
+    assert Message.objects.get().content == content
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        "0",
+        "-1",
+        "99999999999999999999999999",
+        "9223372036854775808",
+        "abc",
+        "1e3",
+        "1.0",
+        "%00",
+        "%F0%9F%90%8C",
+        "1%20",
+        "0x10",
+    ],
+)
+def test_odd_ids_get_the_same_404_as_a_missing_conversation(api, conversation, raw_id):
+    missing = api.get(f"{CONVERSATIONS}/{conversation.pk + 1000}")
+    for method in ("get", "patch", "delete"):
+        response = getattr(api, method)(f"{CONVERSATIONS}/{raw_id}", {"title": "t"}, format="json")
+        assert response.status_code == 404, (method, raw_id)
+        assert response.content == missing.content
+    messages = api.get(f"{CONVERSATIONS}/{raw_id}/messages")
+    assert messages.status_code == 404 and messages.content == missing.content
+    _nothing_stored(conversation)
+
+
+@pytest.mark.parametrize("raw_id", ["abc", "-1", "0" * 200, "%00", "{}"])
+def test_odd_job_ids_get_a_404(api, raw_id):
+    response = api.get(f"/api/queues/jobs/{raw_id}")
+    assert response.status_code == 404
+    assert response.json() == {"error": "job_not_found", "detail": "Job not found."}
+
+
+@pytest.mark.parametrize("page", ["-1", "0", "abc", "999999999999999999999"])
+def test_odd_page_numbers_get_a_404(api, page):
+    response = api.get(CONVERSATIONS, {"page": page})
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_a_json_body_that_is_not_an_object_gets_a_400(api):
+    for body in ("[]", '"title"', "42", "null"):
+        response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
+        assert response.status_code == 400, body
+    _nothing_stored()

@@ -1,0 +1,109 @@
+"""The `database` queue on Redis (QUEUE_BROKER=redis), end to end with a real cluster."""
+
+from datetime import timedelta
+
+import pytest
+import redis
+from django.db import transaction
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+
+from chat import services
+from chat.models import Conversation, Message
+from queues.maintenance import redeliver_stranded_jobs
+from queues.models import Job
+from queues.services import enqueue
+from tests.conftest import token_client
+from tests.support.cluster import wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+# A database number of its own, so the tests touch nobody else's keys.
+REDIS_URL = "redis://127.0.0.1:6379/13"
+ON_REDIS = {"QUEUE_BROKER": "redis", "REDIS_URL": REDIS_URL, "QUEUE_REDELIVERY_GRACE": "2"}
+
+
+@pytest.fixture
+def redis_queue(monkeypatch):
+    """This process enqueues on Redis too; the queue's keys are empty before and after."""
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
+    monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
+    broker = get_broker("database")
+    broker.delete_queue()
+    yield broker
+    broker.delete_queue()
+
+
+def finished(job_id, timeout=30):
+    return wait_for(
+        lambda: (job := Job.objects.get(pk=job_id)).is_finished and job, timeout, message="job"
+    )
+
+
+def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
+    conversation = Conversation.objects.create(owner=user, title="On Redis")
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(20)
+    )
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    response = token_client(user).delete(f"/api/chat/conversations/{conversation.pk}")
+    job = finished(response.json()["job_id"])
+    assert (job.status, job.attempts) == ("succeeded", 1)
+    assert job.result == {"deleted": True, "conversation_id": conversation.pk, "messages": 20}
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+    assert redis_queue.queue_size() == 0
+
+
+def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user):
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    wait_for(
+        lambda: redis.from_url(REDIS_URL).zcard(redis_queue.delayed_key) == 1,
+        10,
+        message="the retry in the delayed set",
+    )
+    final = finished(job.pk)
+    assert (final.status, final.attempts) == ("succeeded", 2)
+    assert (final.finished_at - final.created_at).total_seconds() >= 2  # the 2s backoff
+
+
+def test_nothing_reaches_redis_from_a_transaction_that_rolls_back(redis_queue, user):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        enqueue("database", "test_sleep", {"user_id": user.pk})
+        assert redis_queue.queue_size() == 0  # not before the commit either
+        raise RuntimeError("rolled back")
+    assert redis_queue.queue_size() == 0 and Job.objects.count() == 0
+    enqueue("database", "test_sleep", {"user_id": user.pk})
+    assert redis_queue.queue_size() == 1
+
+
+def test_deliveries_redis_lost_are_pushed_again_by_the_maintenance_task(
+    redis_queue, cluster, user, settings
+):
+    settings.QUEUES = {"database": {**settings.QUEUES["database"], "timeout": 5}}
+    settings.QUEUE_REDELIVERY_GRACE = 2
+    long_ago = timezone.now() - timedelta(minutes=5)
+    conversation = Conversation.objects.create(owner=user, title="Lost push")
+    lost_push = services.request_conversation_deletion(conversation, request_id="lost-push")
+    lost_worker = enqueue("database", "test_sleep", {"user_id": user.pk})
+    redis_queue.purge_queue()  # both deliveries lost
+    Job.objects.filter(pk=lost_push.pk).update(run_after=long_ago)
+    Job.objects.filter(pk=lost_worker.pk).update(
+        status="running", attempts=1, started_at=long_ago, run_after=long_ago
+    )
+
+    assert redeliver_stranded_jobs() == 2
+    assert redeliver_stranded_jobs() == 0  # each job's clock was reset
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    assert finished(lost_push.pk).status == "succeeded"
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    worker_job = finished(lost_worker.pk)
+    assert (worker_job.status, worker_job.attempts) == ("succeeded", 2)
+    assert worker_job.last_error_class == "WorkerLost"
+
+
+def test_the_maintenance_task_leaves_the_database_queue_alone(user):
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(hours=1))
+    assert redeliver_stranded_jobs() == 0
