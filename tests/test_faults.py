@@ -18,6 +18,7 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
 from tests.support.cluster import wait_for
+from tests.support.data import orphan_message_count
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -56,12 +57,7 @@ def wait_all_finished(job_ids, timeout):
 def assert_everything_deleted_exactly_once(conversation_ids, job_ids):
     assert not Conversation.objects.filter(pk__in=conversation_ids).exists()
     assert not Message.objects.filter(conversation_id__in=conversation_ids).exists()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM chat_message m LEFT JOIN chat_conversation c"
-            " ON c.id = m.conversation_id WHERE c.id IS NULL"
-        )
-        assert cursor.fetchone()[0] == 0, "orphan messages"
+    assert orphan_message_count() == 0
     jobs = Job.objects.filter(pk__in=job_ids)
     assert jobs.count() == len(job_ids)
     assert sorted(set(jobs.values_list("status", flat=True))) == ["succeeded"]

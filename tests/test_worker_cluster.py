@@ -18,6 +18,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.conftest import token_client
 from tests.support.cluster import wait_for
+from tests.support.data import orphan_message_count
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -185,12 +186,7 @@ def test_save_message_racing_delete_never_leaves_an_orphan_message(cluster, user
     ids = [c.pk for c in conversations]
     assert not Conversation.objects.filter(pk__in=ids).exists()
     assert not Message.objects.filter(conversation_id__in=ids).exists()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM chat_message m "
-            "LEFT JOIN chat_conversation c ON c.id = m.conversation_id WHERE c.id IS NULL"
-        )
-        assert cursor.fetchone()[0] == 0
+    assert orphan_message_count() == 0
     deletes = Job.objects.filter(job_type="delete_conversation")
     assert deletes.filter(status="succeeded").count() == 30
 

@@ -1,0 +1,66 @@
+"""LOG_FORMAT=json: one JSON object per line, with the job's ids on every job line."""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from queues.runner import run_job
+from queues.services import enqueue
+from slimy.log_context import ContextFilter, JsonFormatter
+from tests.support.cluster import ROOT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_log_lines_are_json_with_the_job_context(user):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("queues.runner")
+    logger.addHandler(handler)
+    try:
+        job = enqueue(
+            "database", "test_flaky", {"user_id": user.pk, "fail_times": 1}, request_id="req-9"
+        )
+        run_job(job.pk)
+    finally:
+        logger.removeHandler(handler)
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"][:18] for line in lines] == [
+        "job attempt 1/3 st",
+        "job attempt failed",
+    ]
+    for line in lines:
+        assert line["job_id"] == str(job.pk)
+        assert (line["queue"], line["job_type"], line["attempt"]) == ("database", "test_flaky", 1)
+        assert (line["request_id"], line["user_id"]) == ("req-9", user.pk)
+    assert "OperationalError" in lines[1]["traceback"]
+
+
+LOG_ONE_LINE = """
+import logging, django
+django.setup()
+from slimy import log_context
+with log_context.bind(request_id="r-1", job_id="j-1"):
+    logging.getLogger("queues.runner").warning("hello")
+"""
+
+
+def log_one_line(**env):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "slimy.settings", **env}
+    run = subprocess.run(
+        [sys.executable, "-c", LOG_ONE_LINE], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    return run.stderr.strip()
+
+
+def test_log_format_json_switches_the_console_to_json_and_text_stays_the_default():
+    line = json.loads(log_one_line(LOG_FORMAT="json"))
+    assert (line["message"], line["request_id"], line["job_id"]) == ("hello", "r-1", "j-1")
+    assert log_one_line().endswith("WARNING queues.runner [r-1] hello job_id=j-1")
