@@ -185,3 +185,10 @@ def test_request_id_is_taken_from_client_when_sane_and_echoed(api):
     generated = api.get("/api/chat/conversations", HTTP_X_REQUEST_ID="bad id with spaces <script>")
     assert generated["X-Request-ID"] != "bad id with spaces <script>"
     assert len(generated["X-Request-ID"]) == 32
+
+
+@pytest.mark.parametrize("page", ["", "abc", "-1", "1.5", "0"])
+def test_a_malformed_page_number_is_a_404_not_page_one(api, conversation, page):
+    response = api.get("/api/chat/conversations", {"page": page})
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
