@@ -29,6 +29,8 @@ ENV = {
     "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
     "SECRET_KEY": os.environ.get("SECRET_KEY") or "slimy-bench-secret-key-" + "0123456789" * 4,
     "ALLOWED_HOSTS": "127.0.0.1",
+    # gunicorn serves plain HTTP on loopback here; production redirects to HTTPS.
+    "SECURE_SSL_REDIRECT": "0",
     "PYTHONUNBUFFERED": "1",
     # The Redis scenario's own database, flushed before it runs.
     "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
