@@ -80,15 +80,17 @@ def test_the_operator_opens_the_jobs_admin_and_the_dashboard_but_no_user_data(
     assert "/admin/queues/job/" in index and "/admin/chat/" not in index
 
 
-def test_the_operator_retries_a_failed_job_from_the_admin(client, operator, failed_job):
+def test_the_operator_retries_a_failed_job_from_the_admins_failed_list(
+    client, operator, failed_job
+):
     client.force_login(operator)
     response = client.post(
-        "/admin/queues/job/",
+        "/admin/queues/job/?status__exact=failed",
         {"action": "retry_selected", "_selected_action": [failed_job.pk]},
         follow=True,
     )
-    assert "1 failed job(s) sent back to their queue." in [
-        str(m) for m in response.context["messages"]
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 failed job(s) sent back to their queue."
     ]
     failed_job.refresh_from_db()
     assert (failed_job.status, failed_job.retried_by) == ("queued", operator)
