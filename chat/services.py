@@ -5,6 +5,7 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -20,7 +21,6 @@ class ConversationGone(PermanentJobError):
 
 def create_conversation(*, owner_id, title):
     conversation = Conversation.objects.create(owner_id=owner_id, title=title)
-    conversation.message_count = 0
     logger.info("conversation %s created", conversation.pk)
     return conversation
 
@@ -46,11 +46,24 @@ def add_message(*, conversation_id, user_id, role, content):
     if conversation is None:
         raise ConversationGone(f"conversation {conversation_id} of user {user_id} is not available")
     message = Message.objects.create(conversation=conversation, role=role, content=content)
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    Conversation.objects.filter(pk=conversation.pk).update(
+        updated_at=timezone.now(), message_count=F("message_count") + 1
+    )
     logger.info(
         "message %s added to conversation %s (%d chars)", message.pk, conversation_id, len(content)
     )
     return message
+
+
+@transaction.atomic
+def delete_messages(messages):
+    """Delete `messages` (a queryset) and take them off their conversations' counts."""
+    per_conversation = messages.order_by().values("conversation_id").annotate(n=Count("id"))
+    for row in per_conversation:
+        Conversation.objects.filter(pk=row["conversation_id"]).update(
+            message_count=F("message_count") - row["n"]
+        )
+    return messages.delete()
 
 
 @transaction.atomic
