@@ -6,6 +6,7 @@ from django.db import models
 from rest_framework import serializers
 
 from chat.models import Conversation, Message
+from slimy.fields import StrictCharField, StrictChoiceField
 
 # Unicode's Bidi_Control characters (embeddings, overrides, isolates and marks): they reorder
 # how the text around them is displayed, so a title could show one thing and hold another.
@@ -24,26 +25,6 @@ def _reject(pattern, what):
             )
 
     return validate
-
-
-class StrictCharField(serializers.CharField):
-    """A string field that takes strings only: DRF's CharField turns 5 or true into "5"/"True"."""
-
-    default_error_messages = {"invalid": "Must be a string."}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictChoiceField(serializers.ChoiceField):
-    default_error_messages = {"invalid": "Must be a string."}
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
 
 
 class StrictModelSerializer(serializers.ModelSerializer):

@@ -9,14 +9,15 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
-from queues.errors import PermanentJobError
-from queues.services import cancel_waiting_jobs, enqueue, scrub_jobs
+from queues.errors import PermanentJobError, SubjectGone
+from queues.services import cancel_waiting_jobs, enqueue, forget_subject, scrub_user_jobs
 
 logger = logging.getLogger("chat")
 
 
-class ConversationGone(PermanentJobError):
-    """The conversation is missing, not the user's, or its deletion was requested."""
+class ConversationGone(SubjectGone):
+    """The conversation is missing, not the user's, or its deletion was requested: the job fails
+    alike in all three cases, and keeps no content."""
 
 
 def create_conversation(*, owner_id, title):
@@ -101,8 +102,7 @@ def delete_conversation(*, conversation_id, user_id):
         return {"deleted": False, "conversation_id": conversation_id}
     if conversation.owner_id != user_id:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
-    _, counts = conversation.delete()
-    erase_traces(conversation_id)
+    _, counts = conversation.delete()  # erase_traces runs on post_delete (chat.apps)
     messages = counts.get(Message._meta.label, 0)
     logger.info("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
@@ -111,10 +111,18 @@ def delete_conversation(*, conversation_id, user_id):
 def erase_traces(conversation_id):
     """Remove what other tables keep of a deleted conversation's title and content.
 
-    Job records about it lose their content fields; the admin log's `object_repr` is reset
-    (`Conversation.__str__` holds no title today, but older entries or a changed `__str__` might).
+    Waiting jobs that would add content to it are cancelled and job records about it lose their
+    content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
+    today, but older entries or a changed `__str__` might). Runs in the deleting transaction for
+    every deletion of a conversation, whichever path (see `chat.apps`).
     """
-    scrub_jobs(Conversation.subject_for(conversation_id))
+    forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(
         content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
     ).update(object_repr=f"Conversation {conversation_id}")
+
+
+def erase_user_traces(user_id):
+    """A user is being deleted: the job records they enqueued lose their content fields (the
+    records stay, with `user` set to NULL, for operators)."""
+    scrub_user_jobs(user_id)

@@ -69,6 +69,26 @@ def other_api(other_user):
 
 
 @pytest.fixture
+def operator_user(make_user):
+    """Staff holding the job permissions an operator group grants (queues.view_job, change_job)."""
+    from django.contrib.auth.models import Permission
+
+    operator = make_user("operator", is_staff=True)
+    operator.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="queues", codename__in=JOB_PERMISSIONS)
+    )
+    return operator
+
+
+JOB_PERMISSIONS = ["view_job", "change_job"]
+
+
+@pytest.fixture
+def operator_api(operator_user):
+    return token_client(operator_user)
+
+
+@pytest.fixture
 def staff_api(staff_user):
     return token_client(staff_user)
 
