@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError, SubjectGone
-from queues.services import cancel_waiting_jobs, enqueue, forget_subject, scrub_user_jobs
+from queues.services import cancel_waiting_jobs, enqueue, forget_subject
 
 logger = logging.getLogger("chat")
 
@@ -120,9 +120,3 @@ def erase_traces(conversation_id):
     LogEntry.objects.filter(
         content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
     ).update(object_repr=f"Conversation {conversation_id}")
-
-
-def erase_user_traces(user_id):
-    """A user is being deleted: the job records they enqueued lose their content fields (the
-    records stay, with `user` set to NULL, for operators)."""
-    scrub_user_jobs(user_id)

@@ -97,17 +97,30 @@ def cancel_waiting_jobs(subject, job_type):
     return cancelled
 
 
-def forget_subject(subject):
-    """What `subject` names is gone: withdraw its waiting jobs that carry user content (they
-    could only fail), and erase the content of every job record about it. Returns how many
-    records were scrubbed."""
+def _cancel_waiting_content_jobs(jobs):
+    """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
     content_types = [name for name, kind in registry.all_types().items() if kind.content_fields]
-    waiting = Job.objects.filter(
-        subject=subject, status__in=Job.WAITING, job_type__in=content_types
-    )
-    for job_type in set(waiting.values_list("job_type", flat=True)):
-        cancel_waiting_jobs(subject, job_type)
+    waiting = jobs.filter(status__in=Job.WAITING, job_type__in=content_types)
+    for queue, job_type in set(waiting.values_list("queue", "job_type")):
+        cancelled = waiting.filter(queue=queue, job_type=job_type).update(
+            status=Job.Status.CANCELLED, finished_at=timezone.now()
+        )
+        counters.jobs_cancelled(queue, job_type, cancelled)
+
+
+def forget_subject(subject):
+    """What `subject` names is gone: withdraw its waiting jobs that carry user content, and
+    erase the content of every job record about it. Returns how many records were scrubbed."""
+    _cancel_waiting_content_jobs(Job.objects.filter(subject=subject))
     return scrub_jobs(subject)
+
+
+def forget_user(user_id):
+    """A user is being deleted: the same for every job record they enqueued (the records stay,
+    with `user` set to NULL, for operators)."""
+    jobs = Job.objects.filter(user_id=user_id)
+    _cancel_waiting_content_jobs(jobs)
+    return _scrub(jobs)
 
 
 def scrub_jobs(subject):
@@ -117,11 +130,6 @@ def scrub_jobs(subject):
     finished records there are, so this touches few rows.
     """
     return _scrub(Job.objects.filter(subject=subject))
-
-
-def scrub_user_jobs(user_id):
-    """Erase the user content of every job record a user enqueued (their account is going)."""
-    return _scrub(Job.objects.filter(user_id=user_id))
 
 
 def _scrub(jobs):
