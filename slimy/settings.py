@@ -286,6 +286,8 @@ elif QUEUE_BROKER == "stock":
         "workers": Q_CLUSTER["workers"],
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Stock django-q2 writes cluster status to the cache every 0.5 s: keep it in memory, as stock.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 elif QUEUE_BROKER != "orm":
     raise ImproperlyConfigured("QUEUE_BROKER must be 'orm', 'redis' or 'stock'.")
 
