@@ -91,3 +91,25 @@ def test_a_user_may_have_only_so_many_live_client_jobs(user, other_user, setting
     assert api.delete(f"/api/chat/conversations/{conversation.pk}").status_code == 200
     Job.objects.filter(user=user, job_type="test_sleep").update(status="succeeded")
     assert api.post("/api/queues/jobs", body, format="json").status_code == 202
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_cannot_slip_past_the_live_job_cap_together(user, settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    settings.CLIENT_LIVE_JOBS_PER_USER = 5
+    body = {"queue": "database", "type": "test_sleep", "data": {}}
+
+    def post(_):
+        try:  # each thread has its own client and database connection
+            return token_client(user).post("/api/queues/jobs", body, format="json").status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = sorted(pool.map(post, range(20)))
+    assert statuses == [202] * 5 + [429] * 15
+    assert Job.objects.filter(user=user).count() == 5
