@@ -22,9 +22,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def fresh_throttle_counts():
-    """Throttle counts live in the cache; each test starts with none."""
-    cache.clear()
+def fresh_throttle_counts(django_db_setup, django_db_blocker):
+    """Throttle counts live in the cache, a table of the test database: each test starts with
+    none, whether or not it uses the database itself."""
+    with django_db_blocker.unblock():
+        cache.clear()
 
 
 @pytest.fixture

@@ -47,8 +47,8 @@ def test_the_admin_login_is_throttled_on_the_same_budget_as_the_token_endpoint(c
     assert client.get("/admin/login/").status_code == 200  # the page itself is not counted
 
 
-@pytest.mark.postgres
 def test_the_login_throttle_is_shared_by_every_web_process(web, user):
+    """Two gunicorn servers, one budget: on SQLite too, with no cache server."""
     servers = [web.start(workers=1), web.start(workers=1)]
     statuses = [
         requests.post(f"{servers[n % 2].url}/api/auth/token", json=WRONG, timeout=10).status_code
