@@ -39,12 +39,17 @@ def test_a_conversation_with_many_messages_renders_and_saves_in_constant_size(
 
 def test_the_message_list_of_one_conversation_is_paginated(admin_client, user):
     conversation = Conversation.objects.create(owner=user, title="Big")
+    other = Conversation.objects.create(owner=user, title="Other")
     Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content="x") for _ in range(120)
+        Message(conversation=c, role="user", content="x") for c in (conversation, other) * 60
     )
-    listed = admin_client.get(f"/admin/chat/message/?conversation__id__exact={conversation.pk}")
+    url = f"/admin/chat/message/?conversation__id__exact={conversation.pk}"
+    listed = admin_client.get(url)
     assert listed.status_code == 200
     assert len(listed.context["cl"].result_list) == 50
+    last = admin_client.get(url + "&p=2").context["cl"].result_list
+    assert len(last) == 10
+    assert {m.conversation_id for m in last} == {conversation.pk}
 
 
 def test_deleting_messages_in_the_admin_keeps_the_count(admin_client, user):
