@@ -5,22 +5,23 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
-from queues.errors import PermanentJobError
-from queues.services import cancel_waiting_jobs, enqueue, scrub_jobs
+from queues.errors import PermanentJobError, SubjectGone
+from queues.services import cancel_waiting_jobs, enqueue, forget_subject
 
 logger = logging.getLogger("chat")
 
 
-class ConversationGone(PermanentJobError):
-    """The conversation is missing, not the user's, or its deletion was requested."""
+class ConversationGone(SubjectGone):
+    """The conversation is missing, not the user's, or its deletion was requested: the job fails
+    alike in all three cases, and keeps no content."""
 
 
 def create_conversation(*, owner_id, title):
     conversation = Conversation.objects.create(owner_id=owner_id, title=title)
-    conversation.message_count = 0
     logger.info("conversation %s created", conversation.pk)
     return conversation
 
@@ -46,11 +47,24 @@ def add_message(*, conversation_id, user_id, role, content):
     if conversation is None:
         raise ConversationGone(f"conversation {conversation_id} of user {user_id} is not available")
     message = Message.objects.create(conversation=conversation, role=role, content=content)
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    Conversation.objects.filter(pk=conversation.pk).update(
+        updated_at=timezone.now(), message_count=F("message_count") + 1
+    )
     logger.info(
         "message %s added to conversation %s (%d chars)", message.pk, conversation_id, len(content)
     )
     return message
+
+
+@transaction.atomic
+def delete_messages(messages):
+    """Delete `messages` (a queryset) and take them off their conversations' counts."""
+    per_conversation = messages.order_by().values("conversation_id").annotate(n=Count("id"))
+    for row in per_conversation:
+        Conversation.objects.filter(pk=row["conversation_id"]).update(
+            message_count=F("message_count") - row["n"]
+        )
+    return messages.delete()
 
 
 @transaction.atomic
@@ -88,8 +102,7 @@ def delete_conversation(*, conversation_id, user_id):
         return {"deleted": False, "conversation_id": conversation_id}
     if conversation.owner_id != user_id:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
-    _, counts = conversation.delete()
-    erase_traces(conversation_id)
+    _, counts = conversation.delete()  # erase_traces runs on post_delete (chat.apps)
     messages = counts.get(Message._meta.label, 0)
     logger.info("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
@@ -98,10 +111,12 @@ def delete_conversation(*, conversation_id, user_id):
 def erase_traces(conversation_id):
     """Remove what other tables keep of a deleted conversation's title and content.
 
-    Job records about it lose their content fields; the admin log's `object_repr` is reset
-    (`Conversation.__str__` holds no title today, but older entries or a changed `__str__` might).
+    Waiting jobs that would add content to it are cancelled and job records about it lose their
+    content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
+    today, but older entries or a changed `__str__` might). Runs in the deleting transaction for
+    every deletion of a conversation, whichever path (see `chat.apps`).
     """
-    scrub_jobs(Conversation.subject_for(conversation_id))
+    forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(
         content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
     ).update(object_repr=f"Conversation {conversation_id}")

@@ -11,8 +11,8 @@ from queues.models import Job, JobCounter, JobMinute
 
 
 def jobs_visible_to(user):
-    """Staff see every job; anyone else the jobs they enqueued."""
-    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
+    """Holders of `queues.view_job` see every job record; anyone else the jobs they enqueued."""
+    return Job.objects.all() if user.has_perm("queues.view_job") else Job.objects.filter(user=user)
 
 
 def subjects_with_live_jobs(job_type, subjects):
@@ -30,14 +30,12 @@ def counter_totals():
     return {(r["queue"], r["job_type"], r["name"]): r["total"] for r in rows}
 
 
-def oldest_due_job(queue):
-    """The waiting job of `queue` that has been due longest, or None (an index lookup)."""
-    return (
-        Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
-        .order_by("run_after")
-        .only("run_after")
-        .first()
-    )
+def oldest_due_job(queue, job_types=None):
+    """The waiting job of `queue` (of `job_types`, if given) due longest, or None."""
+    due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
+    if job_types is not None:
+        due = due.filter(job_type__in=job_types)
+    return due.order_by("run_after").only("run_after").first()
 
 
 def live_cluster_counts():
