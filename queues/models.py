@@ -44,6 +44,9 @@ class Job(models.Model):
     last_error_class = models.CharField(max_length=128, blank=True)
     traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
+    # The database broker's row of the job's last push; the rescuer re-pushes a waiting job whose
+    # row is gone. Null on Redis, where the broker is not in the database.
+    broker_row = models.BigIntegerField(null=True, blank=True, editable=False)
     worker = models.CharField(max_length=128, blank=True, help_text="host:pid of the last attempt.")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
