@@ -19,6 +19,9 @@ class Conversation(ExportModelOperationsMixin("conversation"), models.Model):
     # Set when the owner asks for deletion; from then on the API treats it as gone, and a job
     # deletes it for real.
     deletion_requested_at = models.DateTimeField(null=True, blank=True)
+    # Set by the sweeper when the deletion's job failed for good: from then on operators retry it
+    # (admin), and the sweeper no longer queues it again every minute.
+    deletion_failed_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 

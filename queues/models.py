@@ -1,4 +1,5 @@
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -22,6 +23,8 @@ class Job(models.Model):
         CANCELLED = "cancelled"
 
     WAITING = (Status.QUEUED, Status.RETRYING)
+    # A waiting job this late has lost its delivery and was not rescued: it is not live.
+    OVERDUE_AFTER = timedelta(minutes=2)
     LIVE = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
