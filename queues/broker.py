@@ -10,8 +10,9 @@ On PostgreSQL (see docs/job-queue.md, "The broker"):
 - one statement claims up to `bulk` due rows, oldest first, with `FOR UPDATE SKIP LOCKED` on the
   (key, lock, id) index, and tells when the next row falls due;
 - a claimed row's key becomes `<queue>@<token>`, the token of a lock the pusher's connection
-  holds (`queues.liveness`): the rows of a cluster that died are known at once and handed out
-  again by the next rescue (`free_dead_claims`), not after a visibility timeout;
+  holds (`queues.liveness`), which hides it from other claims; its `lock` (due time) is kept.
+  The rows of a cluster that died are known at once and handed out again, in their place in
+  the queue, by the next rescue (`free_dead_claims`), not after a visibility timeout;
 - `enqueue` sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
   idle pusher waits on `LISTEN` until then or until the next row is due, instead of polling;
 - the runner deletes a job's broker row in the transaction that records the job's outcome, so the
@@ -29,7 +30,6 @@ import psycopg
 from django.conf import settings
 from django.db import Error as DjangoDatabaseError
 from django.db import connections, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
@@ -62,7 +62,7 @@ WITH due AS (
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE {TABLE} q SET lock = %(until)s, key = %(claimed)s FROM due WHERE q.id = due.id
+    UPDATE {TABLE} q SET key = %(claimed)s FROM due WHERE q.id = due.id
     RETURNING q.id, q.payload, due.lock
 )
 SELECT id, payload, lock FROM claimed
@@ -72,7 +72,7 @@ SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
 # Rows claimed by a pusher whose claims lock nobody holds: that cluster died. The partial index
 # of migration 0010 keeps this a lookup among claimed rows only.
 _FREE_DEAD_CLAIMS = f"""
-UPDATE {TABLE} SET key = %(key)s, lock = %(now)s
+UPDATE {TABLE} SET key = %(key)s
 WHERE key LIKE '%%@%%' AND split_part(key, '@', 1) = %(key)s
 AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}
 """
@@ -124,7 +124,6 @@ class JobBroker(ORM):
             "key": self.list_key,
             "now": now,
             "bulk": Conf.BULK,
-            "until": self.timeout(None),
             "claimed": f"{self.list_key}@{self._claims_token()}",
         }
         with connections[Conf.ORM].cursor() as cursor:
@@ -157,11 +156,10 @@ class JobBroker(ORM):
         return number
 
     def lock_size(self):
-        """Rows handed out and not acknowledged yet, tagged with their pusher's token or not."""
+        """Rows claimed and not acknowledged yet (tagged with their pusher's token)."""
         if not self.fast:
             return super().lock_size()
-        claimed = Q(key__startswith=f"{self.list_key}@") | Q(key=self.list_key)
-        return self.get_connection().filter(claimed, lock__gt=timezone.now()).count()
+        return self.get_connection().filter(key__startswith=f"{self.list_key}@").count()
 
     def _wait(self, next_due):
         """Sleep until a NOTIFY, the next due row, or IDLE_WAIT, whichever comes first."""
@@ -226,7 +224,7 @@ def free_dead_claims(queue):
     if not JobBroker(queue).fast:
         return 0  # SQLite: django-q2's visibility timeout hands them out again
     with connections[Conf.ORM].cursor() as cursor:
-        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue, "now": timezone.now()})
+        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
         return cursor.rowcount
 
 

@@ -25,6 +25,7 @@ from queues.models import Job
 from queues.rescuer import rescue
 from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
 from queues.services import enqueue
+from tests.support.cluster import wait_for
 
 postgres_only = pytest.mark.postgres
 
@@ -52,6 +53,21 @@ def in_other_connection(fn, *args):
     thread.start()
     thread.join(30)
     return result.get("value")
+
+
+def worker_gone(job_id):
+    """Begin an attempt of `job_id` on a connection that then closes, as a killed worker's does.
+
+    Returns once PostgreSQL has ended that session (and so released its locks).
+    """
+    in_other_connection(begin_attempt, job_id)
+
+    def released():
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT NOT {liveness.job_lock_held_sql('%s::uuid')}", [str(job_id)])
+            return cursor.fetchone()[0]
+
+    wait_for(released, 10, message="the closed session's locks released")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -98,7 +114,7 @@ def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
 @pytest.mark.django_db(transaction=True)
 def test_a_running_job_whose_worker_connection_is_gone_is_lost_and_run_again(user):
     conversation, job = doomed_conversation(user)
-    in_other_connection(begin_attempt, job.pk)  # its connection closes: the worker is gone
+    worker_gone(job.pk)
 
     again = begin_attempt(job.pk)
     assert (again.attempts, again.last_error_class) == (2, "WorkerLost")
@@ -111,7 +127,7 @@ def test_a_running_job_whose_worker_connection_is_gone_is_lost_and_run_again(use
 def test_the_rescuer_retries_a_dead_workers_attempt_and_leaves_a_live_one_alone(user):
     _, dead = doomed_conversation(user)
     _, alive = doomed_conversation(user)
-    in_other_connection(begin_attempt, dead.pk)
+    worker_gone(dead.pk)
     live_attempt = begin_attempt(alive.pk)
 
     assert rescue("database") == 1
@@ -153,16 +169,16 @@ def test_the_rescuer_hands_out_again_only_the_claims_of_dead_clusters(user):
         autocommit=True,
     )
     live_pusher.execute("SELECT pg_advisory_lock(%s::int4, 777)", [liveness.CLAIMS])
-    later = timezone.now() + timedelta(minutes=5)
-    dead = OrmQ.objects.create(key="database@555", payload="x", lock=later)
-    live = OrmQ.objects.create(key="database@777", payload="x", lock=later)
+    due = timezone.now() - timedelta(minutes=5)
+    dead = OrmQ.objects.create(key="database@555", payload="x", lock=due)
+    live = OrmQ.objects.create(key="database@777", payload="x", lock=due)
     try:
         assert rescue("database") == 1
     finally:
         live_pusher.close()
     dead.refresh_from_db()
     live.refresh_from_db()
-    assert dead.key == "database" and dead.lock <= timezone.now()
+    assert (dead.key, dead.lock) == ("database", due), "back in its place in the queue"
     assert live.key == "database@777"
 
 
