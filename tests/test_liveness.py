@@ -64,7 +64,10 @@ def worker_gone(job_id):
 
     def released():
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT NOT {liveness.job_lock_held_sql('%s::uuid')}", [str(job_id)])
+            cursor.execute(
+                f"SELECT NOT {liveness.job_lock_held_sql('job.id')} FROM (SELECT %s::uuid id) job",
+                [str(job_id)],
+            )
             return cursor.fetchone()[0]
 
     wait_for(released, 10, message="the closed session's locks released")
