@@ -97,10 +97,10 @@ class JobBroker(ORM):
             return cursor.fetchone()[0]
 
     def dequeue(self):
+        rescue_now_and_then(self.list_key)
         if not self.fast:
             return super().dequeue()
         try:
-            rescue_now_and_then(self.list_key)
             tasks, next_due = self._claim()
             if not tasks:
                 self._wait(next_due)

@@ -79,7 +79,11 @@ def lost_attempts(queue):
         return list(running.order_by("started_at")[:BATCH])
     now = timezone.now()
     candidates = running.order_by("started_at")[:BATCH]
-    return [job for job in candidates if job.started_at < now - presumed_alive_for(job)]
+    return [
+        job
+        for job in candidates
+        if job.started_at is None or job.started_at < now - presumed_alive_for(job)
+    ]
 
 
 def push_stranded(queue):

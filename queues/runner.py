@@ -151,6 +151,7 @@ def lock_for_attempt(job_id, now):
     live = (
         job is not None
         and job.status == Job.Status.RUNNING
+        and job.started_at is not None
         and job.started_at > now - presumed_alive_for(job)
     )
     return not live, job
