@@ -9,8 +9,9 @@ Plugged in through `Q_CLUSTER["broker_class"]`, so it stays django-q2's cluster,
 On PostgreSQL (see docs/job-queue.md, "The broker"):
 - one statement claims up to `bulk` due rows, oldest first, with `FOR UPDATE SKIP LOCKED` on the
   (key, lock, id) index, and tells when the next row falls due;
-- a claimed row's key becomes `<queue>@<token>`, the token of a lock the pusher's connection
-  holds (`queues.liveness`), which hides it from other claims; its `lock` (due time) is kept.
+- a claimed row's key becomes `<queue>@<token>@<claimed at, epoch s>`, the token of a lock the
+  pusher's connection holds (`queues.liveness`), which hides it from other claims; its `lock`
+  (due time) is kept.
   The rows of a cluster that died are known at once and handed out again, in their place in
   the queue, by the next rescue (`free_dead_claims`), not after a visibility timeout;
 - `enqueue` sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
@@ -30,6 +31,8 @@ import psycopg
 from django.conf import settings
 from django.db import Error as DjangoDatabaseError
 from django.db import connections, transaction
+from django.db.models import BooleanField, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
@@ -124,7 +127,7 @@ class JobBroker(ORM):
             "key": self.list_key,
             "now": now,
             "bulk": Conf.BULK,
-            "claimed": f"{self.list_key}@{self._claims_token()}",
+            "claimed": f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}",
         }
         with connections[Conf.ORM].cursor() as cursor:
             cursor.execute(_CLAIM, params)
@@ -226,6 +229,23 @@ def free_dead_claims(queue):
     with connections[Conf.ORM].cursor() as cursor:
         cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
         return cursor.rowcount
+
+
+def rows_on_their_way(queue, claimed_since):
+    """Broker rows of `queue` that will still be delivered: waiting their turn, or claimed since
+    `claimed_since` (a row claimed longer ago for a job still waiting was lost in a worker killed
+    before it began the job). SQLite: every row, since claims expire there."""
+    rows = OrmQ.objects.using(Conf.ORM)
+    if not JobBroker(queue).fast:
+        return rows
+    recent = RawSQL(
+        "NULLIF(split_part(key, '@', 3), '')::bigint >= %s",
+        [int(claimed_since.timestamp())],
+        BooleanField(),
+    )
+    return rows.alias(recent=recent).filter(
+        Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
+    )
 
 
 def rescue_now_and_then(queue):

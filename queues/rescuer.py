@@ -8,7 +8,8 @@ time per queue on PostgreSQL), and the maintenance schedule once a minute:
 2. a `running` job whose worker is gone (`queues.liveness`) gets a `WorkerLost` attempt and a
    retry (or fails, if that was its last attempt);
 3. a waiting job more than `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
-   (database broker), or any such job (Redis, which cannot be asked), is pushed again and its
+   or was claimed longer ago than that (lost in a worker killed before it began the job) on the
+   database broker, or any such job on Redis (which cannot be asked), is pushed again and its
    `run_after` moved to now, so it is pushed at most once per `QUEUE_STRANDED_AFTER`. A spare
    delivery does nothing: the runner tells it from the live one.
 """
@@ -21,10 +22,9 @@ from django.db import connection, transaction
 from django.db.models import BooleanField, Exists, OuterRef
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
-from django_q.models import OrmQ
 
 from queues import liveness
-from queues.broker import broker_in_database, free_dead_claims, push
+from queues.broker import broker_in_database, free_dead_claims, push, rows_on_their_way
 from queues.errors import WorkerLost
 from queues.models import Job
 from queues.runner import presumed_alive_for, record_failure
@@ -89,13 +89,11 @@ def lost_attempts(queue):
 def push_stranded(queue):
     """Push again the waiting jobs of `queue` whose delivery is lost. Returns how many."""
     now = timezone.now()
-    stranded = Job.objects.filter(
-        queue=queue,
-        status__in=Job.WAITING,
-        run_after__lt=now - timedelta(seconds=settings.QUEUE_STRANDED_AFTER),
-    )
+    late = now - timedelta(seconds=settings.QUEUE_STRANDED_AFTER)
+    stranded = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lt=late)
     if broker_in_database():
-        stranded = stranded.exclude(Exists(OrmQ.objects.filter(pk=OuterRef("broker_row"))))
+        on_its_way = rows_on_their_way(queue, claimed_since=late).filter(pk=OuterRef("broker_row"))
+        stranded = stranded.exclude(Exists(on_its_way))
     pushed = 0
     for job in stranded.order_by("run_after")[:BATCH]:
         job.run_after = now

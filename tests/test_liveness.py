@@ -5,6 +5,7 @@ every outcome is written only if its attempt is still the job's current one.
 """
 
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 import psycopg
@@ -161,28 +162,54 @@ def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, s
     assert Job.objects.get(pk=lost.pk).status == "succeeded"
 
 
+@contextmanager
+def live_pusher(token):
+    """A session holding the claims lock of `token`, as a live cluster's pusher does."""
+    settings = connection.settings_dict
+    session = psycopg.connect(
+        host=settings["HOST"] or "127.0.0.1",
+        port=settings["PORT"] or 5432,
+        user=settings["USER"],
+        dbname=settings["NAME"],
+        autocommit=True,
+    )
+    session.execute("SELECT pg_advisory_lock(%s::int4, %s::int4)", [liveness.CLAIMS, token])
+    try:
+        yield
+    finally:
+        session.close()
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_the_rescuer_hands_out_again_only_the_claims_of_dead_clusters(user):
-    live_pusher = psycopg.connect(
-        host=connection.settings_dict["HOST"] or "127.0.0.1",
-        port=connection.settings_dict["PORT"] or 5432,
-        user=connection.settings_dict["USER"],
-        dbname=connection.settings_dict["NAME"],
-        autocommit=True,
-    )
-    live_pusher.execute("SELECT pg_advisory_lock(%s::int4, 777)", [liveness.CLAIMS])
     due = timezone.now() - timedelta(minutes=5)
-    dead = OrmQ.objects.create(key="database@555", payload="x", lock=due)
-    live = OrmQ.objects.create(key="database@777", payload="x", lock=due)
-    try:
+    dead = OrmQ.objects.create(key="database@555@1", payload="x", lock=due)
+    live = OrmQ.objects.create(key="database@777@1", payload="x", lock=due)
+    with live_pusher(777):
         assert rescue("database") == 1
-    finally:
-        live_pusher.close()
     dead.refresh_from_db()
     live.refresh_from_db()
     assert (dead.key, dead.lock) == ("database", due), "back in its place in the queue"
-    assert live.key == "database@777"
+    assert live.key == "database@777@1"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, settings):
+    """Its row stays claimed by a live cluster, but a claimed job starts within seconds."""
+    settings.QUEUE_STRANDED_AFTER = 30
+    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
+    prefetched = enqueue("database", "test_sleep", {"user_id": user.pk})
+    now = timezone.now()
+    long_ago = now - timedelta(minutes=1)
+    Job.objects.filter(pk__in=[lost.pk, prefetched.pk]).update(run_after=long_ago)
+    OrmQ.objects.filter(pk=lost.broker_row).update(key=f"database@777@{int(long_ago.timestamp())}")
+    OrmQ.objects.filter(pk=prefetched.broker_row).update(key=f"database@777@{int(now.timestamp())}")
+    with live_pusher(777):
+        assert rescue("database") == 1
+    lost.refresh_from_db()
+    assert OrmQ.objects.get(pk=lost.broker_row).key == "database"
 
 
 @postgres_only
