@@ -19,6 +19,7 @@ liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTE
 import time
 
 from django_q.brokers.redis_broker import Redis
+from django_q.conf import Conf
 
 from queues.broker import rescue_now_and_then
 
@@ -39,6 +40,7 @@ class RedisJobBroker(Redis):
 
     def __init__(self, list_key=None):
         super().__init__(list_key=list_key)
+        self.queue = list_key or Conf.CLUSTER_NAME  # django-q2 makes `list_key` a Redis key
         self.delayed_key = f"{self.list_key}:delayed"
         self._move_due = self.connection.register_script(_MOVE_DUE)
 
@@ -49,7 +51,7 @@ class RedisJobBroker(Redis):
         return self.connection.rpush(self.list_key, task)
 
     def dequeue(self):
-        rescue_now_and_then(self.list_key)
+        rescue_now_and_then(self.queue)
         self._move_due(keys=[self.delayed_key, self.list_key], args=[time.time()])
         return super().dequeue()
 

@@ -19,6 +19,7 @@ from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
+from tests import test_redis_broker
 from tests.support.cluster import wait_for
 from tests.test_faults import (
     assert_everything_deleted_exactly_once,
@@ -30,6 +31,8 @@ from tests.test_faults import (
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 KEEP_ALL = {"JOB_KEEP_SUCCEEDED": "1000"}
+ON_REDIS = test_redis_broker.ON_REDIS
+redis_queue = test_redis_broker.redis_queue  # the fixture: this process enqueues on Redis too
 
 
 def copy_broker_rows(copies):
@@ -174,3 +177,25 @@ def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
     blocker.close()
     wait_all_finished([job_id], 60)
     assert (Job.objects.get(pk=job_id).status, Message.objects.count()) == ("succeeded", 0)
+
+
+def test_on_redis_a_sigkilled_cluster_s_jobs_run_again_within_60s(redis_queue, cluster, user):
+    """Redis forgets the tasks a dead cluster had popped; the rescuer pushes them again."""
+    jobs = [
+        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)
+    ]
+    job_ids = [j.pk for j in jobs]
+    first = cluster.start(workers=3, extra_env={**KEEP_ALL, **ON_REDIS})
+    wait_for(
+        lambda: Job.objects.filter(status="running").count() == 3,
+        30,
+        message="three jobs running",
+    )
+    first.kill()
+    killed = time.monotonic()
+    assert succeeded(job_ids) == 0 and redis_queue.queue_size() < 12, "tasks lost with it"
+
+    cluster.start(workers=3, extra_env={**KEEP_ALL, **ON_REDIS})
+    wait_all_finished(job_ids, 75)
+    assert time.monotonic() - killed < 60
+    assert succeeded(job_ids) == 12
