@@ -8,7 +8,6 @@ import threading
 from contextlib import contextmanager
 from datetime import timedelta
 
-import psycopg
 import pytest
 from django.contrib.auth.models import Permission
 from django.db import OperationalError, connection
@@ -26,7 +25,7 @@ from queues.models import Job
 from queues.rescuer import rescue
 from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
 from queues.services import enqueue
-from tests.support.cluster import wait_for
+from tests.support.cluster import database_session, wait_for
 
 postgres_only = pytest.mark.postgres
 
@@ -165,14 +164,7 @@ def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, s
 @contextmanager
 def live_pusher(token):
     """A session holding the claims lock of `token`, as a live cluster's pusher does."""
-    settings = connection.settings_dict
-    session = psycopg.connect(
-        host=settings["HOST"] or "127.0.0.1",
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        dbname=settings["NAME"],
-        autocommit=True,
-    )
+    session = database_session(autocommit=True)
     session.execute("SELECT pg_advisory_lock(%s::int4, %s::int4)", [liveness.CLAIMS, token])
     try:
         yield

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 
-import psycopg
 import pytest
 from django.db import connection
 from django_q.models import OrmQ
@@ -20,7 +19,7 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
 from tests import test_redis_broker
-from tests.support.cluster import wait_for
+from tests.support.cluster import database_session, wait_for
 from tests.test_faults import (
     assert_everything_deleted_exactly_once,
     request_deletions,
@@ -49,16 +48,6 @@ def job_ids_of_claimed_rows():
     """Job ids in broker rows claimed by some pusher (key `<queue>@<token>`)."""
     rows = OrmQ.objects.filter(key__contains="@").values_list("payload", flat=True)
     return {SignedPackage.loads(payload)["args"][0] for payload in rows}
-
-
-def open_blocker_connection():
-    settings = connection.settings_dict
-    return psycopg.connect(
-        host=settings["HOST"] or "127.0.0.1",
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        dbname=settings["NAME"],
-    )
 
 
 @pytest.mark.parametrize("copies, count", [(3, 40), (6, 100)], ids=["tripled", "6-copies"])
@@ -147,7 +136,7 @@ def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
         )
     # A reader holding one message makes sure the DELETE is still running at the timeout,
     # however fast this machine deletes.
-    blocker = open_blocker_connection()
+    blocker = database_session()
     blocker.execute(
         "SELECT id FROM chat_message WHERE conversation_id = %s LIMIT 1 FOR SHARE",
         [conversation.pk],
