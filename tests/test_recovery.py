@@ -117,6 +117,17 @@ def test_a_worker_sigkilled_mid_job_is_recorded_lost_and_retried_promptly(cluste
     assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 2, "WorkerLost")
 
 
+def test_a_long_job_of_a_live_worker_is_never_rescued(cluster, user):
+    """Two clusters rescuing every second, no visibility timeout to speak of: one attempt."""
+    eager = {**KEEP_ALL, "QUEUE_RESCUE_INTERVAL": "1", "QUEUE_REDELIVERY_GRACE": "0"}
+    cluster.start(workers=2, timeout=10, extra_env=eager)
+    cluster.start(workers=2, timeout=10, extra_env=eager)
+    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 8})
+    wait_all_finished([job.pk], 30)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 1, "")
+
+
 def test_jobs_whose_broker_rows_were_deleted_are_pushed_again(cluster, user):
     conversation_ids, job_ids = request_deletions(user, 5)
     OrmQ.objects.all().delete()  # e.g. by hand in django-q2's "Queued tasks" admin
