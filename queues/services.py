@@ -47,7 +47,7 @@ def enqueue(queue, job_type, data, *, request_id=None):
     # No savepoint inside the caller's transaction (two round trips saved): an error here
     # propagates and rolls the caller's transaction back anyway.
     with transaction.atomic(savepoint=False):
-        job = Job.objects.create(
+        job = Job(
             queue=queue,
             job_type=job_type,
             data=cleaned,
@@ -56,8 +56,10 @@ def enqueue(queue, job_type, data, *, request_id=None):
             request_id=cleaned["request_id"],
             max_attempts=kind.retry_policy.attempts,
         )
+        # The broker row first, so the job is stored knowing it (no second write).
+        job.broker_row = push(job)
+        job.save(force_insert=True)
         counters.job_enqueued(job)
-        push(job)
     return job
 
 
@@ -77,10 +79,10 @@ def retry_jobs(jobs, *, by=None):
         job.finished_at = None
         job.retried_by = by
         job.retried_at = now
+        job.broker_row = push(job)
         job.save()
         job.refresh_from_db(fields=["max_attempts"])
         counters.retried_by_operator(job)
-        push(job)
         count += 1
     return count
 
