@@ -130,7 +130,7 @@ def begin_attempt(job_id):
                     logger.error("job failed for good: %s", lost)
                 return None
         else:
-            counters.attempt_started(job, first=job.attempts == 0)
+            counters.attempt_started(job)
         job.status = Job.Status.RUNNING
         job.attempts += 1
         job.started_at = now
