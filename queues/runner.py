@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from queues import counters, registry
+from queues import counters, registry, tracing
 from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
@@ -53,7 +53,7 @@ def run_job(job_id):
     job = begin_attempt(job_id)
     if job is None:
         return None
-    with log_context.bind(**log_fields(job)):
+    with log_context.bind(**log_fields(job)), tracing.attempt(job):
         logger.info("job attempt %s/%s started", job.attempts, job.max_attempts)
         try:
             return work(job)

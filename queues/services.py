@@ -4,7 +4,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from queues import counters, registry
+from queues import counters, registry, tracing
 from queues.broker import push
 from queues.models import Job
 from slimy import log_context
@@ -35,6 +35,7 @@ def enqueue(queue, job_type, data, *, request_id=None):
             user_id=cleaned["user_id"],
             request_id=cleaned["request_id"],
             max_attempts=kind.retry_policy.attempts,
+            trace_context=tracing.capture(),
         )
         counters.job_enqueued(job)
         push(job)
