@@ -44,7 +44,8 @@ def capture():
     """The trace context to store with a job enqueued now; empty when tracing is off."""
     if _tracer is None:
         return {}
-    return {"enqueued": _carrier(trace.get_current_span())}
+    enqueued = _carrier(trace.get_current_span())
+    return {"enqueued": enqueued} if enqueued else {}
 
 
 @contextmanager
@@ -90,10 +91,7 @@ def _record_outcome(sender, instance, **kwargs):
     if running is None or running[0] != instance.pk or instance.status == Job.Status.RUNNING:
         return
     span = running[1]
-    outcome = {Job.Status.QUEUED: "retrying", Job.Status.RETRYING: "retrying"}.get(
-        instance.status, str(instance.status)
-    )
-    span.set_attribute("job.outcome", outcome)
+    span.set_attribute("job.outcome", str(instance.status))
     if instance.status != Job.Status.SUCCEEDED:
         _mark_error(span, instance.last_error_class)
         # Saved with this row (a failure saves the whole job), read by the next attempt.

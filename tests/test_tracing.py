@@ -123,6 +123,7 @@ def test_attempt_spans_carry_no_job_content(user, spans):
 def test_a_job_enqueued_outside_any_trace_runs_as_a_trace_of_its_own(user, spans):
     exporter, _ = spans
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    assert Job.objects.get(pk=job.pk).trace_context == {}
     run_job(job.pk)
     (span,) = attempts_of(exporter, "test_sleep")
     assert span.parent is None and span.attributes["job.outcome"] == "succeeded"
