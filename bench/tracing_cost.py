@@ -108,8 +108,9 @@ def run_child(jobs, root, database_url, extra_env):
         env={**ENV, "DATABASE_URL": database_url, **extra_env},
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:
+        raise RuntimeError(f"a child run in {root} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
