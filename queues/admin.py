@@ -36,6 +36,8 @@ class JobAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Job._meta.fields]
     fieldsets = [
         (None, {"fields": ["id", "queue", "job_type", "status", "subject", "user", "request_id"]}),
+        # The trace id of the request that enqueued the job and of its last failed attempt.
+        ("Trace", {"fields": ["trace_context"], "classes": ["collapse"]}),
         ("Data and result", {"fields": ["data", "result"]}),
         ("Attempts", {"fields": ["attempts", "max_attempts", "run_after", "worker"]}),
         ("Error", {"fields": ["last_error_class", "last_error", "traceback"]}),

@@ -24,10 +24,10 @@ def job_enqueued(job):
     _add(job, enqueued=1, waiting=1)
 
 
-def attempt_started(job, *, first):
+def attempt_started(job):
+    """`job` as it waited: its `run_after` is when it became due (enqueue, backoff, operator)."""
     deltas = {"waiting": -1, "running": 1}
-    if first:
-        _observe(deltas, "wait_seconds", (timezone.now() - job.created_at).total_seconds())
+    _observe(deltas, "wait_seconds", (timezone.now() - job.run_after).total_seconds())
     _add(job, **deltas)
 
 

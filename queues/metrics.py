@@ -31,8 +31,9 @@ COUNTERS = {
     "operator_retries": ("slimy_job_operator_retries", "Failed jobs re-queued by an operator."),
 }
 HISTOGRAMS = {
-    "run_seconds": ("slimy_job_run_seconds", "Run time of job attempts."),
-    "wait_seconds": ("slimy_job_wait_seconds", "Time from enqueue to a job's first start."),
+    # Together they tell a backed-up queue (waits grow) from slow jobs (run times grow).
+    "run_seconds": ("slimy_job_run_seconds", "Run time of job attempts (start to finish)."),
+    "wait_seconds": ("slimy_job_wait_seconds", "Queue wait of job attempts (due to start)."),
 }
 GAUGES = {
     "waiting": ("slimy_jobs_waiting", "Jobs queued or waiting for a retry."),

@@ -36,7 +36,7 @@ from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
-from queues import counters, liveness, registry
+from queues import counters, liveness, registry, tracing
 from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
@@ -79,7 +79,7 @@ def run_job(job_id):
     job = begin_attempt(job_id)
     if job is None:
         return None
-    with log_context.bind(**log_fields(job)):
+    with log_context.bind(**log_fields(job)), tracing.attempt(job):
         logger.info("job attempt %s/%s started", job.attempts, job.max_attempts)
         try:
             return work(job)
@@ -185,7 +185,7 @@ def begin_attempt(job_id):
                 release_if_held(job)
                 return None
         else:
-            counters.attempt_started(job, first=job.attempts == 0)
+            counters.attempt_started(job)
         job.status = Job.Status.RUNNING
         job.attempts += 1
         job.started_at = now
@@ -233,6 +233,7 @@ def finish_attempt(job, release=True, **fields):
     job's liveness lock (only once the row is locked by the update, so a delivery that takes the
     lock next waits for this commit and sees the outcome).
     """
+    fields.update(tracing.outcome_fields(job, fields))
     attempt = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
     if not (release and liveness.supported()):
         return attempt.update(**fields) == 1

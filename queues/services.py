@@ -6,7 +6,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from queues import counters, registry
+from queues import counters, registry, tracing
 from queues.broker import push
 from queues.errors import TooManyLiveJobs
 from queues.models import Job
@@ -55,6 +55,7 @@ def enqueue(queue, job_type, data, *, request_id=None):
             user_id=cleaned["user_id"],
             request_id=cleaned["request_id"],
             max_attempts=kind.retry_policy.attempts,
+            trace_context=tracing.capture(),
         )
         # The broker row first, so the job is stored knowing it (no second write).
         job.broker_row = push(job)

@@ -60,6 +60,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI's assets served from our own static files: the docs page needs no internet.
     "drf_spectacular_sidecar",
+    # The project's own start-up: tracing (slimy.telemetry), in every process.
+    "slimy.apps.SlimyConfig",
     "queues",
     "chat",
 ]
@@ -331,6 +333,39 @@ LOGGING = {
         "django-q": {"level": os.environ.get("DJANGO_Q_LOG_LEVEL", "WARNING")},
     },
 }
+
+
+# --- Tracing --------------------------------------------------------------------------------
+# OpenTelemetry, configured only by its standard variables. Its SDK reads the rest itself
+# (endpoint, headers, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, batch
+# delays); here we only decide whether tracing is on and where spans go. Off, with nothing set up
+# and nothing exported, unless an OTLP endpoint or a traces exporter is named. See README, Tracing.
+def _traces_exporter():
+    if env_bool("OTEL_SDK_DISABLED"):
+        return None
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() or (
+        "otlp" if endpoint else "none"
+    )
+    if exporter == "none":
+        return None
+    if exporter not in {"otlp", "console"}:
+        raise ImproperlyConfigured("OTEL_TRACES_EXPORTER must be 'otlp', 'console' or 'none'.")
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if exporter == "otlp" and protocol != "http/protobuf":
+        raise ImproperlyConfigured(
+            "Only OTLP over HTTP is installed: OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf."
+        )
+    return exporter
+
+
+TRACES_EXPORTER = _traces_exporter()
+# Requests not worth a trace: Prometheus scrapes and health probes, every few seconds.
+TRACES_EXCLUDED_URLS = os.environ.get("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "metrics,healthz,readyz")
 
 # --- Security -------------------------------------------------------------------------------
 SESSION_COOKIE_SECURE = not DEBUG and env_bool("SECURE_COOKIES", default=True)

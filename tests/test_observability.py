@@ -1,15 +1,19 @@
 """Metrics, stats, health checks and logs, read across real processes."""
 
 import json
+from datetime import timedelta
 
 import pytest
 import requests
 from django.test import override_settings
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat.models import Conversation
+from queues import selectors
 from queues.maintenance import prune_finished_jobs
 from queues.models import Job
+from queues.runner import run_job
 from queues.services import enqueue
 from tests.conftest import token_client
 from tests.support.cluster import wait_for
@@ -70,7 +74,7 @@ def test_metrics_match_job_records_from_any_process_across_restarts_and_pruning(
         "slimy_jobs_waiting": 0,
         "slimy_jobs_running": 0,
         "slimy_job_run_seconds_count": attempts,
-        "slimy_job_wait_seconds_count": records.count(),
+        "slimy_job_wait_seconds_count": attempts,
     }
     assert (expected["slimy_jobs_failed_total"], expected["slimy_job_attempts_failed_total"]) == (
         3,
@@ -214,3 +218,22 @@ def test_metrics_include_django_prometheus_http_database_and_model_series(api, c
     assert 'django_model_inserts_total{model="conversation"}' in text
     assert "django_db_execute_total{" in text
     assert "django_http_requests_total_by_view_transport_method_total{" in text
+
+
+@pytest.mark.django_db
+def test_queue_wait_counts_each_attempt_from_when_it_became_due(user):
+    """Not from enqueue: a retry's backoff or a long-ago enqueue is not time spent in a queue."""
+    long_ago = timezone.now() - timedelta(hours=1)
+    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    Job.objects.filter(pk=job.pk).update(created_at=long_ago, run_after=timezone.now())
+    run_job(job.pk)  # fails; its retry becomes due after a backoff
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(seconds=3))
+    run_job(job.pk)
+
+    buckets, _, count = selectors.histogram(
+        selectors.counter_totals(), "database", "wait_seconds", "test_flaky"
+    )
+    per_bound = dict(buckets)
+    assert count == 2
+    assert per_bound[2.5] == 1  # the first attempt, due at once
+    assert per_bound[5] == 2  # the retry, due 3 s before it started

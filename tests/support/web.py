@@ -51,7 +51,7 @@ class WebServer:
         def up():
             try:
                 return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # booting, or slow to answer
                 return self.process.poll() is not None
 
         wait_for(up, 30, interval=0.2, message="gunicorn")
