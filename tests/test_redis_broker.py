@@ -55,6 +55,24 @@ def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
     assert redis_queue.queue_size() == 0
 
 
+def test_a_cluster_on_redis_is_alive_for_readyz_the_stats_and_the_dashboard(
+    redis_queue, cluster, client, staff_user
+):
+    assert client.get("/readyz").json()["failed"] == ["clusters"]
+    running = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    wait_for(lambda: client.get("/readyz").status_code == 200, 30, message="ready")
+    stats = token_client(staff_user).get("/api/queues/stats").json()["queues"]["database"]
+    assert stats["live_clusters"] == 1
+    client.force_login(staff_user)
+    dashboard = client.get("/dashboard/queues").content.decode()
+    assert "<td>database</td><td>" in dashboard and f"<td>{running.process.pid}</td>" in dashboard
+    # Nothing of the heartbeat went to Redis.
+    assert not redis.from_url(REDIS_URL).keys(f"{Conf.Q_STAT}:*")
+    running.stop()
+    client.logout()
+    assert client.get("/readyz").json()["failed"] == ["clusters"]
+
+
 def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user):
     cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
     job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
