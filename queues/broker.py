@@ -181,6 +181,21 @@ class JobBroker(DatabaseHeartbeats, ORM):
         self._listen = (os.getpid(), conn)
         return conn
 
+    def hand_back(self, tasks):
+        """Make the rows of claimed tasks that never started claimable again at once.
+
+        A stopping cluster (`queues.cluster`) calls this for what waited in its local queue, so
+        another cluster runs those jobs now, in their place in the queue, instead of after the
+        rescue notices its dead claims (SQLite: after the visibility timeout).
+        """
+        rows = OrmQ.objects.using(Conf.ORM).filter(pk__in=[task["ack_id"] for task in tasks])
+        if not self.fast:
+            rows.update(lock=timezone.now())  # django-q2's claim moved `lock` into the future
+            return
+        rows.update(key=self.list_key)  # untagged: its due time (`lock`) was kept
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self.list_key])
+
     def _close(self):
         connections[Conf.ORM].close()
         listener = getattr(self, "_listen", None)

@@ -23,6 +23,7 @@ import time
 
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
+from django_q.signing import SignedPackage
 
 from queues.broker import rescue_now_and_then
 from queues.heartbeats import DatabaseHeartbeats
@@ -62,6 +63,13 @@ class RedisJobBroker(DatabaseHeartbeats, Redis):
         rescue_now_and_then(self.queue)
         self._move_due(keys=[self.delayed_key, self.list_key], args=[time.time()])
         return super().dequeue()
+
+    def hand_back(self, tasks):
+        """Put claimed tasks that never started back at the head of the list, in their order."""
+        packages = [
+            SignedPackage.dumps({k: v for k, v in t.items() if k != "ack_id"}) for t in tasks
+        ]
+        self.connection.lpush(self.list_key, *reversed(packages))
 
     def queue_size(self):
         return super().queue_size() + self.connection.zcard(self.delayed_key)

@@ -112,32 +112,6 @@ def test_sigterm_of_the_whole_cluster_mid_run_then_a_restart_loses_nothing(clust
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
 
-@pytest.mark.parametrize(
-    "signals",
-    [
-        (signal.SIGTERM,),
-        (signal.SIGINT,),
-        (signal.SIGINT, signal.SIGINT),
-        (signal.SIGTERM, signal.SIGINT),
-    ],
-    ids=["sigterm", "sigint", "sigint-twice", "sigterm-then-sigint"],
-)
-def test_a_stop_signal_ends_the_cluster_in_bounded_time_even_when_repeated(cluster, user, signals):
-    jobs = [enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 2}) for _ in range(8)]
-    qcluster = cluster.start(workers=2, timeout=5, extra_env=FAST_RECOVERY)
-    wait_for(lambda: Job.objects.filter(status="running").exists(), 30, message="a running job")
-    started = time.monotonic()
-    for sig in signals:
-        qcluster.process.send_signal(sig)
-        time.sleep(0.3)
-    qcluster.process.wait(30)
-    assert time.monotonic() - started < 30
-    # In-flight jobs finished, or went back to the queue and finish after a restart.
-    cluster.start(workers=2, timeout=5, extra_env=FAST_RECOVERY)
-    wait_all_finished([j.pk for j in jobs], 60)
-    assert succeeded([j.pk for j in jobs]) == 8
-
-
 def test_a_hanging_handler_is_cut_off_by_the_timeout_and_retried(cluster, user):
     cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
     job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 60})
