@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER} (
 
 
 class ChaosData(JobData):
-    seconds = serializers.FloatField(min_value=0, default=0.05)
+    seconds = serializers.FloatField(min_value=0, default=0.1)
 
 
 @register("chaos_work", queue="database", schema=ChaosData)
