@@ -187,7 +187,7 @@ class Run:
             time.sleep(0.5)
 
     def result(self):
-        from django.db.models import Sum
+        from django.db.models import F, Sum
 
         from queues.models import Job
 
@@ -203,7 +203,8 @@ class Run:
             "lost": lost,
             "twice": sum(1 for count in per_job.values() if count > 1),
             "false_failures": jobs.filter(status="failed").count(),
-            "extra_attempts": (jobs.aggregate(n=Sum("attempts"))["n"] or 0) - len(self.job_ids),
+            "extra_attempts": jobs.filter(attempts__gt=1).aggregate(n=Sum(F("attempts") - 1))["n"]
+            or 0,
             "recovery": recovery,
         }
 
@@ -274,10 +275,13 @@ def terminate_worker_connections(run):
 
 def broker_rows_tripled(run):
     rows = run.sql(
+        # Each copy falls due with its original (a claimed row's copies at once), so copies of a
+        # job are claimed together and run side by side, as a duplicate delivery does.
         "INSERT INTO django_q_ormq (key, payload, lock) "
-        "SELECT key, payload, now() FROM django_q_ormq, generate_series(1, 2) RETURNING id"
+        "SELECT key, payload, least(lock, now()) FROM django_q_ormq, generate_series(1, 2) "
+        "RETURNING id"
     )
-    return f"{len(rows)} copies added (claimed rows' copies due at once)"
+    return f"{len(rows)} copies added, each due with its original"
 
 
 def broker_rows_deleted(run):

@@ -86,12 +86,16 @@ class Sentinel(q_cluster.Sentinel):
         Stat(self).save()
         deadline = time.monotonic() + job_timeout(self.broker) + STOP_GRACE
         self.event_out.set()  # the pusher stops after its current dequeue
+        # The benchmark's stock broker cannot hand back: its workers run what was claimed.
+        hands_back = hasattr(self.broker, "hand_back")
         unstarted = []
         while self.pusher.is_alive():
-            unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
+            if hands_back:
+                unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
             self.pause()
-        unstarted += self.take_unstarted()
-        if unstarted and hasattr(self.broker, "hand_back"):  # not the benchmark's stock broker
+        if hands_back:
+            unstarted += self.take_unstarted()
+        if unstarted:
             self.broker.hand_back(unstarted)
             logger.info("Handed %d claimed jobs back to the queue", len(unstarted))
         for _ in self.pool:
