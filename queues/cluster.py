@@ -96,8 +96,7 @@ class Sentinel(q_cluster.Sentinel):
         if hands_back:
             unstarted += self.take_unstarted()
         if unstarted:
-            self.broker.hand_back(unstarted)
-            logger.info("Handed %d claimed jobs back to the queue", len(unstarted))
+            self.hand_back(unstarted)
         for _ in self.pool:
             self.task_queue.put("STOP")
         self.end(self.pool, deadline)
@@ -106,8 +105,20 @@ class Sentinel(q_cluster.Sentinel):
         self.pool = []
         Stat(self).save()
 
+    def hand_back(self, tasks):
+        try:
+            self.broker.hand_back(tasks)
+        except Exception:  # the broker is down: the stop goes on, redelivery brings them back
+            logger.exception("Could not hand %d claimed jobs back to the queue", len(tasks))
+        else:
+            logger.info("Handed %d claimed jobs back to the queue", len(tasks))
+
     def take_unstarted(self):
-        """The claimed tasks waiting in the cluster's local queue, taken off it."""
+        """The claimed tasks waiting in the cluster's local queue, taken off it.
+
+        An idle worker blocked on the queue holds its read lock: what it would get next is left
+        to it, and it runs that job at once.
+        """
         tasks = []
         while True:
             try:
