@@ -13,7 +13,7 @@ Here the main process alone leads a stop:
   timeout is SIGKILLed instead of terminated;
 - the first signal starts the stop, later ones are logged and ignored;
 - the sentinel stops the pusher, hands the jobs claimed but not started back to the broker at
-  once (another cluster runs them now, not after the visibility timeout), lets each worker finish
+  once (another cluster runs them now, not at the next rescue), lets each worker finish
   its job for up to the queue's timeout plus STOP_GRACE seconds, then SIGKILLs what is left, whose
   job is delivered again like any crashed worker's.
 An idle cluster stops within about IDLE_WAIT seconds (the pusher's longest wait), a busy one

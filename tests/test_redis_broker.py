@@ -57,14 +57,14 @@ def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
 
 
 def test_a_cluster_on_redis_is_alive_for_readyz_the_stats_and_the_dashboard(
-    redis_queue, cluster, client, staff_user
+    redis_queue, cluster, client, operator_user
 ):
     assert client.get("/readyz").json()["failed"] == ["clusters"]
     running = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
     wait_for(lambda: client.get("/readyz").status_code == 200, 30, message="ready")
-    stats = token_client(staff_user).get("/api/queues/stats").json()["queues"]["database"]
+    stats = token_client(operator_user).get("/api/queues/stats").json()["queues"]["database"]
     assert stats["live_clusters"] == 1
-    client.force_login(staff_user)
+    client.force_login(operator_user)
     dashboard = client.get("/dashboard/queues").content.decode()
     assert "<td>database</td><td>" in dashboard and f"<td>{running.process.pid}</td>" in dashboard
     # Nothing of the heartbeat went to Redis.
