@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.db.models import Q
+from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages before we prune)
 from django_q import models as q_models
 
 from queues.models import Job

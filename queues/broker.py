@@ -26,7 +26,6 @@ import os
 import random
 import time
 import uuid
-from datetime import timedelta
 
 import psycopg
 from django.conf import settings
@@ -44,7 +43,7 @@ from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 
 from queues import liveness, registry
-from queues.models import ClusterHeartbeat
+from queues.heartbeats import DatabaseHeartbeats
 
 RUNNER = "queues.runner.run_job"
 CHANNEL = "django_q_ormq"
@@ -53,10 +52,6 @@ CHANNEL = "django_q_ormq"
 # cluster's claims cost 0.2 statement/s.
 IDLE_WAIT = 5.0
 TABLE = OrmQ._meta.db_table
-# How often a running cluster refreshes its heartbeat row, and how old one may be to count.
-HEARTBEAT = 10.0
-LIVE_WITHIN = timedelta(seconds=30)
-_heartbeats = {}
 
 _CLAIM = f"""
 WITH due AS (
@@ -86,7 +81,7 @@ RETURNING id, pg_notify('{CHANNEL}', key)
 """
 
 
-class JobBroker(ORM):
+class JobBroker(DatabaseHeartbeats, ORM):
     @property
     def fast(self):
         return connections[Conf.ORM].vendor == "postgresql"
@@ -186,34 +181,20 @@ class JobBroker(ORM):
         self._listen = (os.getpid(), conn)
         return conn
 
-    # django-q2 reports cluster status through the broker every guard cycle (0.5 s) and keeps it
-    # in the Django cache, per process by default. We keep it in the database, so every web
-    # process sees every cluster, writing at most every HEARTBEAT seconds (or on a status change)
-    # to keep an idle cluster quiet.
-    def set_stat(self, key, value, timeout):
-        stat = SignedPackage.loads(value)
-        last = _heartbeats.get(key)
-        if last and last[1] == stat.status and time.monotonic() - last[0] < HEARTBEAT:
+    def hand_back(self, tasks):
+        """Make the rows of claimed tasks that never started claimable again at once.
+
+        A stopping cluster (`queues.cluster`) calls this for what waited in its local queue, so
+        another cluster runs those jobs now, in their place in the queue, instead of after the
+        rescue notices its dead claims (SQLite: after the visibility timeout).
+        """
+        rows = OrmQ.objects.using(Conf.ORM).filter(pk__in=[task["ack_id"] for task in tasks])
+        if not self.fast:
+            rows.update(lock=timezone.now())  # django-q2's claim moved `lock` into the future
             return
-        ClusterHeartbeat.objects.update_or_create(
-            key=key,
-            defaults={
-                "queue": self.list_key,
-                "host": stat.host,
-                "pid": stat.pid,
-                "status": stat.status,
-                "payload": value,
-                "seen_at": timezone.now(),
-            },
-        )
-        _heartbeats[key] = (time.monotonic(), stat.status)
-
-    def get_stat(self, key):
-        beat = live_clusters().filter(key=key).first()
-        return beat.payload if beat else None
-
-    def get_stats(self, pattern):
-        return list(live_clusters().values_list("payload", flat=True))
+        rows.update(key=self.list_key)  # untagged: its due time (`lock`) was kept
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, self.list_key])
 
     def _close(self):
         connections[Conf.ORM].close()
@@ -264,13 +245,6 @@ def rescue_now_and_then(queue):
 
 
 _next_rescue = {}
-
-
-def live_clusters():
-    """Heartbeats of clusters seen recently and not stopped."""
-    return ClusterHeartbeat.objects.filter(seen_at__gte=timezone.now() - LIVE_WITHIN).exclude(
-        status=Conf.STOPPED
-    )
 
 
 def broker_in_database():

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from queues import selectors
-from queues.broker import live_clusters
+from queues.heartbeats import live_clusters
 from queues.models import Job
 from queues.services import retry_jobs
 

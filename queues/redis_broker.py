@@ -14,14 +14,19 @@ Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues
 Both kinds of lost delivery are pushed again from the job records by the rescuer
 (`queues.rescuer`), which every pusher runs as it dequeues: a dead worker's job at once (its
 liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late.
+
+Cluster heartbeats stay in the database (`queues.heartbeats`), so `/readyz`, the dashboard and the
+stats see the clusters of either broker.
 """
 
 import time
 
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
+from django_q.signing import SignedPackage
 
 from queues.broker import rescue_now_and_then
+from queues.heartbeats import DatabaseHeartbeats
 
 # Moves up to 100 due tasks from the delayed set (KEYS[1]) to the queue (KEYS[2]).
 _MOVE_DUE = """
@@ -34,7 +39,7 @@ return #due
 """
 
 
-class RedisJobBroker(Redis):
+class RedisJobBroker(DatabaseHeartbeats, Redis):
     # Tells `queues.broker.push` to wait for the transaction's commit.
     joins_transactions = False
 
@@ -43,6 +48,10 @@ class RedisJobBroker(Redis):
         self.queue = list_key or Conf.CLUSTER_NAME  # django-q2 makes `list_key` a Redis key
         self.delayed_key = f"{self.list_key}:delayed"
         self._move_due = self.connection.register_script(_MOVE_DUE)
+
+    @property
+    def queue_name(self):
+        return self.queue
 
     def enqueue(self, task, run_after=None):
         when = run_after.timestamp() if run_after is not None else 0
@@ -54,6 +63,13 @@ class RedisJobBroker(Redis):
         rescue_now_and_then(self.queue)
         self._move_due(keys=[self.delayed_key, self.list_key], args=[time.time()])
         return super().dequeue()
+
+    def hand_back(self, tasks):
+        """Put claimed tasks that never started back at the head of the list, in their order."""
+        packages = [
+            SignedPackage.dumps({k: v for k, v in t.items() if k != "ack_id"}) for t in tasks
+        ]
+        self.connection.lpush(self.list_key, *reversed(packages))
 
     def queue_size(self):
         return super().queue_size() + self.connection.zcard(self.delayed_key)

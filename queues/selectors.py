@@ -5,8 +5,8 @@ from datetime import timedelta
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from queues.broker import live_clusters
 from queues.counters import BUCKETS, bucket_name
+from queues.heartbeats import live_clusters
 from queues.models import Job, JobCounter, JobMinute
 
 

@@ -55,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    # Before django_q: its `qcluster` command runs our cluster (queues/cluster.py).
+    "queues",
     "django_q",
     "django_prometheus",
     "drf_spectacular",
@@ -62,7 +64,6 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     # The project's own start-up: tracing (slimy.telemetry), in every process.
     "slimy.apps.SlimyConfig",
-    "queues",
     "chat",
 ]
 

@@ -1,5 +1,6 @@
 """The `database` queue on Redis (QUEUE_BROKER=redis), end to end with a real cluster."""
 
+import signal
 from datetime import timedelta
 
 import pytest
@@ -53,6 +54,39 @@ def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
     assert job.result == {"deleted": True, "conversation_id": conversation.pk, "messages": 20}
     assert not Message.objects.filter(conversation_id=conversation.pk).exists()
     assert redis_queue.queue_size() == 0
+
+
+def test_a_cluster_on_redis_is_alive_for_readyz_the_stats_and_the_dashboard(
+    redis_queue, cluster, client, operator_user
+):
+    assert client.get("/readyz").json()["failed"] == ["clusters"]
+    running = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    wait_for(lambda: client.get("/readyz").status_code == 200, 30, message="ready")
+    stats = token_client(operator_user).get("/api/queues/stats").json()["queues"]["database"]
+    assert stats["live_clusters"] == 1
+    client.force_login(operator_user)
+    dashboard = client.get("/dashboard/queues").content.decode()
+    assert "<td>database</td><td>" in dashboard and f"<td>{running.process.pid}</td>" in dashboard
+    # Nothing of the heartbeat went to Redis.
+    assert not redis.from_url(REDIS_URL).keys(f"{Conf.Q_STAT}:*")
+    running.stop()
+    client.logout()
+    assert client.get("/readyz").json()["failed"] == ["clusters"]
+
+
+def test_a_stopping_cluster_hands_its_claimed_tasks_back_to_redis(redis_queue, cluster, user):
+    for _ in range(8):
+        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 2})
+    first = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    wait_for(lambda: Job.objects.filter(status="running").count() == 2, 30, message="2 running")
+    first.signal_group(signal.SIGTERM)
+    first.process.wait(20)
+    # Redis forgets what it handed out: what the cluster held but never started is back in it.
+    waiting = Job.objects.filter(status="queued").count()
+    assert waiting >= 1 and redis_queue.queue_size() == waiting
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    wait_for(lambda: Job.objects.filter(status="succeeded").count() == 8, 60, message="8 jobs")
+    assert not Job.objects.exclude(attempts=1).exists()
 
 
 def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user):

@@ -67,9 +67,20 @@ class Cluster:
         sentinels = children.get(self.process.pid, [])
         return [pid for s in sentinels for pid in children.get(s, [])]
 
+    def signal_group(self, sig):
+        """Signal every process of the cluster, as systemd's default KillMode does on stop."""
+        os.killpg(self.process.pid, sig)
+
+    def group_alive(self):
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
     def stop(self, timeout=30):
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -77,9 +88,9 @@ class Cluster:
 
     def kill(self):
         """SIGKILL the whole cluster: the qcluster process and all its children."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.group_alive():
+            self.signal_group(signal.SIGKILL)
+        self.process.wait(10)
 
 
 class ClusterFactory:

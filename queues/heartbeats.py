@@ -1,0 +1,64 @@
+"""Cluster heartbeats in the database, whichever broker carries the jobs.
+
+django-q2 reports a cluster's status through its broker every guard cycle (0.5 s): stock, into the
+Django cache (per process by default) or into Redis. Our brokers keep it in `ClusterHeartbeat`
+instead, so every web process on any host (`/readyz`, the dashboard, `/api/queues/stats`,
+`/metrics`) sees every cluster, on the database broker and on Redis alike.
+"""
+
+import time
+from datetime import timedelta
+
+from django.utils import timezone
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+
+from queues.models import ClusterHeartbeat
+
+# How often a running cluster refreshes its heartbeat row, and how old one may be to count.
+HEARTBEAT = 10.0
+LIVE_WITHIN = timedelta(seconds=30)
+_written = {}
+
+
+class DatabaseHeartbeats:
+    """Broker mixin: django-q2's cluster status calls, answered from `ClusterHeartbeat`."""
+
+    @property
+    def queue_name(self):
+        """The queue this broker serves, as operators name it (`database`)."""
+        return self.list_key
+
+    # Written at most every HEARTBEAT seconds, or on a status change, to keep an idle cluster
+    # quiet.
+    def set_stat(self, key, value, timeout):
+        stat = SignedPackage.loads(value)
+        last = _written.get(key)
+        if last and last[1] == stat.status and time.monotonic() - last[0] < HEARTBEAT:
+            return
+        ClusterHeartbeat.objects.update_or_create(
+            key=key,
+            defaults={
+                "queue": self.queue_name,
+                "host": stat.host,
+                "pid": stat.pid,
+                "status": stat.status,
+                "payload": value,
+                "seen_at": timezone.now(),
+            },
+        )
+        _written[key] = (time.monotonic(), stat.status)
+
+    def get_stat(self, key):
+        beat = live_clusters().filter(key=key).first()
+        return beat.payload if beat else None
+
+    def get_stats(self, pattern):
+        return list(live_clusters().values_list("payload", flat=True))
+
+
+def live_clusters():
+    """Heartbeats of clusters seen recently and not stopped."""
+    return ClusterHeartbeat.objects.filter(seen_at__gte=timezone.now() - LIVE_WITHIN).exclude(
+        status=Conf.STOPPED
+    )
