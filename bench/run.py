@@ -15,6 +15,7 @@ its error in its row and the others still run. docs/benchmarks.md records the la
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,8 +208,9 @@ def qcluster(broker, log_dir):
 
 
 class Bench:
-    def __init__(self, pg, db, owner, log_dir):
+    def __init__(self, pg, db, owner, log_dir, profile=None):
         self.pg, self.db, self.owner, self.log_dir = pg, db, owner, log_dir
+        self.profile = profile
         self.watcher_backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
 
     def sample(self, root):
@@ -298,11 +300,26 @@ class Bench:
         else:
             request_deletions(ids)
         cluster = qcluster(broker, self.log_dir)
+        profiler = self.start_profiler(cluster) if broker == "orm" else None
         try:
             return self.measure(f"qcluster ({broker})", ids, cluster), cluster
         except BaseException:
             cluster.stop()
             raise
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
+                progress(f"  profile of the cluster's processes: {self.profile}")
+
+    def start_profiler(self, cluster):
+        """py-spy over every process of the cluster, as collapsed stacks (`--profile PATH`)."""
+        if not self.profile:
+            return None
+        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses"]
+        command += ["--nonblocking", "--format", "raw", "--rate", "250"]
+        command += ["--pid", str(cluster.process.pid), "--output", self.profile]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def drain_celery(self, count, messages):
         import redis
@@ -544,6 +561,10 @@ def main():
     parser.add_argument("--idle-seconds", type=int, default=20)
     parser.add_argument("--peers", action="store_true", help="also Celery and Procrastinate")
     parser.add_argument(
+        "--profile", metavar="PATH", help="py-spy our drain's processes into PATH (skews its CPU)"
+    )
+    parser.add_argument("--save-log", metavar="PATH", help="keep the server's statement log")
+    parser.add_argument(
         "--only",
         default="drain,stock,redis,idle,big,http",
         help="comma-separated subset of: drain,stock,redis,idle,big,http (ours always drains)",
@@ -579,7 +600,9 @@ def main():
 
                 with peers.procrastinate_app.open():
                     peers.procrastinate_app.schema_manager.apply_schema()
-            table = run(Bench(pg, db, owner, log_dir), args, only, token)
+            table = run(Bench(pg, db, owner, log_dir, args.profile), args, only, token)
+        if args.save_log:
+            shutil.copy(pg.log_path, args.save_log)
     print_tables(table, args, version)
 
 

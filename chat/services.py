@@ -5,10 +5,12 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
+from django.db.models import Exists
 from django.utils import timezone
 
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
+from queues.selectors import jobs_with_content
 from queues.services import cancel_waiting_jobs, enqueue, scrub_jobs
 
 logger = logging.getLogger("chat")
@@ -74,25 +76,49 @@ def request_conversation_deletion(conversation, *, request_id):
     )
 
 
-@transaction.atomic
 def delete_conversation(*, conversation_id, user_id):
     """Delete the conversation and, through CASCADE, its messages. Idempotent.
 
     Only the owner's conversation is deleted; one that is already gone is a success, since jobs
     are delivered at least once.
     """
-    conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-    if conversation is None:
-        erase_traces(conversation_id)
-        logger.info("conversation %s already deleted", conversation_id)
-        return {"deleted": False, "conversation_id": conversation_id}
+    # No savepoint (two statements per job): any database error aborts the caller's transaction
+    # anyway, and the wrong-owner refusal is raised once the block has ended, having written
+    # nothing, so a caller may still catch it and go on.
+    with transaction.atomic(savepoint=False):
+        conversation = (
+            Conversation.objects.select_for_update()
+            .annotate(has_traces=traces_exist(conversation_id))
+            .filter(pk=conversation_id)
+            .order_by()
+            .first()
+        )
+        if conversation is None:
+            erase_traces(conversation_id)
+            logger.info("conversation %s already deleted", conversation_id)
+            return {"deleted": False, "conversation_id": conversation_id}
+        if conversation.owner_id == user_id:
+            _, counts = conversation.delete()
+            if conversation.has_traces:
+                erase_traces(conversation_id)
     if conversation.owner_id != user_id:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
-    _, counts = conversation.delete()
-    erase_traces(conversation_id)
     messages = counts.get(Message._meta.label, 0)
     logger.info("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
+
+
+def _admin_log_entries(conversation_id):
+    return LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
+    )
+
+
+def traces_exist(conversation_id):
+    """Whether other tables keep anything `erase_traces` erases: an expression, so the read that
+    locks the conversation also tells, and most deletions run no erasure query at all."""
+    subject = Conversation.subject_for(conversation_id)
+    return Exists(jobs_with_content(subject)) | Exists(_admin_log_entries(conversation_id))
 
 
 def erase_traces(conversation_id):
@@ -102,6 +128,4 @@ def erase_traces(conversation_id):
     (`Conversation.__str__` holds no title today, but older entries or a changed `__str__` might).
     """
     scrub_jobs(Conversation.subject_for(conversation_id))
-    LogEntry.objects.filter(
-        content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
-    ).update(object_repr=f"Conversation {conversation_id}")
+    _admin_log_entries(conversation_id).update(object_repr=f"Conversation {conversation_id}")

@@ -16,8 +16,9 @@ from queues.models import JobCounter, JobMinute
 
 # Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, math.inf)
-# Concurrent workers add to different rows (by pid), so they do not wait on each other's locks.
-SHARDS = 8
+# Concurrent workers add to different rows (by pid), so they do not wait on each other's locks:
+# more shards than a cluster's workers (10 by default), whose pids are mostly consecutive.
+SHARDS = 16
 
 
 def job_enqueued(job):
@@ -34,25 +35,22 @@ def attempt_started(job, *, first):
 def worker_lost(job, *, final):
     """A `running` job whose worker died: its attempt failed; it fails or runs again."""
     if final:
-        _add(job, attempts_failed=1, failed=1, running=-1)
+        _add(job, {"failed": 1}, attempts_failed=1, failed=1, running=-1)
     else:
-        _add(job, attempts_failed=1, retries_scheduled=1)
-    _add_minute(job, failed=1)
+        _add(job, {"failed": 1}, attempts_failed=1, retries_scheduled=1)
 
 
 def attempt_succeeded(job, seconds):
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
-    _add(job, **deltas)
-    _add_minute(job, succeeded=1, run_seconds=seconds)
+    _add(job, {"succeeded": 1, "run_seconds": seconds}, **deltas)
 
 
 def attempt_failed(job, seconds, *, retry):
     deltas = {"attempts_failed": 1, "running": -1}
     deltas.update({"waiting": 1, "retries_scheduled": 1} if retry else {"failed": 1})
     _observe(deltas, "run_seconds", seconds)
-    _add(job, **deltas)
-    _add_minute(job, failed=1, run_seconds=seconds)
+    _add(job, {"failed": 1, "run_seconds": seconds}, **deltas)
 
 
 def jobs_cancelled(queue, job_type, count):
@@ -75,12 +73,34 @@ def _observe(deltas, series, seconds):
     deltas[f"{series}_count"] = 1
 
 
-def _add(job, **deltas):
-    _add_for(job.queue, job.job_type, **deltas)
+def _add(job, minute=None, **deltas):
+    _add_for(job.queue, job.job_type, minute, **deltas)
+
+
+def _add_for(queue, job_type, minute=None, **deltas):
+    """Add `deltas` to the counters and, for a finished attempt, `minute` to this minute's row.
+
+    Rows of this process's shard only, so concurrent workers rarely wait on each other's locks.
+    """
+    shard = os.getpid() % SHARDS
+    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
+    statements = [_upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"])]
+    if minute:
+        now = timezone.now().replace(second=0, microsecond=0)
+        values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
+        statements.append(
+            _upsert(
+                JobMinute,
+                ["queue", "job_type", "minute", "shard"],
+                [(queue, job_type, now, shard, *values)],
+                ["succeeded", "failed", "run_seconds"],
+            )
+        )
+    _execute(statements)
 
 
 def _upsert(model, key_columns, rows, value_columns):
-    """INSERT rows; on conflict add their values to the existing row (PostgreSQL and SQLite)."""
+    """(sql, params): INSERT rows; on conflict add their values to the existing row."""
     table = connection.ops.quote_name(model._meta.db_table)
     columns = [*key_columns, *value_columns]
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
@@ -89,22 +109,17 @@ def _upsert(model, key_columns, rows, value_columns):
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
         f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
     )
+    return sql, [value for row in rows for value in row]
+
+
+def _execute(statements):
+    """One round trip on PostgreSQL (the others as data-modifying CTEs); one each on SQLite."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
-
-
-def _add_for(queue, job_type, **deltas):
-    shard = os.getpid() % SHARDS
-    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
-    _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"])
-
-
-def _add_minute(job, succeeded=0, failed=0, run_seconds=0.0):
-    minute = timezone.now().replace(second=0, microsecond=0)
-    row = (job.queue, job.job_type, minute, os.getpid() % SHARDS, succeeded, failed, run_seconds)
-    _upsert(
-        JobMinute,
-        ["queue", "job_type", "minute", "shard"],
-        [row],
-        ["succeeded", "failed", "run_seconds"],
-    )
+        if connection.vendor != "postgresql":
+            for sql, params in statements:
+                cursor.execute(sql, params)
+            return
+        (main, main_params), others = statements[0], statements[1:]
+        ctes = ", ".join(f"upsert{i} AS ({sql})" for i, (sql, _) in enumerate(others))
+        params = [p for _, ps in others for p in ps] + main_params
+        cursor.execute(f"WITH {ctes} {main}" if others else main, params)

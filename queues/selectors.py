@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.db.models import Count, Sum
 from django.utils import timezone
 
+from queues import registry
 from queues.broker import live_clusters
 from queues.counters import BUCKETS, bucket_name
 from queues.models import Job, JobCounter, JobMinute
@@ -22,6 +23,12 @@ def subjects_with_live_jobs(job_type, subjects):
             job_type=job_type, subject__in=subjects, status__in=Job.LIVE
         ).values_list("subject", flat=True)
     )
+
+
+def jobs_with_content(subject):
+    """Job records about `subject` of the types that carry user content (`content_fields`)."""
+    types = [name for name, kind in registry.all_types().items() if kind.content_fields]
+    return Job.objects.filter(subject=subject, job_type__in=types)
 
 
 def counter_totals():

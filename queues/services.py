@@ -4,7 +4,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from queues import counters, registry
+from queues import counters, registry, selectors
 from queues.broker import push
 from queues.models import Job
 from slimy import log_context
@@ -84,7 +84,7 @@ def scrub_jobs(subject):
     finished records there are, so this touches few rows.
     """
     scrubbed = []
-    for job in Job.objects.filter(subject=subject).only("id", "job_type", "data"):
+    for job in selectors.jobs_with_content(subject).only("id", "job_type", "data"):
         kind = registry.find(job.job_type)
         fields = [f for f in (kind.content_fields if kind else ()) if f in job.data]
         if fields:
