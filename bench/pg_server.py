@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psycopg
 
-# One log line per statement: "<application_name>|<pid>|LOG:  statement: ..." (simple protocol)
-# or "...LOG:  execute <name>: ..." (extended protocol, what psycopg sends with parameters).
-_STATEMENT = re.compile(rb"^([^|\n]*)\|\d+\|LOG:  (?:statement|execute [^:]*):", re.M)
+# One log line per statement, "<application_name>|<pid>|<time>|LOG:  statement: ..." (simple
+# protocol) or "...LOG:  execute <name>: ..." (extended protocol: psycopg with parameters).
+_STATEMENT = re.compile(rb"^([^|\n]*)\|\d+\|[^|\n]*\|LOG:  (?:statement|execute [^:]*):", re.M)
 
 
 def binaries():
@@ -54,7 +54,7 @@ class ThrowawayPostgres:
             "unix_socket_directories": str(self.dir),
             "max_connections": "200",
             "log_statement": "all",
-            "log_line_prefix": "%a|%p|",
+            "log_line_prefix": "%a|%p|%m|",
             "log_min_messages": "warning",
             **(settings or {}),
         }

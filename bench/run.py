@@ -317,7 +317,7 @@ class Bench:
         if not self.profile:
             return None
         command = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses"]
-        command += ["--nonblocking", "--format", "raw", "--rate", "250"]
+        command += ["--nonblocking", "--gil", "--format", "raw", "--rate", "250"]
         command += ["--pid", str(cluster.process.pid), "--output", self.profile]
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

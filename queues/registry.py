@@ -100,6 +100,11 @@ def all_types():
     return dict(_types)
 
 
+def types_with_content():
+    """Names of the types whose data carries user content (`content_fields`)."""
+    return [name for name, kind in _types.items() if kind.content_fields]
+
+
 def autodiscover():
     autodiscover_modules("jobs")
     for module in settings.JOB_TYPE_MODULES:

@@ -27,8 +27,7 @@ def subjects_with_live_jobs(job_type, subjects):
 
 def jobs_with_content(subject):
     """Job records about `subject` of the types that carry user content (`content_fields`)."""
-    types = [name for name, kind in registry.all_types().items() if kind.content_fields]
-    return Job.objects.filter(subject=subject, job_type__in=types)
+    return Job.objects.filter(subject=subject, job_type__in=registry.types_with_content())
 
 
 def counter_totals():
