@@ -65,6 +65,7 @@ _INSERT = f"""
 INSERT INTO {TABLE} (key, payload, lock) VALUES (%s, %s, %s)
 RETURNING id, pg_notify('{CHANNEL}', key)
 """
+_INSERT_PLAIN = f"INSERT INTO {TABLE} (key, payload, lock) VALUES (%s, %s, %s)"
 
 
 class JobBroker(ORM):
@@ -183,6 +184,29 @@ def push(job):
     The row carries only the job's id: the data stays in the job record, so scrubbing a job's
     content never has to decode signed pickles.
     """
+    broker = get_broker(job.queue)
+    if not getattr(broker, "joins_transactions", True):
+        # A broker outside the database (Redis) gets the row only once the job record commits.
+        payload = _payload(job)
+        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        return None
+    # Our database broker, also under a cluster running django-q2's stock broker (the
+    # benchmark's reference), whose `enqueue` knows no `run_after`.
+    return JobBroker(job.queue).enqueue(_payload(job), run_after=job.run_after)
+
+
+def push_statement(job):
+    """As `push`, as (sql, params) for the caller to send with its other writes.
+
+    None when the queue's broker is outside the database: then `push` the job.
+    """
+    if not getattr(get_broker(job.queue), "joins_transactions", True):
+        return None
+    sql = _INSERT if connections[Conf.ORM].vendor == "postgresql" else _INSERT_PLAIN
+    return sql, [job.queue, _payload(job), job.run_after]
+
+
+def _payload(job):
     package = {
         "id": uuid.uuid4().hex,
         "name": f"{job.job_type}:{job.id}",
@@ -192,15 +216,7 @@ def push(job):
         "started": timezone.now(),
         "cluster": job.queue,
     }
-    payload = SignedPackage.dumps(package)
-    broker = get_broker(job.queue)
-    if not getattr(broker, "joins_transactions", True):
-        # A broker outside the database (Redis) gets the row only once the job record commits.
-        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
-        return None
-    # Our database broker, also under a cluster running django-q2's stock broker (the
-    # benchmark's reference), whose `enqueue` knows no `run_after`.
-    return JobBroker(job.queue).enqueue(payload, run_after=job.run_after)
+    return SignedPackage.dumps(package)
 
 
 # The broker row this worker process is running, and whether the runner already deleted it.

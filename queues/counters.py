@@ -13,6 +13,7 @@ from django.db import connection
 from django.utils import timezone
 
 from queues.models import JobCounter, JobMinute
+from queues.statements import execute_together
 
 # Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, math.inf)
@@ -21,8 +22,9 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
 SHARDS = 16
 
 
-def job_enqueued(job):
-    _add(job, enqueued=1, waiting=1)
+def job_enqueued(job, also=()):
+    """`also`: statements storing the job (record, broker row), sent in the same round trip."""
+    _add(job, also=also, enqueued=1, waiting=1)
 
 
 def attempt_started(job, *, first):
@@ -73,18 +75,21 @@ def _observe(deltas, series, seconds):
     deltas[f"{series}_count"] = 1
 
 
-def _add(job, minute=None, **deltas):
-    _add_for(job.queue, job.job_type, minute, **deltas)
+def _add(job, minute=None, also=(), **deltas):
+    _add_for(job.queue, job.job_type, minute, also, **deltas)
 
 
-def _add_for(queue, job_type, minute=None, **deltas):
+def _add_for(queue, job_type, minute=None, also=(), **deltas):
     """Add `deltas` to the counters and, for a finished attempt, `minute` to this minute's row.
 
     Rows of this process's shard only, so concurrent workers rarely wait on each other's locks.
     """
     shard = os.getpid() % SHARDS
     rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
-    statements = [_upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"])]
+    statements = [
+        *also,
+        _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"]),
+    ]
     if minute:
         now = timezone.now().replace(second=0, microsecond=0)
         values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
@@ -96,7 +101,7 @@ def _add_for(queue, job_type, minute=None, **deltas):
                 ["succeeded", "failed", "run_seconds"],
             )
         )
-    _execute(statements)
+    execute_together(statements)
 
 
 def _upsert(model, key_columns, rows, value_columns):
@@ -110,16 +115,3 @@ def _upsert(model, key_columns, rows, value_columns):
         f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
     )
     return sql, [value for row in rows for value in row]
-
-
-def _execute(statements):
-    """One round trip on PostgreSQL (the others as data-modifying CTEs); one each on SQLite."""
-    with connection.cursor() as cursor:
-        if connection.vendor != "postgresql":
-            for sql, params in statements:
-                cursor.execute(sql, params)
-            return
-        (main, main_params), others = statements[0], statements[1:]
-        ctes = ", ".join(f"upsert{i} AS ({sql})" for i, (sql, _) in enumerate(others))
-        params = [p for _, ps in others for p in ps] + main_params
-        cursor.execute(f"WITH {ctes} {main}" if others else main, params)

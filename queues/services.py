@@ -1,12 +1,13 @@
 """Writes on jobs: enqueue one, retry failed ones."""
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from queues import counters, registry, selectors
-from queues.broker import push
+from queues.broker import push, push_statement
 from queues.models import Job
+from queues.statements import insert_statement
 from slimy import log_context
 from slimy.request_id import new_request_id
 
@@ -26,18 +27,23 @@ def enqueue(queue, job_type, data, *, request_id=None):
     cleaned = dict(kind.validate(data))
     # No savepoint inside the caller's transaction (two round trips saved): an error here
     # propagates and rolls the caller's transaction back anyway.
+    job = Job(
+        queue=queue,
+        job_type=job_type,
+        data=cleaned,
+        subject=kind.subject_of(cleaned),
+        user_id=cleaned["user_id"],
+        request_id=cleaned["request_id"],
+        max_attempts=kind.retry_policy.attempts,
+    )
     with transaction.atomic(savepoint=False):
-        job = Job.objects.create(
-            queue=queue,
-            job_type=job_type,
-            data=cleaned,
-            subject=kind.subject_of(cleaned),
-            user_id=cleaned["user_id"],
-            request_id=cleaned["request_id"],
-            max_attempts=kind.retry_policy.attempts,
-        )
-        counters.job_enqueued(job)
-        push(job)
+        # Broker row first: its RETURNING sends the NOTIFY. Record, row and counters go in one
+        # round trip on PostgreSQL.
+        broker_row = push_statement(job)
+        counters.job_enqueued(job, also=[s for s in (broker_row, insert_statement(job)) if s])
+        if broker_row is None:
+            push(job)
+    job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
     return job
 
 
