@@ -55,25 +55,49 @@ def add_message(*, conversation_id, user_id, role, content):
     return message
 
 
-@transaction.atomic
 def request_conversation_deletion(conversation, *, request_id):
-    """Hide the conversation at once and store the job that deletes it, in one transaction.
+    return request_deletion(conversation.pk, owner_id=conversation.owner_id, request_id=request_id)
 
-    Returns the job, or None when another request got there first (the row is locked and
-    re-checked, so concurrent DELETEs make exactly one job).
+
+@transaction.atomic
+def request_deletion(conversation_id, *, owner_id, request_id):
+    """Hide the owner's conversation at once and store the job that deletes it, in one transaction.
+
+    Returns the job, or None when the conversation is missing, someone else's, or another request
+    got there first (the conditional UPDATE re-checks under the row lock, so concurrent DELETEs
+    make exactly one job).
     """
-    marked = Conversation.objects.filter(
-        pk=conversation.pk, deletion_requested_at__isnull=True
-    ).update(deletion_requested_at=timezone.now())
-    if not marked:
+    subject = Conversation.subject_for(conversation_id)
+    with connection.cursor() as cursor:
+        cursor.execute(*_mark_statement(conversation_id, owner_id, subject))
+        marked = cursor.fetchone()
+    if marked is None:
         return None
-    cancel_waiting_jobs(Conversation.subject_for(conversation.pk), "save_message")
+    if marked[0]:  # messages still waiting to be saved: they are withdrawn, not run
+        cancel_waiting_jobs(subject, "save_message")
     return enqueue(
         "database",
         "delete_conversation",
-        {"conversation_id": conversation.pk, "user_id": conversation.owner_id},
+        {"conversation_id": conversation_id, "user_id": owner_id},
         request_id=request_id,
+        user_checked=True,  # the owner of an existing conversation
     )
+
+
+def _mark_statement(conversation_id, owner_id, subject):
+    """Set the deletion mark, RETURNING whether `save_message` jobs about it wait to run.
+
+    One statement where the ORM takes two, the second (the cancel) mostly changing nothing.
+    """
+    conversations, jobs = (connection.ops.quote_name(m._meta.db_table) for m in (Conversation, Job))
+    sql = (
+        f"UPDATE {conversations} SET deletion_requested_at = %s"
+        " WHERE id = %s AND owner_id = %s AND deletion_requested_at IS NULL"
+        f" RETURNING EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s AND job_type = %s"
+        f" AND status IN ({', '.join(['%s'] * len(Job.WAITING))}))"
+    )
+    params = [timezone.now(), conversation_id, owner_id, subject, "save_message", *Job.WAITING]
+    return sql, params
 
 
 def delete_conversation(*, conversation_id, user_id):
