@@ -462,37 +462,50 @@ def http_latency(bench, token, sizes, client_counts, rounds):
 
     try:
         with_retries(lambda: requests.get(base, timeout=5), tries=60, what="gunicorn start-up")
-        results = {}
         most = max(client_counts)
+        sets = {}
         for size in sizes:
             progress(f"  HTTP: {most} conversations of {size:,} messages")
-            ids = make_conversations(bench.db, bench.owner.pk, most, size)
-            # Measure the steady state, not the flush of the rows just loaded: vacuum them (as
-            # autovacuum soon would) and write them out, so no checkpoint competes with commits.
-            bench.db.execute("VACUUM ANALYZE chat_message")
-            bench.db.execute("CHECKPOINT")
-            for clients in client_counts:
-                with ThreadPoolExecutor(clients) as pool:
-                    for method in ("GET", "DELETE"):
-                        progress(f"  HTTP: {method}, {size:,} messages, {clients} client(s)")
-                        batch = ids[:clients]
-                        for _ in range(3 if clients > 1 else 20):  # warm every gunicorn worker
-                            with_retries(
-                                partial(one_round, pool, call, method, batch, 10),
-                                what=f"warm-up {method}",
-                            )
-                            reset(bench.db, ids)
-                        latencies, busy = [], 0.0
-                        for _ in range(rounds[clients]):
-                            start = time.perf_counter()
-                            latencies += one_round(pool, call, method, batch, 30)
-                            busy += time.perf_counter() - start
-                            reset(bench.db, ids)
-                        results[(size, clients, method)] = {
-                            "p50": percentile(latencies, 50) * 1000,
-                            "p99": percentile(latencies, 99) * 1000,
-                            "rps": len(latencies) / busy,
-                        }
+            sets[size] = make_conversations(bench.db, bench.owner.pk, most, size)
+        every = [c for ids in sets.values() for c in ids]
+        # Measure the steady state, not the flush of the rows just loaded: vacuum them (as
+        # autovacuum soon would) and write them out, so no checkpoint competes with commits.
+        bench.db.execute("VACUUM ANALYZE chat_message")
+        bench.db.execute("CHECKPOINT")
+        results = {}
+        # Side by side: each round sends every kind of request once per client, one kind after
+        # the other, so all kinds see the same load on the shared machine.
+        kinds = [(size, method) for method in ("GET", "DELETE") for size in sizes]
+        for clients in client_counts:
+
+            def one_of_each(pool, timeout, latencies=None, busy=None, clients=clients):
+                reset(bench.db, every)
+                for size, method in kinds:
+                    start = time.perf_counter()
+                    took = one_round(pool, call, method, sets[size][:clients], timeout)
+                    if latencies is not None:
+                        latencies[size, method] += took
+                        busy[size, method] += time.perf_counter() - start
+
+            with ThreadPoolExecutor(clients) as pool:
+                progress(f"  HTTP: {clients} client(s), warm-up")
+                for _ in range(3 if clients > 1 else 20):  # warm every gunicorn worker
+                    with_retries(partial(one_of_each, pool, 10), what="warm-up round")
+                latencies = {kind: [] for kind in kinds}
+                busy = dict.fromkeys(kinds, 0.0)
+                last_report = time.monotonic()
+                for done in range(1, rounds[clients] + 1):
+                    one_of_each(pool, 30, latencies, busy)
+                    if time.monotonic() - last_report >= 2:
+                        progress(f"  HTTP: {clients} client(s), round {done}/{rounds[clients]}")
+                        last_report = time.monotonic()
+            for (size, method), values in latencies.items():
+                results[(size, clients, method)] = {
+                    "p50": percentile(values, 50) * 1000,
+                    "p99": percentile(values, 99) * 1000,
+                    "rps": len(values) / busy[size, method],
+                }
+        reset(bench.db, every)
         return results
     finally:
         server.send_signal(signal.SIGTERM)
