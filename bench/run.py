@@ -9,7 +9,8 @@ it logs every statement, so statements per job are counted from its log, and its
 the bench's alone, so their CPU is read from /proc. The machine's server is never touched.
 Workers of every system connect as `application_name=bench-worker`; "statements per job" counts
 what those connections sent while the jobs drained, "CPU per job" the worker processes plus the
-server's processes over the same window. Progress goes to stderr; a scenario that fails prints
+server's processes over the same window. Every system logs as configured by default (INFO, to a
+file in BENCH_LOG_DIR). Progress goes to stderr; a scenario that fails prints
 its error in its row and the others still run. docs/benchmarks.md records the latest table.
 """
 
@@ -43,7 +44,6 @@ ENV = {
     # gunicorn serves plain HTTP on loopback here; production redirects to HTTPS.
     "SECURE_SSL_REDIRECT": "0",
     "PYTHONUNBUFFERED": "1",
-    "LOG_LEVEL": "WARNING",
     # The Redis scenarios' own databases, flushed before they run.
     "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
     "BENCH_CELERY_BROKER": os.environ.get("BENCH_CELERY_BROKER", "redis://127.0.0.1:6379/15"),
@@ -334,7 +334,7 @@ class Bench:
         command = [
             *(sys.executable, "-m", "celery", "-A", "bench.peers", "worker"),
             *("--pool", "prefork", "--concurrency", str(WORKERS), "-Q", peers.QUEUE),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"),
         ]
         return self._drain_peer("celery", command, ids)
 
@@ -596,7 +596,7 @@ def main():
         with psycopg.connect(pg.url("postgres"), autocommit=True) as admin:
             admin.execute("CREATE DATABASE slimy_bench")
         ENV["DATABASE_URL"] = url
-        os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "SECRET_KEY", "LOG_LEVEL")})
+        os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "SECRET_KEY")})
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slimy.settings")
         progress(f"PostgreSQL on port {pg.port}, log {pg.log_path}; migrating")
         subprocess.run(
