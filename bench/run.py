@@ -386,17 +386,35 @@ class Bench:
         time.sleep(seconds)
         return self.pg.statements(start, self.pg.log_offset(), WORKER_APP) / seconds
 
-    def big_delete(self, cluster, messages):
-        from queues.models import Job
+    def big_delete(self, cluster, messages, pairs=2):
+        """(job seconds, raw SQL seconds, worker peak RSS growth in MB) for one huge conversation.
 
+        Raw and job alternate `pairs` times and the fastest of each counts: loading the rows
+        takes long enough for the shared machine's load to change between the two.
+        """
+        job_seconds, raw_seconds, growth = [], [], 0.0
+        for done in range(pairs):
+            progress(f"  {messages:,} messages, pair {done + 1}/{pairs}: raw SQL, then our job")
+            raw_seconds.append(self.big_raw(messages))
+            seconds, grew = self.big_job(cluster, messages)
+            job_seconds.append(seconds)
+            growth = max(growth, grew)
+        return min(job_seconds), min(raw_seconds), growth
+
+    def big_raw(self, messages):
         (raw_id,) = make_conversations(self.db, self.owner.pk, 1, messages)
+        self.db.execute("CHECKPOINT")
         start = time.perf_counter()
         with self.db.transaction():
             self.db.execute("DELETE FROM chat_message WHERE conversation_id = %s", [raw_id])
             self.db.execute("DELETE FROM chat_conversation WHERE id = %s", [raw_id])
-        raw_seconds = time.perf_counter() - start
+        return time.perf_counter() - start
+
+    def big_job(self, cluster, messages):
+        from queues.models import Job
 
         (job_conversation,) = make_conversations(self.db, self.owner.pk, 1, messages)
+        self.db.execute("CHECKPOINT")
         rss_before = {}
         for pid in cluster.worker_pids():
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart VmHWM from the current RSS
@@ -411,7 +429,7 @@ class Bench:
         job.refresh_from_db()
         worker = int(job.worker.rsplit(":", 1)[1])
         growth_mb = (memory_kb(worker, "VmHWM") - rss_before[worker]) / 1024
-        return (job.finished_at - job.started_at).total_seconds(), raw_seconds, growth_mb
+        return (job.finished_at - job.started_at).total_seconds(), growth_mb
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -706,7 +724,7 @@ def big_targets(table, big, messages):
         table,
         "4. big conversation",
         lambda: (
-            f"4. one conversation of {messages:,} msgs: job time (s)",
+            f"4. one conversation of {messages:,} msgs: job time, best of 2 (s)",
             f"{big[0]:.2f}",
             f"raw SQL {big[1]:.2f}",
             f"{big[0] / big[1]:.2f} x raw",
