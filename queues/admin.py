@@ -58,8 +58,10 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected jobs", permissions=["retry"])
     def retry_selected(self, request, queryset):
+        # Counted first: on a list filtered by status=failed the retried jobs leave the queryset.
+        selected = queryset.count()
         count = retry_jobs(queryset, by=request.user)
-        skipped = queryset.count() - count
+        skipped = selected - count
         self.message_user(
             request, f"{count} failed job(s) sent back to their queue.", messages.SUCCESS
         )

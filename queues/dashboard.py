@@ -61,6 +61,14 @@ def percentile_bars(buckets):
     ]
 
 
+def retrying_jobs(now):
+    """Jobs in their backoff: which attempt failed, why, and in how many seconds the next runs."""
+    jobs = list(Job.objects.filter(status=Job.Status.RETRYING).order_by("run_after")[:20])
+    for job in jobs:
+        job.next_attempt_in = max((job.run_after - now).total_seconds(), 0)
+    return jobs
+
+
 @staff_member_required
 def queue_dashboard(request):
     now = timezone.now()
@@ -80,6 +88,7 @@ def queue_dashboard(request):
     context = {
         "cards": cards,
         "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT},
+        "retrying_jobs": retrying_jobs(now),
         "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
         "clusters": live_clusters().order_by("queue", "host", "pid"),
         "refresh_seconds": 5,

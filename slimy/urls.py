@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -28,6 +29,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]
+
+if settings.DEBUG:
+    # The browsable API's session login and logout (DEBUG only, like the browsable API itself).
+    urlpatterns.insert(1, path("api/auth/", include("rest_framework.urls")))
 
 handler400 = "slimy.errors.json_400"
 handler403 = "slimy.errors.json_403"

@@ -2,10 +2,13 @@
 
 import shutil
 import tempfile
+from io import StringIO
 
 import pytest
 import requests
+from django.core.management import call_command
 
+from queues.jobs import DEMO_FAILING_JOB
 from queues.models import Job
 from queues.services import enqueue
 from tests.conftest import token_client
@@ -90,3 +93,69 @@ def test_staff_sees_the_numbers_of_the_api_and_retries_a_failed_job(
     assert requests.get(f"{live_server.url}/dashboard/queues", timeout=10).url.endswith(
         "/admin/login/?next=/dashboard/queues"
     )
+
+
+def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard_and_admin(
+    browser, live_server, cluster, user, tmp_path
+):
+    """As `scripts/run`'s operator: staff in the operators' group, not a superuser."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    call_command("queue_operator", stdout=StringIO())
+    cluster.start()
+    from_dashboard, from_admin = (
+        enqueue("database", "test_fails_once", {"user_id": user.pk}) for _ in range(2)
+    )
+    demo = enqueue("database", DEMO_FAILING_JOB, {"user_id": user.pk})
+    wait_for(
+        lambda: (
+            set(
+                Job.objects.filter(pk__in=[from_dashboard.pk, from_admin.pk, demo.pk]).values_list(
+                    "status", flat=True
+                )
+            )
+            == {"failed", "retrying"}
+        ),
+        30,
+        message="two failed jobs and the demo job in its backoff",
+    )
+
+    browser.get(f"{live_server.url}/dashboard/queues")
+    assert "/admin/login/" in browser.current_url
+    browser.find_element(By.ID, "id_username").send_keys("operator")
+    browser.find_element(By.ID, "id_password").send_keys("operator-password")
+    browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+    wait_for(lambda: browser.current_url.endswith("/dashboard/queues"), 10, message="dashboard")
+
+    backoff = browser.find_element(By.CSS_SELECTOR, f'tr[data-retrying-job="{demo.pk}"]')
+    assert DEMO_FAILING_JOB in backoff.text and "1/3" in backoff.text
+    assert "DemoOutage" in backoff.text
+    browser.save_screenshot(str(tmp_path / "operator-dashboard.png"))
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{from_dashboard.pk}"]')
+    row.find_element(By.CSS_SELECTOR, "button.retry").click()
+    wait_for(lambda: "sent back to its queue" in browser.page_source, 10, message="retry message")
+
+    browser.find_element(By.LINK_TEXT, "All jobs").click()
+    assert "Conversations" not in browser.page_source  # the operator sees jobs, not user data
+    browser.get(f"{live_server.url}/admin/queues/job/?status__exact=failed")
+    checkbox = f'input[name="_selected_action"][value="{from_admin.pk}"]'
+    browser.find_element(By.CSS_SELECTOR, checkbox).click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("retry_selected")
+    browser.find_element(By.CSS_SELECTOR, 'button[name="index"]').click()
+    wait_for(
+        lambda: "1 failed job(s) sent back to their queue." in browser.page_source,
+        10,
+        message="admin retry message",
+    )
+    assert "were not failed" not in browser.page_source
+    browser.save_screenshot(str(tmp_path / "operator-admin-retry.png"))
+
+    for job in (from_dashboard, from_admin):
+        retried = wait_for(
+            lambda job=job: (j := Job.objects.get(pk=job.pk)).status == "succeeded" and j,
+            30,
+            message="the retried job to run",
+        )
+        assert (retried.attempts, retried.retried_by.username) == (2, "operator")
+        assert not retried.retried_by.is_superuser
