@@ -344,6 +344,7 @@ class Bench:
         ids = make_conversations(self.db, self.owner.pk, count, messages)
         self._mark_deleted(ids)
         with peers.procrastinate_app.open():
+            peers.procrastinate_app.schema_manager.apply_schema()
             peers.procrastinate_delete.batch_defer(
                 *({"conversation_id": c, "user_id": self.owner.pk} for c in ids)
             )
@@ -630,11 +631,6 @@ def main():
         token = Token.objects.create(user=owner).key
         with psycopg.connect(url, autocommit=True) as db:
             version = db.execute("SHOW server_version").fetchone()[0]
-            if args.peers:
-                from bench import peers
-
-                with peers.procrastinate_app.open():
-                    peers.procrastinate_app.schema_manager.apply_schema()
             table = run(Bench(pg, db, owner, log_dir, args.profile), args, only, token)
         if args.save_log:
             shutil.copy(pg.log_path, args.save_log)
