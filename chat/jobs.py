@@ -53,6 +53,7 @@ def delete_conversation(data):
     schema=CreateConversationData,
     subject=conversation_subject,
     content_fields=["title"],
+    client_enqueueable=True,
 )
 def create_conversation(data):
     conversation = services.create_conversation(owner_id=data["user_id"], title=data["title"])
@@ -65,6 +66,7 @@ def create_conversation(data):
     schema=SaveMessageData,
     subject=conversation_subject,
     content_fields=["content"],
+    client_enqueueable=True,
 )
 def save_message(data):
     message = services.add_message(

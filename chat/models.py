@@ -19,6 +19,9 @@ class Conversation(ExportModelOperationsMixin("conversation"), models.Model):
     # Set when the owner asks for deletion; from then on the API treats it as gone, and a job
     # deletes it for real.
     deletion_requested_at = models.DateTimeField(null=True, blank=True)
+    # Kept by `chat.services` in the transaction that adds or deletes messages, so listing
+    # conversations never counts their messages.
+    message_count = models.PositiveIntegerField(default=0, editable=False)
 
     objects = ConversationQuerySet.as_manager()
 

@@ -5,24 +5,25 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
+from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
 from queues import registry
-from queues.errors import PermanentJobError
+from queues.errors import PermanentJobError, SubjectGone
 from queues.models import Job
-from queues.services import cancel_waiting_jobs, enqueue, scrub_jobs
+from queues.services import cancel_waiting_jobs, enqueue, forget_subject
 
 logger = logging.getLogger("chat")
 
 
-class ConversationGone(PermanentJobError):
-    """The conversation is missing, not the user's, or its deletion was requested."""
+class ConversationGone(SubjectGone):
+    """The conversation is missing, not the user's, or its deletion was requested: the job fails
+    alike in all three cases, and keeps no content."""
 
 
 def create_conversation(*, owner_id, title):
     conversation = Conversation.objects.create(owner_id=owner_id, title=title)
-    conversation.message_count = 0
     logger.info("conversation %s created", conversation.pk)
     return conversation
 
@@ -48,11 +49,24 @@ def add_message(*, conversation_id, user_id, role, content):
     if conversation is None:
         raise ConversationGone(f"conversation {conversation_id} of user {user_id} is not available")
     message = Message.objects.create(conversation=conversation, role=role, content=content)
-    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    Conversation.objects.filter(pk=conversation.pk).update(
+        updated_at=timezone.now(), message_count=F("message_count") + 1
+    )
     logger.info(
         "message %s added to conversation %s (%d chars)", message.pk, conversation_id, len(content)
     )
     return message
+
+
+@transaction.atomic
+def delete_messages(messages):
+    """Delete `messages` (a queryset) and take them off their conversations' counts."""
+    per_conversation = messages.order_by().values("conversation_id").annotate(n=Count("id"))
+    for row in per_conversation:
+        Conversation.objects.filter(pk=row["conversation_id"]).update(
+            message_count=F("message_count") - row["n"]
+        )
+    return messages.delete()
 
 
 def request_conversation_deletion(conversation, *, request_id):
@@ -108,9 +122,11 @@ def delete_conversation(*, conversation_id, user_id):
 
     Two hand-written statements, the job's whole work on the common path (see docs/benchmarks.md):
     the conversation goes first, telling whether other tables keep traces of it to erase, then its
-    messages (the foreign key is checked at commit). Nothing listens to these models' delete
-    signals and nothing else refers to a conversation (tests/test_conversation_deletion.py checks
-    both), so Django's collector would send these same two DELETEs after a SELECT.
+    messages (the foreign key is checked at commit). Django's collector would send the same two
+    DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure (`chat.apps`):
+    this path runs `erase_traces` itself, only when the DELETE reports something to erase, and
+    tests/test_conversation_deletion.py checks that nothing else refers to or listens on these
+    models.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
@@ -158,10 +174,13 @@ def _delete_statement(conversation_id, user_id):
 def erase_traces(conversation_id):
     """Remove what other tables keep of a deleted conversation's title and content.
 
-    Job records about it lose their content fields; the admin log's `object_repr` is reset
-    (`Conversation.__str__` holds no title today, but older entries or a changed `__str__` might).
+    Waiting jobs that would add content to it are cancelled and job records about it lose their
+    content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
+    today, but older entries or a changed `__str__` might). Runs in the deleting transaction for
+    every deletion of a conversation, whichever path (see `chat.apps`); the deletion job's
+    statement tells first whether there is anything to erase (`_delete_statement`).
     """
-    scrub_jobs(Conversation.subject_for(conversation_id))
+    forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(
         content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
     ).update(object_repr=f"Conversation {conversation_id}")

@@ -7,8 +7,9 @@ Plugged in through `Q_CLUSTER["broker_class"]`, so it stays django-q2's cluster,
 `qcluster`.
 
 On PostgreSQL (see docs/job-queue.md, "The broker"):
-- one statement claims up to `bulk` due rows, oldest first, with `FOR UPDATE SKIP LOCKED` on the
-  (key, lock, id) index, and tells when the next row falls due;
+- one statement claims up to `bulk` due rows, the app's own jobs first, then oldest first, with
+  `FOR UPDATE SKIP LOCKED` on the (key, priority, lock, id) index, and tells when the next row
+  falls due;
 - `enqueue` sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
   idle pusher waits on `LISTEN` until then or until the next row is due, instead of polling;
 - the runner deletes a job's broker row in the transaction that records the job's outcome, so the
@@ -32,6 +33,7 @@ from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 
+from queues import registry
 from queues.models import ClusterHeartbeat
 
 RUNNER = "queues.runner.run_job"
@@ -50,7 +52,7 @@ _CLAIM = f"""
 WITH due AS (
     SELECT id, lock FROM {TABLE}
     WHERE key = %(key)s AND lock <= %(now)s
-    ORDER BY lock, id
+    ORDER BY priority, lock, id
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
@@ -62,9 +64,10 @@ UNION ALL
 SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
 """
 _INSERT = f"""
-INSERT INTO {TABLE} (key, payload, lock) VALUES (%s, %s, %s)
+INSERT INTO {TABLE} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
 RETURNING id, pg_notify('{CHANNEL}', key)
 """
+# SQLite: no NOTIFY, and no priority column (migration 0011).
 _INSERT_PLAIN = f"INSERT INTO {TABLE} (key, payload, lock) VALUES (%s, %s, %s)"
 
 
@@ -73,13 +76,13 @@ class JobBroker(ORM):
     def fast(self):
         return connections[Conf.ORM].vendor == "postgresql"
 
-    def enqueue(self, task, run_after=None):
+    def enqueue(self, task, run_after=None, priority=0):
         key, lock = self.list_key or Conf.CLUSTER_NAME, run_after or timezone.now()
         if not self.fast:
             return self.get_connection().create(key=key, payload=task, lock=lock).pk
         # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
         with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute(_INSERT, [key, task, lock])
+            cursor.execute(_INSERT, [key, task, lock, priority])
             return cursor.fetchone()[0]
 
     def dequeue(self):
@@ -192,7 +195,9 @@ def push(job):
         return None
     # Our database broker, also under a cluster running django-q2's stock broker (the
     # benchmark's reference), whose `enqueue` knows no `run_after`.
-    return JobBroker(job.queue).enqueue(_payload(job), run_after=job.run_after)
+    return JobBroker(job.queue).enqueue(
+        _payload(job), run_after=job.run_after, priority=_priority(job)
+    )
 
 
 def push_statement(job):
@@ -202,8 +207,15 @@ def push_statement(job):
     """
     if not getattr(get_broker(job.queue), "joins_transactions", True):
         return None
-    sql = _INSERT if connections[Conf.ORM].vendor == "postgresql" else _INSERT_PLAIN
-    return sql, [job.queue, _payload(job), job.run_after]
+    if connections[Conf.ORM].vendor == "postgresql":
+        return _INSERT, [job.queue, _payload(job), job.run_after, _priority(job)]
+    return _INSERT_PLAIN, [job.queue, _payload(job), job.run_after]
+
+
+def _priority(job):
+    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share")."""
+    kind = registry.find(job.job_type)
+    return 1 if kind is not None and kind.client_enqueueable else 0
 
 
 def _payload(job):

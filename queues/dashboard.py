@@ -5,6 +5,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -69,7 +70,9 @@ def retrying_jobs(now):
     return jobs
 
 
+# Staff sign in through the admin; what they may see and do is the job permissions.
 @staff_member_required
+@permission_required("queues.view_job", raise_exception=True)
 def queue_dashboard(request):
     now = timezone.now()
     stats = selectors.queue_stats(settings.QUEUES)
@@ -98,6 +101,7 @@ def queue_dashboard(request):
 
 
 @staff_member_required
+@permission_required("queues.change_job", raise_exception=True)
 @require_POST
 def retry_job(request, job_id):
     job = get_object_or_404(Job, pk=job_id)

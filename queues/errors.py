@@ -15,8 +15,19 @@ class JobValidationError(JobError, ValueError):
         self.fields = fields or {}
 
 
+class TooManyLiveJobs(JobError):
+    """Raised at enqueue time: the client already has the most live jobs it may have."""
+
+    retry_after = 10  # seconds: a few jobs finish by then on a queue that keeps up
+
+
 class PermanentJobError(JobError):
     """Retrying cannot help (invalid data, wrong owner): the job fails at once."""
+
+
+class SubjectGone(PermanentJobError):
+    """What the job is about is gone (or is not the user's): it fails at once, and its content
+    fields are erased with the failure, since nothing will ever use them."""
 
 
 class TransientJobError(JobError):

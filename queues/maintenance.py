@@ -5,7 +5,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from queues.broker import push
@@ -17,23 +18,28 @@ REDELIVERY_BATCH = 1000
 
 
 def prune_finished_jobs():
-    """Keep the newest N succeeded (and cancelled) and M failed job records per queue.
+    """Keep each user's newest N succeeded, M failed and K cancelled job records per queue.
 
-    One indexed DELETE per queue and status (`job_retention_idx`), however many jobs ran since the
-    last prune: no per-job scan or lock, unlike django-q2's `save_limit`.
+    Counted per user, so one user's flood of jobs never evicts another user's records (jobs with
+    no user, enqueued by the app itself, count as one more user). One DELETE per queue and status,
+    ranking rows on `job_retention_idx` (queue, status, user, finished_at).
     """
     keep = {
         Job.Status.SUCCEEDED: settings.JOB_RETENTION["succeeded"],
         Job.Status.FAILED: settings.JOB_RETENTION["failed"],
+        Job.Status.CANCELLED: settings.JOB_RETENTION["cancelled"],
     }
     deleted = 0
     for queue in settings.QUEUES:
         for status, count in keep.items():
-            older = (
-                Job.objects.filter(queue=queue, status=status)
-                .order_by("-finished_at", "-id")
-                .values("pk")[count:]
+            ranked = Job.objects.filter(queue=queue, status=status).annotate(
+                rank=Window(
+                    RowNumber(),
+                    partition_by=[F("user_id")],
+                    order_by=[F("finished_at").desc(nulls_last=True), F("id").desc()],
+                )
             )
+            older = ranked.filter(rank__gt=count).values("pk")
             deleted += Job.objects.filter(pk__in=older).delete()[0]
     if deleted:
         logger.info("pruned %d finished job records", deleted)

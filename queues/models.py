@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from queues import registry
+
 
 class Job(models.Model):
     """The record of one job: what was asked, by whom, and what became of it.
@@ -56,9 +58,15 @@ class Job(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            # Retention keeps the newest N finished jobs per queue and status.
-            models.Index(fields=["queue", "status", "-finished_at"], name="job_retention_idx"),
+            # Retention keeps each user's newest N finished jobs per queue and status.
+            models.Index(
+                fields=["queue", "status", "user", "-finished_at"], name="job_user_retention_idx"
+            ),
             models.Index(fields=["status", "run_after"], name="job_status_run_after_idx"),
+            # A user's live jobs (the cap on client-enqueued ones).
+            models.Index(fields=["user", "status"], name="job_user_status_idx"),
+            # How late the app's own job types are (/readyz), past any client backlog.
+            models.Index(fields=["job_type", "status", "run_after"], name="job_type_due_idx"),
         ]
 
     def __str__(self):
@@ -67,6 +75,16 @@ class Job(models.Model):
     @property
     def is_finished(self):
         return self.status in self.FINISHED
+
+    def data_for(self, viewer):
+        """The job's data as `viewer` may see it: content fields to the job's owner only.
+
+        Everyone else, superusers and operators included, sees their sizes instead.
+        """
+        if viewer is not None and viewer.pk is not None and viewer.pk == self.user_id:
+            return self.data
+        kind = registry.find(self.job_type)
+        return kind.redacted(self.data) if kind else self.data
 
 
 class JobCounter(models.Model):

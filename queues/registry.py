@@ -37,8 +37,22 @@ class JobType:
     schema: type  # a DRF Serializer class validating the job's data
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     subject: object = None  # callable(data, result) -> "kind:id", or None
-    # Data fields holding user content (titles, messages): erased by `scrub_jobs`.
+    # Data fields holding user content (titles, messages): erased by `scrub_jobs`, and shown to
+    # the job's owner only.
     content_fields: tuple = ()
+    # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
+    # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
+    client_enqueueable: bool = False
+
+    def without_content(self, data):
+        return {k: v for k, v in data.items() if k not in self.content_fields}
+
+    def redacted(self, data):
+        """`data` with each content field replaced by its size, e.g. "[1,204 chars]"."""
+        return {
+            k: f"[{len(v) if isinstance(v, str) else 0:,} chars]" if k in self.content_fields else v
+            for k, v in data.items()
+        }
 
     def subject_of(self, data, result=None):
         return self.subject(data, result) or "" if self.subject else ""
@@ -66,7 +80,16 @@ class JobType:
 _types = {}
 
 
-def register(name, *, queue, schema, retry=None, subject=None, content_fields=()):
+def register(
+    name,
+    *,
+    queue,
+    schema,
+    retry=None,
+    subject=None,
+    content_fields=(),
+    client_enqueueable=False,
+):
     """Decorator registering `handler` as job type `name`."""
 
     def decorator(handler):
@@ -75,19 +98,29 @@ def register(name, *, queue, schema, retry=None, subject=None, content_fields=()
         if queue not in settings.QUEUES:
             raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
         _types[name] = JobType(
-            name, queue, handler, schema, retry or RetryPolicy(), subject, tuple(content_fields)
+            name,
+            queue,
+            handler,
+            schema,
+            retry or RetryPolicy(),
+            subject,
+            tuple(content_fields),
+            client_enqueueable,
         )
         return handler
 
     return decorator
 
 
-def get(queue, name):
-    """The registered type `name` on `queue`, or JobValidationError."""
+def get(queue, name, *, client=False):
+    """The registered type `name` on `queue`, or JobValidationError.
+
+    With `client`, a type clients may not enqueue is unknown too, with the same message.
+    """
     if queue not in settings.QUEUES:
         raise JobValidationError(f"unknown queue {queue!r}")
     job_type = _types.get(name)
-    if job_type is None or job_type.queue != queue:
+    if job_type is None or job_type.queue != queue or (client and not job_type.client_enqueueable):
         raise JobValidationError(f"unknown job type {name!r} on queue {queue!r}")
     return job_type
 

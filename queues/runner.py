@@ -34,6 +34,7 @@ from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
     PermanentJobError,
+    SubjectGone,
     TransientJobError,
     WorkerLost,
     is_transient,
@@ -201,6 +202,8 @@ def record_failure(job, exc):
         else:
             current.status = Job.Status.FAILED
             current.finished_at = now
+            if isinstance(exc, SubjectGone):  # nothing will ever use its content
+                current.data = kind.without_content(current.data)
         current.save()
         counters.attempt_failed(current, (now - current.started_at).total_seconds(), retry=retry)
         acknowledge_delivery()

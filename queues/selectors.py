@@ -5,15 +5,14 @@ from datetime import timedelta
 from django.db.models import Count, Sum
 from django.utils import timezone
 
-from queues import registry
 from queues.broker import live_clusters
 from queues.counters import BUCKETS, bucket_name
 from queues.models import Job, JobCounter, JobMinute
 
 
 def jobs_visible_to(user):
-    """Staff see every job; anyone else the jobs they enqueued."""
-    return Job.objects.all() if user.is_staff else Job.objects.filter(user=user)
+    """Holders of `queues.view_job` see every job record; anyone else the jobs they enqueued."""
+    return Job.objects.all() if user.has_perm("queues.view_job") else Job.objects.filter(user=user)
 
 
 def subjects_with_live_jobs(job_type, subjects):
@@ -25,25 +24,18 @@ def subjects_with_live_jobs(job_type, subjects):
     )
 
 
-def jobs_with_content(subject):
-    """Job records about `subject` of the types that carry user content (`content_fields`)."""
-    return Job.objects.filter(subject=subject, job_type__in=registry.types_with_content())
-
-
 def counter_totals():
     """{(queue, job_type, name): value}, summed over shards. One query."""
     rows = JobCounter.objects.values("queue", "job_type", "name").annotate(total=Sum("value"))
     return {(r["queue"], r["job_type"], r["name"]): r["total"] for r in rows}
 
 
-def oldest_due_job(queue):
-    """The waiting job of `queue` that has been due longest, or None (an index lookup)."""
-    return (
-        Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
-        .order_by("run_after")
-        .only("run_after")
-        .first()
-    )
+def oldest_due_job(queue, job_types=None):
+    """The waiting job of `queue` (of `job_types`, if given) due longest, or None."""
+    due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
+    if job_types is not None:
+        due = due.filter(job_type__in=job_types)
+    return due.order_by("run_after").only("run_after").first()
 
 
 def live_cluster_counts():

@@ -1,13 +1,19 @@
 from rest_framework import serializers
 
 from queues.models import Job
+from slimy.fields import StrictCharField
 
 
 class JobSerializer(serializers.ModelSerializer):
-    """A job record as its owner sees it: everything but the traceback."""
+    """A job record: everything but the traceback, content fields for the job's owner only."""
 
     type = serializers.CharField(source="job_type")
     user_id = serializers.IntegerField(allow_null=True)
+    data = serializers.SerializerMethodField()
+
+    def get_data(self, job) -> dict:
+        request = self.context.get("request")
+        return job.data_for(request.user if request else None)
 
     class Meta:
         model = Job
@@ -33,8 +39,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 
 class EnqueueSerializer(serializers.Serializer):
-    queue = serializers.CharField(max_length=64)
-    type = serializers.CharField(max_length=64)
+    queue = StrictCharField(max_length=64)
+    type = StrictCharField(max_length=64, help_text="A client-enqueueable job type.")
     data = serializers.DictField()
 
 

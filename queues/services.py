@@ -1,15 +1,35 @@
 """Writes on jobs: enqueue one, retry failed ones."""
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from queues import counters, registry, selectors
+from queues import counters, registry
 from queues.broker import push, push_statement
+from queues.errors import TooManyLiveJobs
 from queues.models import Job
 from queues.statements import insert_statement
 from slimy import log_context
 from slimy.request_id import new_request_id
+
+
+@transaction.atomic
+def enqueue_for_client(user, queue, job_type, data, *, request_id=None):
+    """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs.
+
+    The user's row is locked while counting, so concurrent requests of one user cannot all pass
+    the cap together; other users never wait on it.
+    """
+    registry.get(queue, job_type, client=True)
+    get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+    cap = settings.CLIENT_LIVE_JOBS_PER_USER
+    client_types = [name for name, kind in registry.all_types().items() if kind.client_enqueueable]
+    live = Job.objects.filter(user=user, status__in=Job.LIVE, job_type__in=client_types)
+    if live.count() >= cap:
+        raise TooManyLiveJobs(f"{cap} of your jobs are still waiting or running")
+    return enqueue(queue, job_type, {**data, "user_id": user.pk}, request_id=request_id)
 
 
 def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
@@ -85,18 +105,46 @@ def cancel_waiting_jobs(subject, job_type):
     return cancelled
 
 
+def _cancel_waiting_content_jobs(jobs):
+    """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
+    waiting = jobs.filter(status__in=Job.WAITING, job_type__in=registry.types_with_content())
+    for queue, job_type in set(waiting.values_list("queue", "job_type")):
+        cancelled = waiting.filter(queue=queue, job_type=job_type).update(
+            status=Job.Status.CANCELLED, finished_at=timezone.now()
+        )
+        counters.jobs_cancelled(queue, job_type, cancelled)
+
+
+def forget_subject(subject):
+    """What `subject` names is gone: withdraw its waiting jobs that carry user content, and
+    erase the content of every job record about it. Returns how many records were scrubbed."""
+    _cancel_waiting_content_jobs(Job.objects.filter(subject=subject))
+    return scrub_jobs(subject)
+
+
+def forget_user(user_id):
+    """A user is being deleted: the same for every job record they enqueued (the records stay,
+    with `user` set to NULL, for operators)."""
+    jobs = Job.objects.filter(user_id=user_id)
+    _cancel_waiting_content_jobs(jobs)
+    return _scrub(jobs)
+
+
 def scrub_jobs(subject):
     """Erase the user content that job records about `subject` carry in their data.
 
     Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
     finished records there are, so this touches few rows.
     """
+    return _scrub(Job.objects.filter(subject=subject))
+
+
+def _scrub(jobs):
     scrubbed = []
-    for job in selectors.jobs_with_content(subject).only("id", "job_type", "data"):
+    for job in jobs.only("id", "job_type", "data"):
         kind = registry.find(job.job_type)
-        fields = [f for f in (kind.content_fields if kind else ()) if f in job.data]
-        if fields:
-            job.data = {k: v for k, v in job.data.items() if k not in fields}
+        if kind and any(f in job.data for f in kind.content_fields):
+            job.data = kind.without_content(job.data)
             scrubbed.append(job)
     Job.objects.bulk_update(scrubbed, ["data"], batch_size=500)
     return len(scrubbed)

@@ -5,11 +5,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, permissions, status
 from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
 
 from queues import selectors, services
-from queues.errors import JobValidationError
+from queues.errors import JobValidationError, TooManyLiveJobs
+from queues.models import Job
 from queues.serializers import EnqueueSerializer, JobSerializer, StatsSerializer
 from slimy.openapi import AUTHENTICATED, WITH_BODY, errors
+
+_JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
 
 class JobNotFound(exceptions.NotFound):
@@ -19,32 +23,82 @@ class JobNotFound(exceptions.NotFound):
     default_code = "job_not_found"
 
 
-@extend_schema(
-    parameters=[OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-    responses={200: JobSerializer, **errors(*AUTHENTICATED, 404)},
-)
+class JobNotFailed(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Only a failed job can be retried."
+    default_code = "job_not_failed"
+
+
+class TooManyJobs(exceptions.Throttled):
+    default_code = "too_many_live_jobs"
+
+
+class HasJobPermission(permissions.BasePermission):
+    """The caller holds `queues.<codename>_job` (directly, through a group, or as superuser)."""
+
+    codename = "view"
+
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.has_perm(f"queues.{self.codename}_job"))
+
+
+class CanChangeJobs(HasJobPermission):
+    codename = "change"
+
+
+class EnqueueRateThrottle(UserRateThrottle):
+    scope = "enqueue"
+
+
+def _job_from_url(request, raw_id):
+    try:
+        job_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise JobNotFound() from None
+    job = selectors.jobs_visible_to(request.user).filter(pk=job_id).first()
+    if job is None:
+        raise JobNotFound()
+    return job
+
+
+@extend_schema(parameters=[_JOB_ID], responses={200: JobSerializer, **errors(*AUTHENTICATED, 404)})
 class JobDetailView(generics.RetrieveAPIView):
-    """`GET /api/queues/jobs/{id}`: the job's record, for whoever enqueued it and for staff."""
+    """`GET /api/queues/jobs/{id}`: the job's record, for whoever enqueued it and for holders of
+    `queues.view_job` (who see content fields redacted)."""
 
     serializer_class = JobSerializer
 
     def get_object(self):
-        try:
-            job_id = uuid.UUID(self.kwargs["job_id"])
-        except ValueError:
-            raise JobNotFound() from None
-        job = selectors.jobs_visible_to(self.request.user).filter(pk=job_id).first()
-        if job is None:
-            raise JobNotFound()
-        return job
+        return _job_from_url(self.request, self.kwargs["job_id"])
+
+
+class JobRetryView(generics.GenericAPIView):
+    """`POST /api/queues/jobs/{id}/retry`: send a failed job back to its queue
+    (`queues.change_job`)."""
+
+    serializer_class = JobSerializer
+    permission_classes = [permissions.IsAuthenticated, CanChangeJobs]
+
+    @extend_schema(
+        parameters=[_JOB_ID],
+        request=None,
+        responses={200: JobSerializer, **errors(*AUTHENTICATED, 404, 409)},
+    )
+    def post(self, request, job_id):
+        job = _job_from_url(request, job_id)
+        if not services.retry_jobs(Job.objects.filter(pk=job.pk), by=request.user):
+            raise JobNotFailed()
+        job.refresh_from_db()
+        return Response(self.get_serializer(job).data)
 
 
 class JobCreateView(generics.GenericAPIView):
-    """`POST /api/queues/jobs`: enqueue a job as the caller (`data.user_id` is the caller)."""
+    """`POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller."""
 
     serializer_class = EnqueueSerializer
+    throttle_classes = [EnqueueRateThrottle]
 
-    @extend_schema(responses={202: JobSerializer, **errors(*AUTHENTICATED, *WITH_BODY)})
+    @extend_schema(responses={202: JobSerializer, **errors(*AUTHENTICATED, *WITH_BODY, 429)})
     def post(self, request):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -52,7 +106,8 @@ class JobCreateView(generics.GenericAPIView):
         if data.setdefault("user_id", request.user.pk) != request.user.pk:
             raise exceptions.ValidationError({"data": {"user_id": ["Must be your own user id."]}})
         try:
-            job = services.enqueue(
+            job = services.enqueue_for_client(
+                request.user,
                 serializer.validated_data["queue"],
                 serializer.validated_data["type"],
                 data,
@@ -60,14 +115,20 @@ class JobCreateView(generics.GenericAPIView):
             )
         except JobValidationError as exc:
             raise exceptions.ValidationError({"data": exc.fields or [str(exc)]}) from None
-        return Response(JobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        except TooManyLiveJobs as exc:
+            raise TooManyJobs(wait=exc.retry_after, detail=str(exc)) from None
+        return Response(
+            JobSerializer(job, context=self.get_serializer_context()).data,
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 @extend_schema(responses={200: StatsSerializer, **errors(*AUTHENTICATED)})
 class QueueStatsView(generics.GenericAPIView):
-    """`GET /api/queues/stats`: per queue counts, rates, run times, throughput (staff only)."""
+    """`GET /api/queues/stats`: per queue counts, rates, run times, throughput
+    (`queues.view_job`)."""
 
-    permission_classes = [permissions.IsAdminUser]
+    permission_classes = [permissions.IsAuthenticated, HasJobPermission]
     serializer_class = StatsSerializer
 
     def get(self, request):

@@ -6,10 +6,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from slimy.openapi import WITH_BODY, errors
+from slimy.throttling import LoginRateThrottle
 
 
 class InvalidCredentials(exceptions.ValidationError):
@@ -21,8 +21,7 @@ class ObtainTokenView(APIView):
     permission_classes = [AllowAny]
     serializer_class = AuthTokenSerializer
     # Slows password guessing; the rate is AUTH_TOKEN_RATE, counted per client address.
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "auth-token"
+    throttle_classes = [LoginRateThrottle]
 
     @extend_schema(
         responses={

@@ -21,9 +21,10 @@ _WHY = {
     403: "Not allowed (or a session request without its CSRF token).",
     404: "Missing, or not yours: both answer alike.",
     406: "The Accept header asks for something other than JSON.",
+    409: "Not possible in the resource's state (e.g. retrying a job that is not failed).",
     413: "The body is larger than the configured limit.",
     415: "The body is not JSON.",
-    429: "Too many requests; retry later.",
+    429: "Too many requests, or too many live jobs; retry after `Retry-After` seconds.",
 }
 
 # What any authenticated operation can answer besides its own statuses.

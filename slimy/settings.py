@@ -132,6 +132,22 @@ if DB_VENDOR == "sqlite":
     # A file, not memory, so the qcluster processes that tests start can share it.
     _default_db["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 DATABASES = {"default": _default_db}
+# Throttle counts must be shared by every process and host: in Redis when CACHE_URL names it,
+# else in a table of the database (`manage.py migrate` creates it), which works on SQLite too.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    }
+elif CACHE_URL:
+    raise ImproperlyConfigured("CACHE_URL must be a redis:// URL, or unset for the database.")
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "slimy_cache",
+        }
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -169,7 +185,15 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "slimy.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"auth-token": os.environ.get("AUTH_TOKEN_RATE", "10/minute")},
+    "DEFAULT_THROTTLE_RATES": {
+        # Password guesses per client address, shared by the token endpoint and the admin login.
+        "login": os.environ.get("AUTH_TOKEN_RATE", "10/minute"),
+        # Jobs a user may enqueue through `POST /api/queues/jobs`.
+        "enqueue": os.environ.get("ENQUEUE_RATE", "120/minute"),
+    },
+    # Proxies in front of the app that append the client's address to X-Forwarded-For. With none
+    # (the default) the header is ignored, since a client can send any value in it.
+    "NUM_PROXIES": env_int("TRUSTED_PROXIES", 0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Slimy API",
@@ -201,11 +225,16 @@ DEFAULT_QUEUE = "database"
 JOB_RETRY_POLICIES = {}
 # Extra modules that register job types (the apps' own `jobs` modules are always loaded).
 JOB_TYPE_MODULES = env_list("JOB_TYPE_MODULES", [])
-# Finished job records kept per queue; older ones are pruned by the maintenance schedule.
+# Finished job records kept per queue and user; older ones are pruned by the maintenance
+# schedule.
 JOB_RETENTION = {
     "succeeded": env_int("JOB_KEEP_SUCCEEDED", 50),
     "failed": env_int("JOB_KEEP_FAILED", 100),
+    "cancelled": env_int("JOB_KEEP_CANCELLED", 50),
 }
+# Queued, running or retrying jobs a user may have of the client-enqueueable types; one more
+# gets a 429.
+CLIENT_LIVE_JOBS_PER_USER = env_int("CLIENT_LIVE_JOBS_PER_USER", 100)
 # A conversation whose deletion was requested this long ago, still present and with no live
 # job, is queued for deletion again by the sweeper.
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
@@ -270,6 +299,8 @@ elif QUEUE_BROKER == "stock":
         "workers": Q_CLUSTER["workers"],
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Stock django-q2 writes cluster status to the cache every 0.5 s: keep it in memory, as stock.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 elif QUEUE_BROKER != "orm":
     raise ImproperlyConfigured("QUEUE_BROKER must be 'orm', 'redis' or 'stock'.")
 

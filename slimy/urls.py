@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from slimy import health
 from slimy.auth import ObtainTokenView
+from slimy.throttling import throttled_admin_login
 
 urlpatterns = [
     re_path(r"^api/auth/token/?$", ObtainTokenView.as_view(), name="auth-token"),
@@ -26,6 +27,7 @@ urlpatterns = [
         ),
         name="docs",
     ),
+    path("admin/login/", throttled_admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("", include("django_prometheus.urls")),
 ]

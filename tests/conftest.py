@@ -22,9 +22,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def fresh_throttle_counts():
-    """Throttle counts live in the cache; each test starts with none."""
-    cache.clear()
+def fresh_throttle_counts(django_db_setup, django_db_blocker):
+    """Throttle counts live in the cache, a table of the test database: each test starts with
+    none, whether or not it uses the database itself."""
+    with django_db_blocker.unblock():
+        cache.clear()
 
 
 @pytest.fixture
@@ -66,6 +68,26 @@ def api(user):
 @pytest.fixture
 def other_api(other_user):
     return token_client(other_user)
+
+
+@pytest.fixture
+def operator_user(make_user):
+    """Staff holding the job permissions an operator group grants (queues.view_job, change_job)."""
+    from django.contrib.auth.models import Permission
+
+    operator = make_user("operator", is_staff=True)
+    operator.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="queues", codename__in=JOB_PERMISSIONS)
+    )
+    return operator
+
+
+JOB_PERMISSIONS = ["view_job", "change_job"]
+
+
+@pytest.fixture
+def operator_api(operator_user):
+    return token_client(operator_user)
 
 
 @pytest.fixture

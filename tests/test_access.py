@@ -1,4 +1,5 @@
-"""Who may do what: every endpoint for anonymous, owner, another user and staff."""
+"""Who may do what: every endpoint for anonymous, owner, another user, staff with no
+permissions, and an operator (staff holding queues.view_job and queues.change_job)."""
 
 import os
 import subprocess
@@ -18,61 +19,99 @@ pytestmark = pytest.mark.django_db
 C = "/api/chat/conversations"
 
 # (method, path, body, {role: expected status}); {conv} is the owner's conversation and {job}
-# the owner's job. Staff get no special view of conversations, only of jobs.
+# the owner's (queued) job. Nobody gets a special view of conversations; `is_staff` alone gives
+# nothing but the admin's (empty) index, operators see jobs.
 TABLE = [
-    ("get", C, None, {"anonymous": 401, "owner": 200, "other": 200, "staff": 200}),
-    ("post", C, {"title": "New"}, {"anonymous": 401, "owner": 201, "other": 201, "staff": 201}),
-    ("get", C + "/{conv}", None, {"anonymous": 401, "owner": 200, "other": 404, "staff": 404}),
+    ("get", C, None, {"anonymous": 401, "owner": 200, "other": 200, "staff": 200, "operator": 200}),
+    (
+        "post",
+        C,
+        {"title": "New"},
+        {"anonymous": 401, "owner": 201, "other": 201, "staff": 201, "operator": 201},
+    ),
+    (
+        "get",
+        C + "/{conv}",
+        None,
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 404},
+    ),
     (
         "patch",
         C + "/{conv}",
         {"title": "Renamed"},
-        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404},
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 404},
     ),
     (
         "get",
         C + "/{conv}/messages",
         None,
-        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404},
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 404},
     ),
     (
         "post",
         C + "/{conv}/messages",
         {"role": "user", "content": "hi"},
-        {"anonymous": 401, "owner": 201, "other": 404, "staff": 404},
+        {"anonymous": 401, "owner": 201, "other": 404, "staff": 404, "operator": 404},
     ),
-    ("delete", C + "/{conv}", None, {"anonymous": 401, "owner": 200, "other": 404, "staff": 404}),
+    (
+        "delete",
+        C + "/{conv}",
+        None,
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 404},
+    ),
     (
         "get",
         "/api/queues/jobs/{job}",
         None,
-        {"anonymous": 401, "owner": 200, "other": 404, "staff": 200},
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 200},
     ),
     (
         "post",
         "/api/queues/jobs",
         {"queue": "database", "type": "test_sleep", "data": {}},
-        {"anonymous": 401, "owner": 202, "other": 202, "staff": 202},
+        {"anonymous": 401, "owner": 202, "other": 202, "staff": 202, "operator": 202},
+    ),
+    (
+        "post",
+        "/api/queues/jobs/{job}/retry",
+        None,
+        {"anonymous": 401, "owner": 403, "other": 403, "staff": 403, "operator": 409},
+    ),
+    (
+        "post",
+        "/dashboard/queues/jobs/{job}/retry",
+        None,
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 302},
     ),
     (
         "get",
         "/api/queues/stats",
         None,
-        {"anonymous": 401, "owner": 403, "other": 403, "staff": 200},
+        {"anonymous": 401, "owner": 403, "other": 403, "staff": 403, "operator": 200},
     ),
-    ("get", "/admin/", None, {"anonymous": 302, "owner": 302, "other": 302, "staff": 200}),
+    (
+        "get",
+        "/admin/",
+        None,
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 200, "operator": 200},
+    ),
     (
         "get",
         "/dashboard/queues",
         None,
-        {"anonymous": 302, "owner": 302, "other": 302, "staff": 200},
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 200},
     ),
-    ("get", "/healthz", None, {"anonymous": 200, "owner": 200, "other": 200, "staff": 200}),
+    (
+        "get",
+        "/healthz",
+        None,
+        {"anonymous": 200, "owner": 200, "other": 200, "staff": 200, "operator": 200},
+    ),
 ]
 
 
 @pytest.fixture
-def clients(user, other_user, staff_user):
+def clients(user, other_user, staff_user, operator_user):
     def session(u):
         client = APIClient()
         client.force_login(u)
@@ -83,13 +122,14 @@ def clients(user, other_user, staff_user):
         "owner": (token_client(user), session(user)),
         "other": (token_client(other_user), session(other_user)),
         "staff": (token_client(staff_user), session(staff_user)),
+        "operator": (token_client(operator_user), session(operator_user)),
     }
 
 
 @pytest.mark.parametrize(
     "method, path, body, expected", TABLE, ids=[f"{m} {p}" for m, p, *_ in TABLE]
 )
-@pytest.mark.parametrize("role", ["anonymous", "owner", "other", "staff"])
+@pytest.mark.parametrize("role", ["anonymous", "owner", "other", "staff", "operator"])
 def test_each_endpoint_answers_each_role_as_the_table_says(
     clients, user, role, method, path, body, expected
 ):
@@ -134,24 +174,94 @@ def test_unsafe_session_requests_without_a_csrf_token_are_refused(user, method, 
     assert Job.objects.count() == 0 and Conversation.objects.count() == 1
 
 
-def test_a_job_naming_another_users_conversation_deletes_nothing(user, other_api):
-    conversation = Conversation.objects.create(owner=user, title="Not bob's")
-    Message.objects.create(conversation=conversation, role="user", content="keep me")
-    response = other_api.post(
-        "/api/queues/jobs",
-        {
-            "queue": "database",
-            "type": "delete_conversation",
-            "data": {"conversation_id": conversation.pk},
-        },
-        format="json",
+def enqueue_as(client, job_type, data):
+    return client.post(
+        "/api/queues/jobs", {"queue": "database", "type": job_type, "data": data}, format="json"
     )
-    assert response.status_code == 202
-    run_job(response.json()["id"])
-    job = Job.objects.get(pk=response.json()["id"])
-    assert job.status == "failed" and job.last_error_class == "PermanentJobError"
-    assert Conversation.objects.filter(pk=conversation.pk, deletion_requested_at=None).exists()
-    assert Message.objects.filter(conversation=conversation).count() == 1
+
+
+@pytest.mark.parametrize("job_type", ["delete_conversation", "test_fails_once", "no_such_type"])
+def test_clients_enqueue_declared_job_types_only(user, api, job_type):
+    conversation = Conversation.objects.create(owner=user, title="Mine")
+    response = enqueue_as(api, job_type, {"conversation_id": conversation.pk})
+    assert response.status_code == 400
+    unknown = f"unknown job type '{job_type}' on queue 'database'"
+    assert response.json()["fields"] == {"data": [unknown]}
+    assert Job.objects.count() == 0
+    conversation.refresh_from_db()
+    assert conversation.deletion_requested_at is None
+
+
+def test_a_job_about_someone_elses_conversation_ends_like_one_about_a_missing_one(
+    user, other_user, other_api
+):
+    conversation = Conversation.objects.create(owner=user, title="Not bob's")
+    outcomes = []
+    for conversation_id in (conversation.pk, 987654321):
+        data = {"conversation_id": conversation_id, "role": "user", "content": "sneaky"}
+        response = enqueue_as(other_api, "save_message", data)
+        assert response.status_code == 202
+        run_job(response.json()["id"])
+        body = other_api.get(f"/api/queues/jobs/{response.json()['id']}").json()
+        assert body["data"].pop("conversation_id") == conversation_id
+        body["data"].pop("request_id")
+        body["last_error"] = body["last_error"].replace(f"conversation {conversation_id} ", "")
+        for when in ("id", "request_id", "created_at", "started_at", "finished_at", "run_after"):
+            body.pop(when)
+        outcomes.append(body)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0]["status"] == "failed"
+    assert "content" not in outcomes[0]["data"]  # a job whose conversation is gone keeps none
+    assert conversation.messages.count() == 0
+
+
+def test_job_content_is_shown_to_its_owner_only_superusers_included(
+    user, api, operator_api, make_user
+):
+    conversation = Conversation.objects.create(owner=user, title="Mine")
+    text = "é" * 1204
+    job_id = enqueue_as(
+        api, "save_message", {"conversation_id": conversation.pk, "role": "user", "content": text}
+    ).json()["id"]
+    assert api.get(f"/api/queues/jobs/{job_id}").json()["data"]["content"] == text
+    root = make_user("root", is_staff=True)
+    root.is_superuser = True
+    root.save()
+    for viewer in (operator_api, token_client(root)):
+        shown = viewer.get(f"/api/queues/jobs/{job_id}").json()["data"]
+        assert shown["content"] == "[1,204 chars]"
+        assert shown["conversation_id"] == conversation.pk
+    admin = APIClient()
+    admin.force_login(root)
+    page = admin.get(f"/admin/queues/job/{job_id}/change/").content.decode()
+    assert "[1,204 chars]" in page and text not in page
+    assert Job.objects.get(pk=job_id).data["content"] == text  # redacted on display only
+
+
+def test_retry_needs_change_job_on_the_api_the_dashboard_and_the_admin(
+    user, operator_user, make_user
+):
+    from django.contrib.auth.models import Permission
+
+    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    run_job(job.pk)
+    viewer = make_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    session = APIClient()
+    session.force_login(viewer)
+    assert token_client(viewer).post(f"/api/queues/jobs/{job.pk}/retry").status_code == 403
+    assert session.post(f"/dashboard/queues/jobs/{job.pk}/retry").status_code == 403
+    page = session.get("/dashboard/queues").content.decode()
+    assert str(job.pk) in page and 'class="retry"' not in page
+    action = {"action": "retry_selected", "_selected_action": [job.pk]}
+    session.post("/admin/queues/job/", action)
+    assert Job.objects.get(pk=job.pk).status == "failed"
+
+    retried = token_client(operator_user).post(f"/api/queues/jobs/{job.pk}/retry")
+    assert retried.status_code == 200 and retried.json()["status"] == "queued"
+    assert Job.objects.get(pk=job.pk).retried_by == operator_user
+    again = token_client(operator_user).post(f"/api/queues/jobs/{job.pk}/retry")
+    assert again.status_code == 409 and again.json()["error"] == "job_not_failed"
 
 
 def test_a_job_cannot_be_enqueued_in_another_users_name(user, other_api):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
 
@@ -53,7 +54,11 @@ def test_list_shows_own_conversations_newest_first_with_counts(api, user, other_
     Conversation.objects.create(owner=other_user, title="Not mine")
     older = Conversation.objects.create(owner=user, title="Older")
     newer = Conversation.objects.create(owner=user, title="Newer")
-    Message.objects.create(conversation=newer, role="user", content="x")
+    api.post(
+        f"/api/chat/conversations/{newer.pk}/messages",
+        {"role": "user", "content": "x"},
+        format="json",
+    )
     body = api.get("/api/chat/conversations").json()
     assert set(body) == {"count", "next", "previous", "results"}
     assert [c["id"] for c in body["results"]] == [newer.pk, older.pk]
@@ -192,3 +197,18 @@ def test_a_malformed_page_number_is_a_404_not_page_one(api, conversation, page):
     response = api.get("/api/chat/conversations", {"page": page})
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
+
+
+def test_message_counts_follow_inserts_and_deletes_without_counting_on_list(
+    api, user, django_assert_max_num_queries
+):
+
+    conversation = Conversation.objects.create(owner=user, title="Counted")
+    url = f"/api/chat/conversations/{conversation.pk}/messages"
+    for n in range(3):
+        assert api.post(url, {"role": "user", "content": f"m{n}"}, format="json").status_code == 201
+    services.delete_messages(Message.objects.filter(pk=conversation.messages.first().pk))
+    with django_assert_max_num_queries(4) as queries:
+        listed = api.get("/api/chat/conversations").json()["results"]
+    assert listed[0]["message_count"] == 2
+    assert not any("chat_message" in q["sql"] for q in queries.captured_queries)

@@ -11,6 +11,7 @@ from django_q.models import OrmQ
 from rest_framework.test import APIClient
 
 from chat import services
+from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
 from queues.models import Job
@@ -121,12 +122,14 @@ def test_delete_service_refuses_a_wrong_owner_and_deletes_nothing(other_user, co
 
 def test_hand_written_deletion_covers_every_relation_and_listener():
     """`services.delete_conversation` deletes with two statements instead of Django's collector:
-    that holds only while messages are all that refers to a conversation and nothing listens to
-    the deletion of either model."""
+    that holds only while messages are all that refers to a conversation, nothing listens to the
+    deletion of either model but the erasure, which that path runs itself."""
     assert [rel.related_model for rel in Conversation._meta.related_objects] == [Message]
     assert not Message._meta.related_objects
-    for signal in (pre_delete, post_delete):
-        assert not signal.has_listeners(Conversation) and not signal.has_listeners(Message)
+    assert not pre_delete.has_listeners(Conversation) and not pre_delete.has_listeners(Message)
+    assert not post_delete.has_listeners(Message)
+    sync_receivers, async_receivers = post_delete._live_receivers(Conversation)
+    assert sync_receivers == [_conversation_deleted] and not async_receivers
 
 
 def test_a_deletion_with_nothing_to_erase_sends_two_statements(user, conversation):

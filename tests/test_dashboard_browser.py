@@ -46,8 +46,8 @@ def browser():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_staff_sees_the_numbers_of_the_api_and_retries_a_failed_job(
-    browser, live_server, cluster, client, user, staff_user, tmp_path
+def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
+    browser, live_server, cluster, client, user, operator_user, tmp_path
 ):
     from selenium.webdriver.common.by import By
 
@@ -58,7 +58,7 @@ def test_staff_sees_the_numbers_of_the_api_and_retries_a_failed_job(
     wait_for(lambda: not Job.objects.exclude(status__in=Job.FINISHED).exists(), 30, message="jobs")
     assert Job.objects.get(pk=failing.pk).status == "failed"
 
-    client.force_login(staff_user)
+    client.force_login(operator_user)
     browser.get(f"{live_server.url}/healthz")
     browser.add_cookie({"name": "sessionid", "value": client.cookies["sessionid"].value})
     browser.get(f"{live_server.url}/dashboard/queues")
@@ -68,7 +68,7 @@ def test_staff_sees_the_numbers_of_the_api_and_retries_a_failed_job(
         name: card.find_element(By.CSS_SELECTOR, f'[data-stat="{name}"]').text
         for name in ("waiting", "running", "succeeded", "failed", "live_clusters")
     }
-    api = token_client(staff_user).get("/api/queues/stats").json()["queues"]["database"]
+    api = token_client(operator_user).get("/api/queues/stats").json()["queues"]["database"]
     assert shown == {name: str(api[name]) for name in shown}
     assert shown["succeeded"] == "3" and shown["failed"] == "1"
     assert browser.find_elements(By.CSS_SELECTOR, "svg rect.ok")
@@ -82,7 +82,7 @@ def test_staff_sees_the_numbers_of_the_api_and_retries_a_failed_job(
         30,
         message="the retried job to run",
     )
-    assert (retried.attempts, retried.retried_by) == (2, staff_user)
+    assert (retried.attempts, retried.retried_by) == (2, operator_user)
 
     browser.get(f"{live_server.url}/dashboard/queues")
     assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"]')

@@ -7,11 +7,14 @@ import uuid
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.forms import MultiWidget
+from django.test import Client
 
 from chat.models import Conversation
 from queues.models import Job
+from queues.runner import run_job
 from tests.conftest import token_client
 from tests.support.cluster import wait_for
 
@@ -143,3 +146,64 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
     logs = caplog.text + first.log + second.log
     assert "job attempt" in logs
     assert marker not in logs
+
+
+def run(job_id):
+    run_job(job_id)
+    return Job.objects.get(pk=job_id)
+
+
+def delete_in_admin(user, conversation_id, path):
+    superuser = get_user_model().objects.create_superuser("root", password="pw-for-tests-123")
+    admin = Client()
+    admin.force_login(superuser)
+    target = {
+        "conversation": f"chat/conversation/{conversation_id}",
+        "user": f"auth/user/{user.pk}",
+    }
+    response = admin.post(f"/admin/{target[path]}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content
+
+
+def delete_through_api(api, user, conversation_id):
+    deletion = api.delete(f"/api/chat/conversations/{conversation_id}")
+    assert run(deletion.json()["job_id"]).status == "succeeded"
+
+
+PATHS = {
+    "api": delete_through_api,
+    "admin-conversation": lambda api, user, cid: delete_in_admin(user, cid, "conversation"),
+    "admin-user": lambda api, user, cid: delete_in_admin(user, cid, "user"),
+    "shell-conversation": lambda api, user, cid: Conversation.objects.get(pk=cid).delete(),
+    "shell-queryset": lambda api, user, cid: Conversation.objects.filter(owner=user).delete(),
+    "shell-user-cascade": lambda api, user, cid: user.delete(),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("path", PATHS)
+def test_every_deletion_path_leaves_no_title_or_content_in_the_database(user, other_user, path):
+    marker = f"ERASE-ME-{uuid.uuid4().hex}"
+    api = token_client(user)
+    created = enqueue_via_api(api, "create_conversation", {"title": f"Secret {marker}"})
+    conversation_id = run(created).result["conversation_id"]
+    messages_url = f"/api/chat/conversations/{conversation_id}/messages"
+    sent = api.post(messages_url, {"role": "user", "content": f"api {marker}"}, format="json")
+    assert sent.status_code == 201
+    message = {"conversation_id": conversation_id, "role": "user"}
+    saved = enqueue_via_api(api, "save_message", {**message, "content": f"job {marker}"})
+    assert run(saved).status == "succeeded"
+    waiting = enqueue_via_api(api, "save_message", {**message, "content": f"waiting {marker}"})
+    assert marker in database_dump()
+
+    PATHS[path](api, user, conversation_id)
+
+    assert not Conversation.objects.filter(pk=conversation_id).exists()
+    assert Job.objects.get(pk=waiting).status == "cancelled"
+    if path == "api":
+        # A message enqueued after the deletion ran fails as "conversation gone", keeping none.
+        late = enqueue_via_api(api, "save_message", {**message, "content": f"late {marker}"})
+        assert run(late).last_error_class == "ConversationGone"
+    dump = database_dump()
+    assert str(conversation_id) in dump  # the dump is real: ids stay
+    assert marker not in dump

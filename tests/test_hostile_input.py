@@ -84,9 +84,19 @@ def test_deeply_nested_values_in_fields_get_a_400_naming_the_field(api):
 
 @pytest.mark.parametrize(
     "title",
-    ["nul\x00byte", "escape\x1b[31m", "bell\x07", "c1\x85control", "lone\ud800surrogate", ""],
+    [
+        "nul\x00byte",
+        "escape\x1b[31m",
+        "bell\x07",
+        "c1\x85control",
+        "lone\ud800surrogate",
+        "",
+        "invoice\u202egpj.exe",
+        "isolate\u2067x\u2069",
+        "mark\u200f",
+    ],
 )
-def test_titles_with_control_characters_or_lone_surrogates_get_a_400(api, title):
+def test_titles_with_control_or_bidi_characters_or_lone_surrogates_get_a_400(api, title):
     body = json.dumps({"title": title})  # \ud800 travels as an escape, as a hostile client sends it
     response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
     assert response.status_code == 400
@@ -94,8 +104,10 @@ def test_titles_with_control_characters_or_lone_surrogates_get_a_400(api, title)
     _nothing_stored()
 
 
-@pytest.mark.parametrize("content", ["nul\x00byte", "lone\udfffsurrogate", "esc\x1b"])
-def test_message_content_with_control_characters_gets_a_400(api, conversation, content):
+@pytest.mark.parametrize(
+    "content", ["nul\x00byte", "lone\udfffsurrogate", "esc\x1b", "override\u202dx"]
+)
+def test_message_content_with_control_or_bidi_characters_gets_a_400(api, conversation, content):
     body = json.dumps({"role": "user", "content": content})
     response = api.generic(
         "POST", f"{CONVERSATIONS}/{conversation.pk}/messages", body, content_type="application/json"
@@ -106,7 +118,7 @@ def test_message_content_with_control_characters_gets_a_400(api, conversation, c
 
 
 def test_unicode_beyond_ascii_is_stored_as_sent(api, conversation):
-    title = "Слизень 🐌 — 蛞蝓 ‮rtl"
+    title = "Слизень 🐌 — 蛞蝓 שלום rtl"
     created = api.post(CONVERSATIONS, {"title": title}, format="json")
     assert created.status_code == 201
     assert Conversation.objects.get(pk=created.json()["id"]).title == title
@@ -166,3 +178,24 @@ def test_a_json_body_that_is_not_an_object_gets_a_400(api):
         response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
         assert response.status_code == 400, body
     _nothing_stored()
+
+
+@pytest.mark.parametrize("value", [5, 1.5, True, None, ["a"], {"a": 1}])
+def test_titles_roles_and_contents_that_are_not_strings_get_a_400(api, conversation, value):
+    created = api.post(CONVERSATIONS, {"title": value}, format="json")
+    assert created.status_code == 400
+    assert list(created.json()["fields"]) == ["title"]
+    renamed = api.patch(f"{CONVERSATIONS}/{conversation.pk}", {"title": value}, format="json")
+    assert renamed.status_code == 400
+    for field in ("role", "content"):
+        body = {"role": "user", "content": "hi", field: value}
+        posted = api.post(f"{CONVERSATIONS}/{conversation.pk}/messages", body, format="json")
+        assert posted.status_code == 400
+        assert list(posted.json()["fields"]) == [field]
+    job = api.post(
+        "/api/queues/jobs",
+        {"queue": "database", "type": "create_conversation", "data": {"title": value}},
+        format="json",
+    )
+    assert job.status_code == 400
+    _nothing_stored(conversation)

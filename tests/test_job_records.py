@@ -157,7 +157,7 @@ def test_retry_gives_failed_jobs_a_fresh_attempt_budget(user, staff_user):
     assert OrmQ.objects.count() == 1
 
 
-def test_retention_keeps_the_newest_50_succeeded_and_100_failed_per_queue(user):
+def test_retention_keeps_the_newest_50_succeeded_and_100_failed_per_queue_and_user(user):
     now = timezone.now()
     for status, count in (("succeeded", 60), ("failed", 110), ("queued", 5)):
         Job.objects.bulk_create(
@@ -177,6 +177,41 @@ def test_retention_keeps_the_newest_50_succeeded_and_100_failed_per_queue(user):
     assert not Job.objects.filter(status="succeeded", finished_at__lt=newest).exists()
     assert Job.objects.filter(status="failed").count() == 100
     assert Job.objects.filter(status="queued").count() == 5
+
+
+def finished_jobs(owner, status, count, *, newest):
+    return Job.objects.bulk_create(
+        Job(
+            queue="database",
+            job_type="test_sleep",
+            data={},
+            user=owner,
+            status=status,
+            max_attempts=3,
+            finished_at=newest - timedelta(seconds=i),
+        )
+        for i in range(count)
+    )
+
+
+def test_retention_counts_per_user_so_a_flood_evicts_nobody_elses_records(
+    user, other_user, settings
+):
+    now = timezone.now()
+    settings.JOB_RETENTION = {"succeeded": 5, "failed": 5, "cancelled": 5}
+    quiet = finished_jobs(user, "failed", 3, newest=now - timedelta(hours=1))
+    finished_jobs(other_user, "failed", 1000, newest=now)
+    assert prune_finished_jobs() == 995
+    assert Job.objects.filter(pk__in=[j.pk for j in quiet]).count() == 3
+    assert Job.objects.filter(user=other_user).count() == 5
+
+
+def test_retention_prunes_cancelled_records_like_the_others(user, settings):
+    settings.JOB_RETENTION = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    finished_jobs(user, "cancelled", 201, newest=timezone.now())
+    finished_jobs(None, "succeeded", 3, newest=timezone.now())
+    assert prune_finished_jobs() == 204
+    assert not Job.objects.exists()
 
 
 def test_a_handler_running_past_its_queue_timeout_is_cut_off_and_retried(user, settings):

@@ -56,7 +56,7 @@ def client_session(base, token, statuses, deletion_jobs, errors):
 
 
 def test_20_clients_x_300_mixed_requests_get_no_5xx_and_every_deletion_completes(
-    web, cluster, make_user, staff_user
+    web, cluster, make_user, operator_user
 ):
     gunicorn = web.start(workers=3, threads=4).url
     users = [make_user(f"load{n}") for n in range(CLIENTS)]
@@ -90,7 +90,7 @@ def test_20_clients_x_300_mixed_requests_get_no_5xx_and_every_deletion_completes
     assert deletions.count() == len(deletion_jobs) == deletions.filter(status="succeeded").count()
     # ... and so do the queue's totals, read through the stats API.
     staff = requests.Session()
-    staff.headers["Authorization"] = f"Token {Token.objects.create(user=staff_user).key}"
+    staff.headers["Authorization"] = f"Token {Token.objects.create(user=operator_user).key}"
     stats = staff.get(f"{gunicorn}/api/queues/stats", timeout=30).json()["queues"]["database"]
     jobs = Job.objects.all()
     assert (stats["enqueued"], stats["succeeded"], stats["failed"]) == (

@@ -45,7 +45,7 @@ def poison(data):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@register("test_sleep", queue="database", schema=TestData)
+@register("test_sleep", queue="database", schema=TestData, client_enqueueable=True)
 def sleep(data):
     time.sleep(data["seconds"])
     return {"slept": data["seconds"]}

@@ -1,0 +1,24 @@
+"""Serializer fields that take JSON strings only.
+
+DRF's CharField turns 5, 1.5 or true into "5", "1.5", "True": a client sending the wrong type
+gets a 400 saying so instead of a stored surprise.
+"""
+
+from rest_framework import serializers
+
+
+class StringsOnly:
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(StringsOnly, serializers.CharField):
+    pass
+
+
+class StrictChoiceField(StringsOnly, serializers.ChoiceField):
+    pass

@@ -1,0 +1,70 @@
+"""Admin pages stay the same size however much a conversation holds."""
+
+import pytest
+
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client, staff_user):
+    staff_user.is_superuser = True
+    staff_user.save()
+    client.force_login(staff_user)
+    return client
+
+
+def test_a_conversation_with_many_messages_renders_and_saves_in_constant_size(
+    admin_client, user, django_assert_max_num_queries
+):
+    conversation = Conversation.objects.create(owner=user, title="Big", message_count=600)
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"message number {n}")
+        for n in range(600)
+    )
+    url = f"/admin/chat/conversation/{conversation.pk}/change/"
+    with django_assert_max_num_queries(12):
+        page = admin_client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "message number" not in html
+    assert f"/admin/chat/message/?conversation__id__exact={conversation.pk}" in html
+    assert "600 message(s)" in html
+    saved = admin_client.post(url, {"owner": user.pk, "title": "Renamed", "_save": "Save"})
+    assert saved.status_code == 302, saved.content
+    conversation.refresh_from_db()
+    assert (conversation.title, conversation.message_count) == ("Renamed", 600)
+
+
+def test_the_message_list_of_one_conversation_is_paginated(admin_client, user):
+    conversation = Conversation.objects.create(owner=user, title="Big")
+    other = Conversation.objects.create(owner=user, title="Other")
+    Message.objects.bulk_create(
+        Message(conversation=c, role="user", content="x") for c in (conversation, other) * 60
+    )
+    url = f"/admin/chat/message/?conversation__id__exact={conversation.pk}"
+    listed = admin_client.get(url)
+    assert listed.status_code == 200
+    assert len(listed.context["cl"].result_list) == 50
+    last = admin_client.get(url + "&p=2").context["cl"].result_list
+    assert len(last) == 10
+    assert {m.conversation_id for m in last} == {conversation.pk}
+
+
+def test_deleting_messages_in_the_admin_keeps_the_count(admin_client, user):
+    conversation = Conversation.objects.create(owner=user, title="Counted", message_count=3)
+    messages = Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content="x") for _ in range(3)
+    )
+    response = admin_client.post(
+        "/admin/chat/message/",
+        {
+            "action": "delete_selected",
+            "_selected_action": [m.pk for m in messages[:2]],
+            "post": "yes",
+        },
+    )
+    assert response.status_code == 302
+    conversation.refresh_from_db()
+    assert conversation.message_count == 1 == conversation.messages.count()
