@@ -4,6 +4,7 @@ from django.utils.html import format_html
 
 from chat import services
 from chat.models import Conversation, Message
+from slimy.request_id import new_request_id
 
 
 @admin.register(Conversation)
@@ -16,8 +17,13 @@ class ConversationAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "deletion_requested_at",
+        "deletion_failed_at",
     ]
-    list_filter = [("deletion_requested_at", admin.EmptyFieldListFilter)]
+    list_filter = [
+        ("deletion_requested_at", admin.EmptyFieldListFilter),
+        ("deletion_failed_at", admin.EmptyFieldListFilter),
+    ]
+    actions = ["retry_deletion"]
     search_fields = ["title", "owner__username", "owner__email"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
@@ -34,6 +40,14 @@ class ConversationAdmin(admin.ModelAdmin):
             conversation.pk,
             f"{conversation.message_count:,}",
         )
+
+    @admin.action(
+        description="Retry the failed deletion of the selected conversations",
+        permissions=["delete"],
+    )
+    def retry_deletion(self, request, queryset):
+        retried = services.retry_failed_deletions(queryset, request_id=f"admin-{new_request_id()}")
+        self.message_user(request, f"{retried} deletion(s) queued again.")
 
 
 @admin.register(Message)

@@ -22,6 +22,9 @@ class Conversation(ExportModelOperationsMixin("conversation"), models.Model):
     # Kept by `chat.services` in the transaction that adds or deletes messages, so listing
     # conversations never counts their messages.
     message_count = models.PositiveIntegerField(default=0, editable=False)
+    # Set by the sweeper when the deletion's job failed for good: from then on operators retry it
+    # (admin), and the sweeper no longer queues it again every minute.
+    deletion_failed_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 

@@ -114,6 +114,26 @@ def _mark_statement(conversation_id, owner_id, subject):
     return sql, params
 
 
+@transaction.atomic
+def retry_failed_deletions(conversations, *, request_id):
+    """Queue the deletion of those `conversations` whose deletion failed for good, again.
+
+    Clears their `deletion_failed_at`, so the sweeper watches them again. Returns how many.
+    """
+    retried = 0
+    for conversation in conversations.select_for_update().exclude(deletion_failed_at=None):
+        conversation.deletion_failed_at = None
+        conversation.save(update_fields=["deletion_failed_at", "updated_at"])
+        enqueue(
+            "database",
+            "delete_conversation",
+            {"conversation_id": conversation.pk, "user_id": conversation.owner_id},
+            request_id=request_id,
+        )
+        retried += 1
+    return retried
+
+
 def delete_conversation(*, conversation_id, user_id):
     """Delete the conversation and its messages. Idempotent.
 

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat.models import Conversation
-from queues.selectors import subjects_with_live_jobs
+from queues.selectors import subjects_with_failed_jobs, subjects_with_live_jobs
 from queues.services import enqueue
 from slimy.request_id import new_request_id
 
@@ -17,19 +17,26 @@ BATCH = 500
 
 
 def sweep_deletions():
-    """Re-queue deletion of conversations requested long ago, still present, with no live job."""
-    cutoff = timezone.now() - timedelta(seconds=settings.DELETION_SWEEP_AFTER_SECONDS)
+    """Re-queue deletion of conversations requested long ago, still present, with no live job.
+
+    A job that is waiting long past its time counts as not live (its delivery was lost). A
+    conversation whose deletion job failed for good is marked `deletion_failed_at` instead, for
+    operators to retry, rather than queued again every minute.
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.DELETION_SWEEP_AFTER_SECONDS)
     stale = list(
-        Conversation.objects.filter(deletion_requested_at__lt=cutoff)
+        Conversation.objects.filter(deletion_requested_at__lt=cutoff, deletion_failed_at=None)
         .order_by("deletion_requested_at")
         .values_list("pk", "owner_id")[:BATCH]
     )
-    live = subjects_with_live_jobs(
-        "delete_conversation", [Conversation.subject_for(pk) for pk, _ in stale]
-    )
+    subjects = [Conversation.subject_for(pk) for pk, _ in stale]
+    live = subjects_with_live_jobs("delete_conversation", subjects)
+    failed = subjects_with_failed_jobs("delete_conversation", subjects) - live
     requeued = 0
     for pk, owner_id in stale:
-        if Conversation.subject_for(pk) not in live:
+        subject = Conversation.subject_for(pk)
+        if subject not in live and subject not in failed:
             enqueue(
                 "database",
                 "delete_conversation",
@@ -37,6 +44,12 @@ def sweep_deletions():
                 request_id=f"sweeper-{new_request_id()}",
             )
             requeued += 1
+    failed_ids = [pk for pk, _ in stale if Conversation.subject_for(pk) in failed]
+    Conversation.objects.filter(pk__in=failed_ids).update(deletion_failed_at=now)
     if requeued:
         logger.warning("re-queued deletion of %d conversation(s) with no live job", requeued)
+    if failed_ids:
+        logger.error(
+            "deletion of %d conversation(s) failed for good; see the admin", len(failed_ids)
+        )
     return requeued

@@ -10,6 +10,11 @@ On PostgreSQL (see docs/job-queue.md, "The broker"):
 - one statement claims up to `bulk` due rows, the app's own jobs first, then oldest first, with
   `FOR UPDATE SKIP LOCKED` on the (key, priority, lock, id) index, and tells when the next row
   falls due;
+- a claimed row's key becomes `<queue>@<token>@<claimed at, epoch s>`, the token of a lock the
+  pusher's connection holds (`queues.liveness`), which hides it from other claims; its `lock`
+  (due time) is kept.
+  The rows of a cluster that died are known at once and handed out again, in their place in
+  the queue, by the next rescue (`free_dead_claims`), not after a visibility timeout;
 - `enqueue` sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
   idle pusher waits on `LISTEN` until then or until the next row is due, instead of polling;
 - the runner deletes a job's broker row in the transaction that records the job's outcome, so the
@@ -18,14 +23,19 @@ SQLite keeps django-q2's polling.
 """
 
 import os
+import random
 import time
 import uuid
 from datetime import timedelta
 
 import psycopg
+from django.conf import settings
 from django.db import Error as DjangoDatabaseError
 from django.db import connections, transaction
+from django.db.models import BooleanField, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
@@ -33,7 +43,7 @@ from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 
-from queues import registry
+from queues import liveness, registry
 from queues.models import ClusterHeartbeat
 
 RUNNER = "queues.runner.run_job"
@@ -56,19 +66,24 @@ WITH due AS (
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE {TABLE} q SET lock = %(until)s FROM due WHERE q.id = due.id
+    UPDATE {TABLE} q SET key = %(claimed)s FROM due WHERE q.id = due.id
     RETURNING q.id, q.payload, due.lock
 )
 SELECT id, payload, lock FROM claimed
 UNION ALL
 SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
 """
+# Rows claimed by a pusher whose claims lock nobody holds: that cluster died. The partial index
+# of migration 0010 keeps this a lookup among claimed rows only.
+_FREE_DEAD_CLAIMS = f"""
+UPDATE {TABLE} SET key = %(key)s
+WHERE key LIKE '%%@%%' AND split_part(key, '@', 1) = %(key)s
+AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}
+"""
 _INSERT = f"""
 INSERT INTO {TABLE} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
 RETURNING id, pg_notify('{CHANNEL}', key)
 """
-# SQLite: no NOTIFY, and no priority column (migration 0011).
-_INSERT_PLAIN = f"INSERT INTO {TABLE} (key, payload, lock) VALUES (%s, %s, %s)"
 
 
 class JobBroker(ORM):
@@ -86,6 +101,7 @@ class JobBroker(ORM):
             return cursor.fetchone()[0]
 
     def dequeue(self):
+        rescue_now_and_then(self.list_key)
         if not self.fast:
             return super().dequeue()
         try:
@@ -108,7 +124,12 @@ class JobBroker(ORM):
         `SELECT 1` each time; `dequeue` reconnects after an error instead.
         """
         now = timezone.now()
-        params = {"key": self.list_key, "now": now, "bulk": Conf.BULK, "until": self.timeout(None)}
+        params = {
+            "key": self.list_key,
+            "now": now,
+            "bulk": Conf.BULK,
+            "claimed": f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}",
+        }
         with connections[Conf.ORM].cursor() as cursor:
             cursor.execute(_CLAIM, params)
             rows = cursor.fetchall()
@@ -116,9 +137,37 @@ class JobBroker(ORM):
         next_due = next((due for row_id, _, due in rows if row_id is None), None)
         return [(row_id, payload) for _, row_id, payload in claimed], next_due
 
+    def _claims_token(self):
+        """The token this pusher tags its claims with; its lock is held by the claim connection.
+
+        Taken again, with a new token, whenever that connection is a new one: the claims of the
+        old connection then count as a dead cluster's, and are handed out again.
+        """
+        db = connections[Conf.ORM]
+        db.ensure_connection()
+        token = getattr(self, "_token", None)
+        if token is not None and token[0] is db.connection:
+            return token[1]
+        with db.cursor() as cursor:
+            while True:  # another live pusher may hold a random token already
+                number = random.randrange(1, 2**31)
+                cursor.execute(
+                    "SELECT pg_try_advisory_lock(%s::int4, %s::int4)", [liveness.CLAIMS, number]
+                )
+                if cursor.fetchone()[0]:
+                    break
+        self._token = (db.connection, number)
+        return number
+
+    def lock_size(self):
+        """Rows claimed and not acknowledged yet (tagged with their pusher's token)."""
+        if not self.fast:
+            return super().lock_size()
+        return self.get_connection().filter(key__startswith=f"{self.list_key}@").count()
+
     def _wait(self, next_due):
         """Sleep until a NOTIFY, the next due row, or IDLE_WAIT, whichever comes first."""
-        timeout = IDLE_WAIT
+        timeout = min(IDLE_WAIT, settings.QUEUE_RESCUE_INTERVAL)
         if next_due is not None:
             timeout = min(timeout, max((next_due - timezone.now()).total_seconds(), 0.0))
         if timeout > 0:
@@ -174,11 +223,60 @@ class JobBroker(ORM):
         self._listen = None
 
 
+def free_dead_claims(queue):
+    """Hand out again, now, the rows of `queue` claimed by clusters that died. Returns how many."""
+    if not JobBroker(queue).fast:
+        return 0  # SQLite: django-q2's visibility timeout hands them out again
+    with connections[Conf.ORM].cursor() as cursor:
+        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
+        return cursor.rowcount
+
+
+def rows_on_their_way(queue, claimed_since):
+    """Broker rows of `queue` that will still be delivered: waiting their turn, or claimed since
+    `claimed_since` (a row claimed longer ago for a job still waiting was lost in a worker killed
+    before it began the job). SQLite: every row, since claims expire there."""
+    rows = OrmQ.objects.using(Conf.ORM)
+    if not JobBroker(queue).fast:
+        return rows
+    recent = RawSQL(
+        "NULLIF(split_part(key, '@', 3), '')::bigint >= %s",
+        [int(claimed_since.timestamp())],
+        BooleanField(),
+    )
+    return rows.alias(recent=recent).filter(
+        Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
+    )
+
+
+def rescue_now_and_then(queue):
+    """Run the rescuer for `queue` if QUEUE_RESCUE_INTERVAL has passed since this process did."""
+    due = _next_rescue.get(queue, 0.0)
+    if time.monotonic() < due:
+        return
+    _next_rescue[queue] = time.monotonic() + settings.QUEUE_RESCUE_INTERVAL
+    from queues.rescuer import rescue  # the rescuer records outcomes through the runner
+
+    try:
+        rescue(queue)
+    except Exception:
+        logger.exception("Rescue of queue %s failed; trying again later", queue)
+
+
+_next_rescue = {}
+
+
 def live_clusters():
     """Heartbeats of clusters seen recently and not stopped."""
     return ClusterHeartbeat.objects.filter(seen_at__gte=timezone.now() - LIVE_WITHIN).exclude(
         status=Conf.STOPPED
     )
+
+
+def broker_in_database():
+    """Whether the configured broker keeps its rows in our database (and joins transactions)."""
+    broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
+    return getattr(broker_class, "joins_transactions", True)
 
 
 def push(job):
@@ -201,15 +299,14 @@ def push(job):
 
 
 def push_statement(job):
-    """As `push`, as (sql, params) for the caller to send with its other writes.
+    """As `push`, as (sql, params, name) for the caller to send as a CTE `name` of its own
+    statement (`queues.statements`), whose RETURNING gives the row's id; PostgreSQL only.
 
-    None when the queue's broker is outside the database: then `push` the job.
+    None on SQLite and when the queue's broker is outside the database: then `push` the job.
     """
-    if not getattr(get_broker(job.queue), "joins_transactions", True):
+    if connections[Conf.ORM].vendor != "postgresql" or not broker_in_database():
         return None
-    if connections[Conf.ORM].vendor == "postgresql":
-        return _INSERT, [job.queue, _payload(job), job.run_after, _priority(job)]
-    return _INSERT_PLAIN, [job.queue, _payload(job), job.run_after]
+    return _INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
 
 
 def _priority(job):

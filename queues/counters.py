@@ -23,8 +23,9 @@ SHARDS = 16
 
 
 def job_enqueued(job, also=()):
-    """`also`: statements storing the job (record, broker row), sent in the same round trip."""
-    _add(job, also=also, enqueued=1, waiting=1)
+    """`also`: statements storing the job (record, broker row), sent in the same round trip;
+    the first one's rows are returned."""
+    return _add(job, also=also, enqueued=1, waiting=1)
 
 
 def attempt_started(job, *, first):
@@ -76,7 +77,7 @@ def _observe(deltas, series, seconds):
 
 
 def _add(job, minute=None, also=(), **deltas):
-    _add_for(job.queue, job.job_type, minute, also, **deltas)
+    return _add_for(job.queue, job.job_type, minute, also, **deltas)
 
 
 def _add_for(queue, job_type, minute=None, also=(), **deltas):
@@ -101,7 +102,7 @@ def _add_for(queue, job_type, minute=None, also=(), **deltas):
                 ["succeeded", "failed", "run_seconds"],
             )
         )
-    execute_together(statements)
+    return execute_together(statements)
 
 
 def _upsert(model, key_columns, rows, value_columns):

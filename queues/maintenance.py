@@ -4,17 +4,14 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, Window
+from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from queues.broker import push
 from queues.models import Job, JobMinute
+from queues.rescuer import rescue
 
 logger = logging.getLogger("queues.maintenance")
-
-REDELIVERY_BATCH = 1000
 
 
 def prune_finished_jobs():
@@ -57,31 +54,5 @@ def prune():
 
 
 def redeliver_stranded_jobs():
-    """On a broker outside the database (Redis), push again the jobs whose delivery was lost.
-
-    Redis forgets a task its worker died with, and a push can be lost between the job's commit and
-    Redis. A job still waiting well past its time, or running well past its timeout, is pushed
-    again: the runner tells a stale copy or a live attempt from a lost one, so a spare delivery
-    does nothing. The job's `run_after` moves to now, so a job (or a long backlog) is pushed again
-    at most once per timeout, not at every run. The database broker redelivers by itself.
-    """
-    from django_q.brokers import get_broker
-
-    now = timezone.now()
-    pushed = 0
-    for queue, options in settings.QUEUES.items():
-        if getattr(get_broker(queue), "joins_transactions", True):
-            continue
-        cutoff = now - timedelta(seconds=options["timeout"] + settings.QUEUE_REDELIVERY_GRACE)
-        stranded = Job.objects.filter(queue=queue, run_after__lt=cutoff).filter(
-            Q(status__in=Job.WAITING) | Q(status=Job.Status.RUNNING, started_at__lt=cutoff)
-        )
-        for job in stranded.order_by("run_after")[:REDELIVERY_BATCH]:
-            with transaction.atomic():
-                Job.objects.filter(pk=job.pk, status=job.status).update(run_after=now)
-                job.run_after = now
-                push(job)
-            pushed += 1
-    if pushed:
-        logger.warning("pushed %d stranded job(s) again", pushed)
-    return pushed
+    """Rescue every queue (`queues.rescuer`), also those whose pushers wait on busy workers."""
+    return sum(rescue(queue) for queue in settings.QUEUES)

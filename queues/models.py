@@ -1,4 +1,5 @@
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -24,6 +25,8 @@ class Job(models.Model):
         CANCELLED = "cancelled"
 
     WAITING = (Status.QUEUED, Status.RETRYING)
+    # A waiting job this late has lost its delivery and was not rescued: it is not live.
+    OVERDUE_AFTER = timedelta(minutes=2)
     LIVE = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -46,6 +49,9 @@ class Job(models.Model):
     last_error_class = models.CharField(max_length=128, blank=True)
     traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
+    # The database broker's row of the job's last push; the rescuer re-pushes a waiting job whose
+    # row is gone. Null on Redis, where the broker is not in the database.
+    broker_row = models.BigIntegerField(null=True, blank=True, editable=False)
     worker = models.CharField(max_length=128, blank=True, help_text="host:pid of the last attempt.")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -11,14 +11,17 @@ Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues
 - Redis hands a task out once and has no visibility timeout: a task whose worker is SIGKILLed is
   not delivered again by Redis.
 
-Both kinds of lost delivery are pushed again from the job records by
-`queues.maintenance.redeliver_stranded_jobs` (every minute), once the job is more than its
-timeout plus `QUEUE_REDELIVERY_GRACE` late.
+Both kinds of lost delivery are pushed again from the job records by the rescuer
+(`queues.rescuer`), which every pusher runs as it dequeues: a dead worker's job at once (its
+liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late.
 """
 
 import time
 
 from django_q.brokers.redis_broker import Redis
+from django_q.conf import Conf
+
+from queues.broker import rescue_now_and_then
 
 # Moves up to 100 due tasks from the delayed set (KEYS[1]) to the queue (KEYS[2]).
 _MOVE_DUE = """
@@ -37,6 +40,7 @@ class RedisJobBroker(Redis):
 
     def __init__(self, list_key=None):
         super().__init__(list_key=list_key)
+        self.queue = list_key or Conf.CLUSTER_NAME  # django-q2 makes `list_key` a Redis key
         self.delayed_key = f"{self.list_key}:delayed"
         self._move_due = self.connection.register_script(_MOVE_DUE)
 
@@ -47,6 +51,7 @@ class RedisJobBroker(Redis):
         return self.connection.rpush(self.list_key, task)
 
     def dequeue(self):
+        rescue_now_and_then(self.queue)
         self._move_due(keys=[self.delayed_key, self.list_key], args=[time.time()])
         return super().dequeue()
 

@@ -3,14 +3,18 @@
 An attempt is three short steps, so a crash at any point leaves the job in a state the next
 delivery understands:
 
-1. begin (own commit): count the attempt and mark the job running. A worker killed later still
-   used this attempt, so a job that kills its worker every time ends `failed` instead of being
-   redelivered forever. On PostgreSQL this commit does not wait for the disk (see begin_attempt).
-2. work: the handler runs in one transaction that also holds the job row's lock, marks the job
-   succeeded and deletes its broker row, so the work, its success and its acknowledgement commit
-   together or not at all. The lock tells a later delivery whether the attempt is still alive: a
-   `running` job whose row is not locked lost its worker.
+1. begin (own commit): take the job's liveness lock (`queues.liveness`), count the attempt and
+   mark the job running. A delivery that cannot take the lock meets a live attempt and does
+   nothing; one that takes it and finds the job `running` knows that attempt's worker is gone.
+   A worker killed later still used this attempt, so a job that kills its worker every time ends
+   `failed` instead of being redelivered forever.
+2. work: the handler runs in one transaction that also marks the job succeeded and deletes its
+   broker row, so the work, its success and its acknowledgement commit together or not at all.
 3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good.
+
+Every write of an outcome names the attempt it belongs to (fencing): a worker whose attempt was
+taken over writes nothing, and its work rolls back. The statement that records the outcome also
+releases the liveness lock.
 
 The runner never lets a job's own failure escape to django-q2: our job record holds the outcome,
 and the broker row is acknowledged. Only trouble recording the outcome (the database is down)
@@ -21,15 +25,18 @@ import logging
 import os
 import signal
 import socket
+import time
 import traceback
 from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
+from psycopg.pq import TransactionStatus
 
-from queues import counters, registry
+from queues import counters, liveness, registry
 from queues.broker import acknowledge_delivery, push
 from queues.errors import (
     JobTimeout,
@@ -46,6 +53,24 @@ logger = logging.getLogger("queues.runner")
 
 # A broker row may be handed out this early (clock skew between hosts, rounding).
 EARLY_TOLERANCE = timedelta(seconds=1)
+# A delivery that meets another one beginning the same waiting job looks again this much later,
+# in case that one gives the job up.
+LOOK_AGAIN = timedelta(seconds=1)
+
+_BEGIN = f"""
+WITH attempt_lock AS MATERIALIZED (
+    SELECT pg_try_advisory_lock({liveness.job_key_sql("%(id)s::uuid")}) AS held
+), job AS (
+    SELECT * FROM {Job._meta.db_table}
+    WHERE id = %(id)s AND (SELECT held FROM attempt_lock)
+    FOR UPDATE
+)
+SELECT attempt_lock.held, job.* FROM attempt_lock LEFT JOIN job ON true
+"""
+
+
+class AttemptSuperseded(Exception):
+    """This worker's attempt was taken over by a newer one: its outcome must not be recorded."""
 
 
 def run_job(job_id):
@@ -58,6 +83,12 @@ def run_job(job_id):
         logger.info("job attempt %s/%s started", job.attempts, job.max_attempts)
         try:
             return work(job)
+        except AttemptSuperseded:
+            logger.warning(
+                "attempt %s was taken over by a newer one; nothing recorded", job.attempts
+            )
+            release_if_held(job)
+            return None
         except Exception as exc:  # every failure is recorded, then retried or failed
             if isinstance(exc, JobTimeout):
                 discard_connection_if_busy()
@@ -66,10 +97,16 @@ def run_job(job_id):
 
 
 def discard_connection_if_busy():
-    """After a timeout the alarm may have interrupted a query that still runs on the connection."""
+    """After a timeout the alarm may have interrupted Python code that was using the connection."""
     in_use = connection.connection is not None and not connection.in_atomic_block
     if in_use and not connection.is_usable():
         connection.close()
+
+
+def release_if_held(job):
+    """Give the job's lock back on a path that recorded nothing (a closed connection has none)."""
+    if liveness.supported() and connection.connection is not None and connection.is_usable():
+        liveness.release_job(job.pk)
 
 
 def log_fields(job):
@@ -95,6 +132,32 @@ def ensure_database():
         raise TransientJobError(f"database unreachable: {exc.__class__.__name__}") from exc
 
 
+def presumed_alive_for(job):
+    """How long an attempt counts as alive where liveness cannot be proven (SQLite)."""
+    return timedelta(
+        seconds=settings.QUEUES[job.queue]["timeout"] + settings.QUEUE_REDELIVERY_GRACE
+    )
+
+
+def lock_for_attempt(job_id, now):
+    """(whether this delivery may act on the job, the job locked for update or None).
+
+    PostgreSQL: may act when this connection took the job's liveness lock, in the same statement
+    that locks the job row. SQLite: unless a `running` attempt is younger than its presumed life.
+    """
+    if liveness.supported():
+        rows = list(Job.objects.raw(_BEGIN, {"id": str(job_id)}))
+        return rows[0].held, (rows[0] if rows[0].pk else None)
+    job = Job.objects.filter(pk=job_id).first()
+    live = (
+        job is not None
+        and job.status == Job.Status.RUNNING
+        and job.started_at is not None
+        and job.started_at > now - presumed_alive_for(job)
+    )
+    return not live, job
+
+
 def begin_attempt(job_id):
     """Count a new attempt and mark the job running; None when this delivery has nothing to do."""
     now = timezone.now()
@@ -105,30 +168,21 @@ def begin_attempt(job_id):
             # work can lose this count. A worker crash cannot. Saves one disk flush per job.
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        job = Job.objects.select_for_update(skip_locked=True).filter(pk=job_id).first()
-        if job is None:
-            busy = Job.objects.filter(pk=job_id).first()
-            if busy is not None:
-                # Another attempt holds the row right now. Look again later, so the job is not
-                # lost if that attempt dies.
-                busy.run_after = now + timedelta(seconds=settings.QUEUES[busy.queue]["timeout"])
-                push(busy)
+        held, job = lock_for_attempt(job_id, now)
+        if not held:
+            look_again_if_waiting(job_id, now)
             return None
-        if job.is_finished:
+        if job is None or job.is_finished:
+            release_if_held(job or Job(pk=job_id))
             return None
         if job.status in Job.WAITING and job.run_after > now + EARLY_TOLERANCE:
+            release_if_held(job)
             return None  # a stale copy; the job's own broker row comes later
         if job.status == Job.Status.RUNNING:
-            # Running but unlocked: the worker of the last attempt died mid-job.
-            lost = WorkerLost(f"worker {job.worker or '?'} died during attempt {job.attempts}")
-            job.last_error, job.last_error_class = str(lost), WorkerLost.__name__
-            final = job.attempts >= job.max_attempts
-            counters.worker_lost(job, final=final)
-            if final:
-                job.status, job.finished_at = Job.Status.FAILED, now
+            # Its worker is provably gone (PostgreSQL) or long overdue (SQLite).
+            if count_lost_attempt(job, now):
                 job.save()
-                with log_context.bind(**log_fields(job)):
-                    logger.error("job failed for good: %s", lost)
+                release_if_held(job)
                 return None
         else:
             counters.attempt_started(job, first=job.attempts == 0)
@@ -150,65 +204,105 @@ def begin_attempt(job_id):
     return job
 
 
-def lock_attempt(job):
-    """The job's row, locked, while it is still in the attempt `job` began; else None."""
-    return (
-        Job.objects.select_for_update()
-        .filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
-        .first()
-    )
+def look_again_if_waiting(job_id, now):
+    """Another delivery holds the job. If it is only beginning a waiting job, it may still give
+    the job up (a copy that came too early): a broker row due a moment later makes sure."""
+    job = Job.objects.filter(pk=job_id, status__in=Job.WAITING).first()
+    if job is not None and job.run_after <= now + EARLY_TOLERANCE:
+        job.run_after = now + LOOK_AGAIN
+        Job.objects.filter(pk=job.pk).update(broker_row=push(job))
+
+
+def count_lost_attempt(job, now):
+    """Record that the `running` attempt of `job` lost its worker. True when that failed the job."""
+    lost = WorkerLost(f"worker {job.worker or '?'} died during attempt {job.attempts}")
+    job.last_error, job.last_error_class = str(lost), WorkerLost.__name__
+    final = job.attempts >= job.max_attempts
+    counters.worker_lost(job, final=final)
+    if final:
+        job.status, job.finished_at = Job.Status.FAILED, now
+        with log_context.bind(**log_fields(job)):
+            logger.error("job failed for good: %s", lost)
+    return final
+
+
+def finish_attempt(job, release=True, **fields):
+    """Write `fields` if `job`'s attempt is still the job's current one; True when written.
+
+    The fence: `status = running AND attempts = n`. On PostgreSQL the same statement releases the
+    job's liveness lock (only once the row is locked by the update, so a delivery that takes the
+    lock next waits for this commit and sees the outcome).
+    """
+    attempt = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+    if not (release and liveness.supported()):
+        return attempt.update(**fields) == 1
+    query = attempt.query.chain(UpdateQuery)
+    query.add_update_values(fields)
+    sql, params = query.get_compiler(connection.alias).as_sql()
+    unlock = f" RETURNING pg_advisory_unlock({liveness.job_key_sql('id')})"
+    with connection.cursor() as cursor:
+        cursor.execute(sql + unlock, params)
+        return cursor.fetchone() is not None
 
 
 def work(job):
-    """Run the handler and mark success, in one transaction holding the job row."""
+    """Run the handler and mark success, in one transaction."""
     kind = registry.find(job.job_type)
     if kind is None:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
-        current = lock_attempt(job)
-        if current is None:
-            return None  # another delivery took this attempt over
         with handler_timeout(settings.QUEUES[job.queue]["timeout"]):
             result = kind.handler(dict(job.data))
-        current.status = Job.Status.SUCCEEDED
-        current.result = result
-        current.finished_at = timezone.now()
-        current.subject = kind.subject_of(job.data, result) or current.subject
-        current.save(update_fields=["status", "result", "finished_at", "subject"])
-        counters.attempt_succeeded(
-            current, (current.finished_at - current.started_at).total_seconds()
+        finished_at = timezone.now()
+        recorded = finish_attempt(
+            job,
+            status=Job.Status.SUCCEEDED,
+            result=result,
+            finished_at=finished_at,
+            subject=kind.subject_of(job.data, result) or job.subject,
         )
+        if not recorded:
+            raise AttemptSuperseded()  # rolls the work back
+        counters.attempt_succeeded(job, (finished_at - job.started_at).total_seconds())
         acknowledge_delivery()
     logger.info("job succeeded")
     return result
 
 
-def record_failure(job, exc):
-    """Schedule a retry for a transient failure with attempts left; otherwise fail the job."""
+def record_failure(job, exc, own_attempt=True):
+    """Schedule a retry for a transient failure with attempts left; otherwise fail the job.
+
+    `own_attempt=False` for a caller that is not the attempt's worker (the rescuer): it holds no
+    liveness lock and acknowledges no delivery. Returns whether the outcome was recorded.
+    """
     kind = registry.find(job.job_type)
     retry = is_transient(exc) and job.attempts < job.max_attempts
+    now = timezone.now()
+    fields = {
+        "last_error": str(exc) or exc.__class__.__name__,
+        "last_error_class": exc.__class__.__name__,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
     with transaction.atomic():
-        current = lock_attempt(job)
-        if current is None:
-            return
-        now = timezone.now()
-        current.last_error = str(exc) or exc.__class__.__name__
-        current.last_error_class = exc.__class__.__name__
-        current.traceback = "".join(traceback.format_exception(exc))
         if retry:
             delay = kind.retry_policy.delay_after(job.attempts)
-            current.status = Job.Status.RETRYING
-            current.run_after = now + timedelta(seconds=delay)
+            job.run_after = now + timedelta(seconds=delay)
+            fields.update(status=Job.Status.RETRYING, run_after=job.run_after, broker_row=push(job))
         else:
-            current.status = Job.Status.FAILED
-            current.finished_at = now
+            fields.update(status=Job.Status.FAILED, finished_at=now)
             if isinstance(exc, SubjectGone):  # nothing will ever use its content
-                current.data = kind.without_content(current.data)
-        current.save()
-        counters.attempt_failed(current, (now - current.started_at).total_seconds(), retry=retry)
-        acknowledge_delivery()
-        if retry:
-            push(current)
+                fields["data"] = kind.without_content(job.data)
+        recorded = finish_attempt(job, release=own_attempt, **fields)
+        if recorded:
+            counters.attempt_failed(job, (now - job.started_at).total_seconds(), retry=retry)
+            if own_attempt:
+                acknowledge_delivery()
+        else:
+            transaction.set_rollback(True)  # a newer attempt owns the job: no retry row either
+    if not recorded:
+        if own_attempt:
+            release_if_held(job)
+        return False
     if retry:
         logger.error(
             "job attempt failed, retrying in %.1fs: %s: %s",
@@ -219,13 +313,25 @@ def record_failure(job, exc):
         )
     else:
         logger.error("job failed for good: %s: %s", exc.__class__.__name__, exc, exc_info=exc)
+    return True
 
 
 @contextmanager
 def handler_timeout(seconds):
-    """Raise JobTimeout in the handler after `seconds` (main thread of a worker process only)."""
+    """Stop the handler after `seconds` (main thread of a worker process only).
+
+    Python code gets `JobTimeout` raised in it. A query running on PostgreSQL is cancelled
+    instead: the server stops it and drops its locks, and the handler sees it fail, which the
+    runner records as `JobTimeout` once the transaction has rolled back cleanly.
+    """
+    started = time.monotonic()
 
     def expire(signum, frame):
+        pg = connection.connection if connection.vendor == "postgresql" else None
+        if pg is not None and pg.info.transaction_status == TransactionStatus.ACTIVE:
+            pg.cancel()
+            signal.setitimer(signal.ITIMER_REAL, 1)  # again, should the query have just ended
+            return
         raise JobTimeout(f"job exceeded its queue's timeout of {seconds}s")
 
     try:
@@ -236,6 +342,17 @@ def handler_timeout(seconds):
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except Exception as exc:
+        if was_cancelled(exc) and time.monotonic() - started >= seconds:
+            raise JobTimeout(
+                f"job exceeded its queue's timeout of {seconds}s; its query was cancelled"
+            ) from exc
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def was_cancelled(exc):
+    """A PostgreSQL `query_canceled` error (SQLSTATE 57014), as Django wraps it."""
+    return getattr(exc.__cause__, "sqlstate", None) == "57014"

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from queues.broker import live_clusters
@@ -16,10 +16,21 @@ def jobs_visible_to(user):
 
 
 def subjects_with_live_jobs(job_type, subjects):
-    """Those of `subjects` that have a queued, running or retrying job of `job_type`."""
+    """Those of `subjects` with a job of `job_type` on its way: running, or waiting and not
+    overdue (`Job.OVERDUE_AFTER`: its delivery is lost)."""
+    on_time = timezone.now() - Job.OVERDUE_AFTER
+    return set(
+        Job.objects.filter(job_type=job_type, subject__in=subjects)
+        .filter(Q(status=Job.Status.RUNNING) | Q(status__in=Job.WAITING, run_after__gte=on_time))
+        .values_list("subject", flat=True)
+    )
+
+
+def subjects_with_failed_jobs(job_type, subjects):
+    """Those of `subjects` that have a job of `job_type` that failed for good."""
     return set(
         Job.objects.filter(
-            job_type=job_type, subject__in=subjects, status__in=Job.LIVE
+            job_type=job_type, subject__in=subjects, status=Job.Status.FAILED
         ).values_list("subject", flat=True)
     )
 

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from queues import counters, registry
@@ -59,13 +60,19 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
         max_attempts=kind.retry_policy.attempts,
     )
     with transaction.atomic(savepoint=False):
-        # Broker row first: its RETURNING sends the NOTIFY. Record, row and counters go in one
-        # round trip on PostgreSQL.
         broker_row = push_statement(job)
-        counters.job_enqueued(job, also=[s for s in (broker_row, insert_statement(job)) if s])
-        if broker_row is None:
-            push(job)
-    job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
+        if broker_row is None:  # SQLite, or a broker outside the database (Redis)
+            job.broker_row = push(job)  # the row first, so the job is stored knowing it
+            job.save(force_insert=True)
+            counters.job_enqueued(job)
+        else:
+            # One round trip on PostgreSQL: the record, which stores its broker row's id, the row
+            # (its RETURNING sends the NOTIFY, delivered at commit) and the counters.
+            job.broker_row = RawSQL(f"SELECT id FROM {broker_row[2]}", [])
+            ((job.broker_row,),) = counters.job_enqueued(
+                job, also=[insert_statement(job, returning="broker_row"), broker_row]
+            )
+            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
     return job
 
 
@@ -85,10 +92,10 @@ def retry_jobs(jobs, *, by=None):
         job.finished_at = None
         job.retried_by = by
         job.retried_at = now
+        job.broker_row = push(job)
         job.save()
         job.refresh_from_db(fields=["max_attempts"])
         counters.retried_by_operator(job)
-        push(job)
         count += 1
     return count
 

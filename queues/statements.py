@@ -9,30 +9,36 @@ from django.db.models.sql import InsertQuery
 
 
 def execute_together(statements):
-    """Run `statements` ((sql, params) pairs) in the caller's transaction; the first one's rows.
+    """Run `statements` in the caller's transaction; return the first one's rows, if it has any.
 
-    The first statement's result is returned (fetched when it has one); the others' are dropped,
-    so they must not need reading (a RETURNING with side effects belongs in the first).
+    A statement is (sql, params) or (sql, params, name): on PostgreSQL each after the first
+    becomes a CTE of the first, named `name` (or `writeN`), so the first may read what another
+    RETURNs; their own results are dropped. SQLite runs them one by one, the first last.
     """
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
-            # The first one last, so its result is the cursor's.
-            for sql, params in reversed(statements):
+            for sql, params, *_ in reversed(statements):
                 cursor.execute(sql, params)
         else:
-            (main, main_params), others = statements[0], statements[1:]
-            ctes = ", ".join(f"write{i} AS ({sql})" for i, (sql, _) in enumerate(others))
-            params = [p for _, ps in others for p in ps] + list(main_params)
+            (main, main_params, *_), others = statements[0], statements[1:]
+            ctes = ", ".join(
+                f"{name[0] if name else f'write{i}'} AS ({sql})"
+                for i, (sql, _, *name) in enumerate(others)
+            )
+            params = [p for _, ps, *_ in others for p in ps] + list(main_params)
             cursor.execute(f"WITH {ctes} {main}" if others else main, params)
         return cursor.fetchall() if cursor.description else None
 
 
-def insert_statement(instance):
-    """(sql, params) inserting a model instance as `save(force_insert=True)` would, no RETURNING.
+def insert_statement(instance, returning=None):
+    """(sql, params) inserting a model instance as `save(force_insert=True)` would.
 
-    For a model whose primary key is set in Python (a UUID): nothing needs to be read back.
+    For a model whose primary key is set in Python (a UUID): nothing needs reading back but the
+    column named by `returning`, if any (a value an expression computed in the database).
     """
     query = InsertQuery(type(instance))
     query.insert_values(instance._meta.local_concrete_fields, [instance])
     ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    if returning:
+        sql += f" RETURNING {connection.ops.quote_name(returning)}"
     return sql, params

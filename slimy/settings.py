@@ -245,6 +245,12 @@ READY_MAX_BACKLOG_SECONDS = env_int("READY_MAX_BACKLOG_SECONDS", 300)
 # How long after a job's timeout its broker row is handed out again when its worker died
 # silently (SIGKILL, out of memory): django-q2's visibility timeout is `timeout + grace`.
 QUEUE_REDELIVERY_GRACE = env_int("QUEUE_REDELIVERY_GRACE", 30)
+# Every cluster looks this often (seconds) for work a dead cluster or worker left behind
+# (queues.rescuer). On PostgreSQL that bounds recovery from a crash to about this plus a second.
+QUEUE_RESCUE_INTERVAL = env_int("QUEUE_RESCUE_INTERVAL", 5)
+# A waiting job this many seconds past due whose broker row is gone (any such job on Redis) is
+# pushed again by the rescuer.
+QUEUE_STRANDED_AFTER = env_int("QUEUE_STRANDED_AFTER", 45)
 
 
 def _cluster_options(queue):

@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 
-import psycopg
 import pytest
 import requests
 from django.db import connection
@@ -17,7 +16,7 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
 from tests.conftest import token_client
-from tests.support.cluster import wait_for
+from tests.support.cluster import database_session, wait_for
 from tests.support.data import orphan_message_count
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -102,14 +101,8 @@ def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster
     doomed = make_conversation(user, messages=200)
     kept = make_conversation(user)
     cluster.start(workers=2, timeout=5, extra_env=FAST_RECOVERY)
-    settings = connection.settings_dict
     # Hold a lock on one message so the worker's delete blocks mid-transaction.
-    blocker = psycopg.connect(
-        host=settings["HOST"] or "127.0.0.1",
-        port=settings["PORT"] or 5432,
-        user=settings["USER"],
-        dbname=settings["NAME"],
-    )
+    blocker = database_session()
     blocker.execute(
         "SELECT id FROM chat_message WHERE conversation_id = %s LIMIT 1 FOR UPDATE", [doomed.pk]
     )

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0002_sweep_schedule'),
+        ('chat', '0003_deletion_failed_at'),
     ]
 
     operations = [

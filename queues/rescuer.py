@@ -1,0 +1,103 @@
+"""Brings back the jobs that a dead cluster, a dead worker or a lost broker row would strand.
+
+The job record is the truth; the broker only wakes workers. Every cluster's pusher runs
+`rescue(queue)` as it dequeues, at most every `QUEUE_RESCUE_INTERVAL` seconds (one cluster at a
+time per queue on PostgreSQL), and the maintenance schedule once a minute:
+
+1. broker rows claimed by a cluster that died are handed out again (`broker.free_dead_claims`);
+2. a `running` job whose worker is gone (`queues.liveness`) gets a `WorkerLost` attempt and a
+   retry (or fails, if that was its last attempt);
+3. a waiting job more than `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
+   or was claimed longer ago than that (lost in a worker killed before it began the job) on the
+   database broker, or any such job on Redis (which cannot be asked), is pushed again and its
+   `run_after` moved to now, so it is pushed at most once per `QUEUE_STRANDED_AFTER`. A spare
+   delivery does nothing: the runner tells it from the live one.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import BooleanField, Exists, OuterRef
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from queues import liveness
+from queues.broker import broker_in_database, free_dead_claims, push, rows_on_their_way
+from queues.errors import WorkerLost
+from queues.models import Job
+from queues.runner import presumed_alive_for, record_failure
+
+logger = logging.getLogger("queues.rescuer")
+
+BATCH = 1000
+# First key of the lock that lets one cluster at a time rescue a queue ("rscu").
+RESCUE = 0x72736375
+
+
+def rescue(queue):
+    """One rescue pass over `queue`; returns how many rows and jobs it brought back."""
+    with transaction.atomic():
+        if liveness.supported() and not _take_rescue_lock(queue):
+            return 0  # another cluster is at it right now
+        freed = free_dead_claims(queue)
+        lost = sum(
+            record_failure(job, lost_worker(job), own_attempt=False) for job in lost_attempts(queue)
+        )
+        pushed = push_stranded(queue)
+    if freed or lost or pushed:
+        logger.warning(
+            "rescued queue %s: %d claim(s) of dead clusters, %d attempt(s) of dead workers, "
+            "%d stranded job(s) pushed again",
+            queue,
+            freed,
+            lost,
+            pushed,
+        )
+    return freed + lost + pushed
+
+
+def _take_rescue_lock(queue):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s::int4, hashtext(%s))", [RESCUE, queue])
+        return cursor.fetchone()[0]
+
+
+def lost_worker(job):
+    return WorkerLost(f"worker {job.worker or '?'} died during attempt {job.attempts}")
+
+
+def lost_attempts(queue):
+    """`running` jobs of `queue` whose worker is provably gone (SQLite: presumed gone)."""
+    running = Job.objects.filter(queue=queue, status=Job.Status.RUNNING)
+    if liveness.supported():
+        held = RawSQL(
+            liveness.job_lock_held_sql(f'"{Job._meta.db_table}"."id"'), [], BooleanField()
+        )
+        running = running.alias(held=held).filter(held=False)
+        return list(running.order_by("started_at")[:BATCH])
+    now = timezone.now()
+    candidates = running.order_by("started_at")[:BATCH]
+    return [
+        job
+        for job in candidates
+        if job.started_at is None or job.started_at < now - presumed_alive_for(job)
+    ]
+
+
+def push_stranded(queue):
+    """Push again the waiting jobs of `queue` whose delivery is lost. Returns how many."""
+    now = timezone.now()
+    late = now - timedelta(seconds=settings.QUEUE_STRANDED_AFTER)
+    stranded = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lt=late)
+    if broker_in_database():
+        on_its_way = rows_on_their_way(queue, claimed_since=late).filter(pk=OuterRef("broker_row"))
+        stranded = stranded.exclude(Exists(on_its_way))
+    pushed = 0
+    for job in stranded.order_by("run_after")[:BATCH]:
+        job.run_after = now
+        pushed += Job.objects.filter(pk=job.pk, status=job.status).update(
+            run_after=now, broker_row=push(job)
+        )
+    return pushed

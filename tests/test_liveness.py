@@ -1,0 +1,281 @@
+"""Liveness, fencing and rescue, in process: who may run a job, who may record its outcome.
+
+A worker's attempt is alive while its connection holds the job's advisory lock (PostgreSQL);
+every outcome is written only if its attempt is still the job's current one.
+"""
+
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.db import OperationalError, connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from chat import services
+from chat.models import Conversation, Message
+from chat.sweeper import sweep_deletions
+from queues import liveness
+from queues.broker import JobBroker
+from queues.models import Job
+from queues.rescuer import rescue
+from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
+from queues.services import enqueue
+from tests.support.cluster import database_session, wait_for
+
+postgres_only = pytest.mark.postgres
+
+
+def doomed_conversation(user, messages=3):
+    conversation = Conversation.objects.create(owner=user, title="Doomed")
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
+    )
+    job = services.request_conversation_deletion(conversation, request_id="liveness")
+    return conversation, job
+
+
+def in_other_connection(fn, *args):
+    """Run `fn` in a thread, on a database connection of its own, and return its result."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return result.get("value")
+
+
+def worker_gone(job_id):
+    """Begin an attempt of `job_id` on a connection that then closes, as a killed worker's does.
+
+    Returns once PostgreSQL has ended that session (and so released its locks).
+    """
+    in_other_connection(begin_attempt, job_id)
+
+    def released():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT NOT {liveness.job_lock_held_sql('job.id')} FROM (SELECT %s::uuid id) job",
+                [str(job_id)],
+            )
+            return cursor.fetchone()[0]
+
+    wait_for(released, 10, message="the closed session's locks released")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_workers_late_outcome_is_fenced_and_its_work_rolled_back(user):
+    conversation, job = doomed_conversation(user)
+    stale = begin_attempt(job.pk)
+    assert stale.attempts == 1
+    # The attempt was taken over (declared lost, a newer attempt began) while its worker lived on.
+    Job.objects.filter(pk=job.pk).update(attempts=2)
+
+    with pytest.raises(AttemptSuperseded):
+        work(stale)
+    assert Conversation.objects.filter(pk=conversation.pk).exists(), "the late work rolled back"
+    assert Message.objects.filter(conversation=conversation).count() == 3
+    assert record_failure(stale, OperationalError("late failure")) is False
+    current = Job.objects.get(pk=job.pk)
+    assert (current.status, current.attempts, current.last_error, current.result) == (
+        "running",
+        2,
+        "",
+        None,
+    )
+    if liveness.supported():
+        liveness.release_job(job.pk)
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
+    _, job = doomed_conversation(user)
+    live = begin_attempt(job.pk)
+
+    assert in_other_connection(begin_attempt, job.pk) is None
+    during = Job.objects.get(pk=job.pk)
+    assert (during.status, during.attempts, during.last_error_class) == ("running", 1, "")
+
+    assert work(live)["deleted"] is True
+    assert in_other_connection(begin_attempt, job.pk) is None  # finished: nothing to do
+    after = Job.objects.get(pk=job.pk)
+    assert (after.status, after.attempts, after.last_error_class) == ("succeeded", 1, "")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_running_job_whose_worker_connection_is_gone_is_lost_and_run_again(user):
+    conversation, job = doomed_conversation(user)
+    worker_gone(job.pk)
+
+    again = begin_attempt(job.pk)
+    assert (again.attempts, again.last_error_class) == (2, "WorkerLost")
+    assert work(again)["deleted"] is True
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_rescuer_retries_a_dead_workers_attempt_and_leaves_a_live_one_alone(user):
+    _, dead = doomed_conversation(user)
+    _, alive = doomed_conversation(user)
+    worker_gone(dead.pk)
+    live_attempt = begin_attempt(alive.pk)
+
+    assert rescue("database") == 1
+    dead.refresh_from_db()
+    assert (dead.status, dead.attempts, dead.last_error_class) == ("retrying", 1, "WorkerLost")
+    assert OrmQ.objects.filter(pk=dead.broker_row).exists()
+    assert Job.objects.get(pk=alive.pk).status == "running"
+    assert rescue("database") == 0
+    work(live_attempt)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, settings):
+    settings.QUEUE_STRANDED_AFTER = 30
+    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
+    kept = enqueue("database", "test_sleep", {"user_id": user.pk})
+    gone = lost.broker_row
+    OrmQ.objects.filter(pk=gone).delete()
+    long_ago = timezone.now() - timedelta(minutes=1)
+    Job.objects.filter(pk__in=[lost.pk, kept.pk]).update(run_after=long_ago)
+
+    assert rescue("database") == 1  # `kept` still has its row: it just waits its turn
+    lost.refresh_from_db()
+    assert lost.broker_row != gone and OrmQ.objects.filter(pk=lost.broker_row).exists()
+    assert lost.run_after > long_ago
+    assert rescue("database") == 0
+    run_job(lost.pk)
+    assert Job.objects.get(pk=lost.pk).status == "succeeded"
+
+
+@contextmanager
+def live_pusher(token):
+    """A session holding the claims lock of `token`, as a live cluster's pusher does."""
+    session = database_session(autocommit=True)
+    session.execute("SELECT pg_advisory_lock(%s::int4, %s::int4)", [liveness.CLAIMS, token])
+    try:
+        yield
+    finally:
+        session.close()
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_rescuer_hands_out_again_only_the_claims_of_dead_clusters(user):
+    due = timezone.now() - timedelta(minutes=5)
+    dead = OrmQ.objects.create(key="database@555@1", payload="x", lock=due)
+    live = OrmQ.objects.create(key="database@777@1", payload="x", lock=due)
+    with live_pusher(777):
+        assert rescue("database") == 1
+    dead.refresh_from_db()
+    live.refresh_from_db()
+    assert (dead.key, dead.lock) == ("database", due), "back in its place in the queue"
+    assert live.key == "database@777@1"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, settings):
+    """Its row stays claimed by a live cluster, but a claimed job starts within seconds."""
+    settings.QUEUE_STRANDED_AFTER = 30
+    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
+    prefetched = enqueue("database", "test_sleep", {"user_id": user.pk})
+    now = timezone.now()
+    long_ago = now - timedelta(minutes=1)
+    Job.objects.filter(pk__in=[lost.pk, prefetched.pk]).update(run_after=long_ago)
+    OrmQ.objects.filter(pk=lost.broker_row).update(key=f"database@777@{int(long_ago.timestamp())}")
+    OrmQ.objects.filter(pk=prefetched.broker_row).update(key=f"database@777@{int(now.timestamp())}")
+    with live_pusher(777):
+        assert rescue("database") == 1
+    lost.refresh_from_db()
+    assert OrmQ.objects.get(pk=lost.broker_row).key == "database"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_is_tagged_with_a_token_its_pusher_holds(user):
+    enqueue("database", "test_sleep", {"user_id": user.pk})
+    broker = JobBroker("database")
+    ((row_id, _),) = broker._claim()[0]
+    key = OrmQ.objects.get(pk=row_id).key
+    token = int(key.split("@")[1])
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {liveness.claims_lock_held_sql('%s')}", [token])
+        assert cursor.fetchone()[0]
+    assert rescue("database") == 0  # its pusher lives
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock_all()")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_job_costs_a_fixed_number_of_statements(user):
+    """Liveness and fencing ride in the begin and finish statements: no extra round trips.
+
+    begin: BEGIN, SET LOCAL, lock and read, counter, UPDATE, COMMIT; finish: BEGIN, fenced
+    UPDATE releasing the lock, two counters, COMMIT (a real worker adds the broker row's DELETE).
+    """
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    connection.ensure_connection()
+    with CaptureQueriesContext(connection) as queries:
+        run_job(job.pk)
+    assert Job.objects.get(pk=job.pk).status == "succeeded"
+    assert len(queries) == 11, [q["sql"][:60] for q in queries]
+
+
+@pytest.mark.django_db
+def test_the_sweeper_counts_an_overdue_job_as_not_live(user, settings):
+    settings.DELETION_SWEEP_AFTER_SECONDS = 300
+    conversation, job = doomed_conversation(user)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Conversation.objects.filter(pk=conversation.pk).update(deletion_requested_at=long_ago)
+    assert sweep_deletions() == 0  # its job waits, on time
+    Job.objects.filter(pk=job.pk).update(run_after=long_ago)  # its delivery was lost
+    assert sweep_deletions() == 1
+
+
+@pytest.mark.django_db
+def test_a_finally_failed_deletion_is_shown_to_operators_not_queued_again(
+    user, settings, make_user
+):
+    settings.DELETION_SWEEP_AFTER_SECONDS = 300
+    conversation, job = doomed_conversation(user)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Conversation.objects.filter(pk=conversation.pk).update(deletion_requested_at=long_ago)
+    Job.objects.filter(pk=job.pk).update(status="failed", finished_at=long_ago)
+
+    assert sweep_deletions() == 0
+    assert sweep_deletions() == 0  # no loop
+    assert Job.objects.filter(subject=job.subject).count() == 1
+    assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is not None
+
+    operator = make_user("operator", is_staff=True)
+    operator.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_conversation", "delete_conversation"])
+    )
+    client = Client()
+    client.force_login(operator)
+    listing = client.get("/admin/chat/conversation/?deletion_failed_at__isnull=False")
+    assert listing.status_code == 200
+    assert f"/admin/chat/conversation/{conversation.pk}/change/" in listing.content.decode()
+    client.post(
+        "/admin/chat/conversation/",
+        {"action": "retry_deletion", "_selected_action": [conversation.pk]},
+    )
+    retried = Job.objects.filter(subject=job.subject, status="queued").get()
+    assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is None
+    run_job(retried.pk)
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
