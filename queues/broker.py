@@ -332,17 +332,17 @@ def _payload(job):
 _delivery = {"ack_id": None, "acknowledged": False}
 
 
-def acknowledge_delivery():
-    """Delete the broker row of the running delivery in the caller's transaction.
-
-    The job's outcome and its acknowledgement then commit together, and the monitor skips its own
-    DELETE. Outside a JobBroker worker (tests, the stock reference cluster) it does nothing.
+def acknowledgement():
+    """Statements deleting the running delivery's broker row, for the caller to send with the
+    job's outcome (`queues.statements`), so both commit together; none outside a JobBroker
+    worker (tests, the stock reference cluster). Once that commits, the monitor skips its own
+    DELETE.
     """
     ack_id = _delivery["ack_id"]
     if ack_id is None:
-        return
-    OrmQ.objects.using(Conf.ORM).filter(pk=ack_id).delete()
+        return []
     transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
+    return [(f"DELETE FROM {TABLE} WHERE id = %s", [ack_id])]
 
 
 def connect_signals():

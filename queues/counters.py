@@ -35,6 +35,37 @@ def attempt_started(job, *, first):
     _add(job, **deltas)
 
 
+def attempt_started_sql(source):
+    """(sql, named params): what `attempt_started` adds, for each row of the CTE `source`.
+
+    `source` has the job's queue, job_type, attempts (counting the one starting), created_at and
+    started_at; attempt 1 also observes the job's wait. For the runner's begin statement, which
+    counts the start in the statement that makes it.
+    """
+    table = connection.ops.quote_name(JobCounter._meta.db_table)
+    wait = "extract(epoch FROM s.started_at - s.created_at)::float8"
+    sql = (
+        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
+        " SELECT s.queue, s.job_type, d.name, %(counter_shard)s, d.value"
+        f" FROM {source} s CROSS JOIN LATERAL ("
+        "SELECT 'waiting' AS name, -1.0::float8 AS value"
+        " UNION ALL SELECT 'running', 1.0"
+        " UNION ALL SELECT (SELECT u.name FROM unnest(%(wait_bounds)s::float8[],"
+        f" %(wait_names)s::text[]) u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound"
+        " LIMIT 1), 1.0 WHERE s.attempts = 1"
+        f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0) WHERE s.attempts = 1"
+        " UNION ALL SELECT 'wait_seconds_count', 1.0 WHERE s.attempts = 1"
+        f") d ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
+        " + excluded.value"
+    )
+    params = {
+        "counter_shard": os.getpid() % SHARDS,
+        "wait_bounds": [float(b) for b in BUCKETS],
+        "wait_names": [bucket_name("wait_seconds", b) for b in BUCKETS],
+    }
+    return sql, params
+
+
 def worker_lost(job, *, final):
     """A `running` job whose worker died: its attempt failed; it fails or runs again."""
     if final:
@@ -43,17 +74,19 @@ def worker_lost(job, *, final):
         _add(job, {"failed": 1}, attempts_failed=1, retries_scheduled=1)
 
 
-def attempt_succeeded(job, seconds):
+def attempt_succeeded(job, seconds, also=()):
+    """`also`: the statements recording the outcome, sent first in the same round trip; the
+    first one's rows are returned (as for `attempt_failed`)."""
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
-    _add(job, {"succeeded": 1, "run_seconds": seconds}, **deltas)
+    return _add(job, {"succeeded": 1, "run_seconds": seconds}, also, **deltas)
 
 
-def attempt_failed(job, seconds, *, retry):
+def attempt_failed(job, seconds, *, retry, also=()):
     deltas = {"attempts_failed": 1, "running": -1}
     deltas.update({"waiting": 1, "retries_scheduled": 1} if retry else {"failed": 1})
     _observe(deltas, "run_seconds", seconds)
-    _add(job, {"failed": 1, "run_seconds": seconds}, **deltas)
+    return _add(job, {"failed": 1, "run_seconds": seconds}, also, **deltas)
 
 
 def jobs_cancelled(queue, job_type, count):
