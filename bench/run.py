@@ -107,9 +107,11 @@ def make_conversations(db, owner_id, count, messages):
     ids = [
         row[0]
         for row in db.execute(
-            "INSERT INTO chat_conversation (owner_id, title, created_at, updated_at) "
-            "SELECT %s, 'bench ' || g, now(), now() FROM generate_series(1, %s) g RETURNING id",
-            [owner_id, count],
+            "INSERT INTO chat_conversation"
+            " (owner_id, title, created_at, updated_at, message_count)"
+            " SELECT %s, 'bench ' || g, now(), now(), %s FROM generate_series(1, %s) g"
+            " RETURNING id",
+            [owner_id, messages, count],
         )
     ]
     db.execute(
@@ -606,6 +608,8 @@ def main():
         help="comma-separated subset of: drain,stock,redis,idle,big,http (ours always drains)",
     )
     args = parser.parse_args()
+    # A TERM (Ctrl-C alike) still stops the workers and removes the throwaway server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     only = set(args.only.split(","))
     log_dir = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))
 
