@@ -258,8 +258,25 @@ def begin_waiting(job_id, now):
         due=now + EARLY_TOLERANCE,
         worker=f"{socket.gethostname()}:{os.getpid()}",
     )
-    (row,) = Job.objects.raw(sql, params)
-    return row.held, (row if row.pk else None)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        held, *values = cursor.fetchone()
+        columns = [column.name for column in cursor.description[1:]]
+    row = dict(zip(columns, values, strict=True))
+    return held, (_job_from_row(row) if row["id"] is not None else None)
+
+
+def _job_from_row(row):
+    """A Job from a plain cursor's row ({column: value}), as the ORM would load it: cheaper than
+    `Job.objects.raw`, which resolves columns and converters anew for every query."""
+    fields = Job._meta.concrete_fields
+    values = [
+        field.from_db_value(row[field.column], None, connection)
+        if hasattr(field, "from_db_value")
+        else row[field.column]
+        for field in fields
+    ]
+    return Job.from_db(connection.alias, [field.attname for field in fields], values)
 
 
 def look_again_if_waiting(job_id, now):
