@@ -4,12 +4,14 @@ import logging
 
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
+from queues import registry
 from queues.errors import PermanentJobError, SubjectGone
+from queues.models import Job
 from queues.services import cancel_waiting_jobs, enqueue, forget_subject
 
 logger = logging.getLogger("chat")
@@ -67,25 +69,49 @@ def delete_messages(messages):
     return messages.delete()
 
 
-@transaction.atomic
 def request_conversation_deletion(conversation, *, request_id):
-    """Hide the conversation at once and store the job that deletes it, in one transaction.
+    return request_deletion(conversation.pk, owner_id=conversation.owner_id, request_id=request_id)
 
-    Returns the job, or None when another request got there first (the row is locked and
-    re-checked, so concurrent DELETEs make exactly one job).
+
+@transaction.atomic
+def request_deletion(conversation_id, *, owner_id, request_id):
+    """Hide the owner's conversation at once and store the job that deletes it, in one transaction.
+
+    Returns the job, or None when the conversation is missing, someone else's, or another request
+    got there first (the conditional UPDATE re-checks under the row lock, so concurrent DELETEs
+    make exactly one job).
     """
-    marked = Conversation.objects.filter(
-        pk=conversation.pk, deletion_requested_at__isnull=True
-    ).update(deletion_requested_at=timezone.now())
-    if not marked:
+    subject = Conversation.subject_for(conversation_id)
+    with connection.cursor() as cursor:
+        cursor.execute(*_mark_statement(conversation_id, owner_id, subject))
+        marked = cursor.fetchone()
+    if marked is None:
         return None
-    cancel_waiting_jobs(Conversation.subject_for(conversation.pk), "save_message")
+    if marked[0]:  # messages still waiting to be saved: they are withdrawn, not run
+        cancel_waiting_jobs(subject, "save_message")
     return enqueue(
         "database",
         "delete_conversation",
-        {"conversation_id": conversation.pk, "user_id": conversation.owner_id},
+        {"conversation_id": conversation_id, "user_id": owner_id},
         request_id=request_id,
+        user_checked=True,  # the owner of an existing conversation
     )
+
+
+def _mark_statement(conversation_id, owner_id, subject):
+    """Set the deletion mark, RETURNING whether `save_message` jobs about it wait to run.
+
+    One statement where the ORM takes two, the second (the cancel) mostly changing nothing.
+    """
+    conversations, jobs = (connection.ops.quote_name(m._meta.db_table) for m in (Conversation, Job))
+    sql = (
+        f"UPDATE {conversations} SET deletion_requested_at = %s"
+        " WHERE id = %s AND owner_id = %s AND deletion_requested_at IS NULL"
+        f" RETURNING EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s AND job_type = %s"
+        f" AND status IN ({', '.join(['%s'] * len(Job.WAITING))}))"
+    )
+    params = [timezone.now(), conversation_id, owner_id, subject, "save_message", *Job.WAITING]
+    return sql, params
 
 
 @transaction.atomic
@@ -108,24 +134,61 @@ def retry_failed_deletions(conversations, *, request_id):
     return retried
 
 
-@transaction.atomic
 def delete_conversation(*, conversation_id, user_id):
-    """Delete the conversation and, through CASCADE, its messages. Idempotent.
+    """Delete the conversation and its messages. Idempotent.
 
     Only the owner's conversation is deleted; one that is already gone is a success, since jobs
     are delivered at least once.
+
+    Two hand-written statements, the job's whole work on the common path (see docs/benchmarks.md):
+    the conversation goes first, telling whether other tables keep traces of it to erase, then its
+    messages (the foreign key is checked at commit). Django's collector would send the same two
+    DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure (`chat.apps`):
+    this path runs `erase_traces` itself, only when the DELETE reports something to erase, and
+    tests/test_conversation_deletion.py checks that nothing else refers to or listens on these
+    models.
     """
-    conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
-    if conversation is None:
-        erase_traces(conversation_id)
-        logger.info("conversation %s already deleted", conversation_id)
-        return {"deleted": False, "conversation_id": conversation_id}
-    if conversation.owner_id != user_id:
+    # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
+    # refusal is raised once the block has ended, having written nothing.
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        sql, params = _delete_statement(conversation_id, user_id)
+        cursor.execute(sql, params)
+        deleted = cursor.fetchone()
+        if deleted is not None:
+            table = connection.ops.quote_name(Message._meta.db_table)
+            cursor.execute(f"DELETE FROM {table} WHERE conversation_id = %s", [conversation_id])
+            messages = cursor.rowcount
+            if deleted[0]:
+                erase_traces(conversation_id)
+        elif not Conversation.objects.filter(pk=conversation_id).exists():
+            erase_traces(conversation_id)
+            logger.info("conversation %s already deleted", conversation_id)
+            return {"deleted": False, "conversation_id": conversation_id}
+    if deleted is None:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
-    _, counts = conversation.delete()  # erase_traces runs on post_delete (chat.apps)
-    messages = counts.get(Message._meta.label, 0)
     logger.info("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
+
+
+def _delete_statement(conversation_id, user_id):
+    """DELETE the owner's conversation RETURNING whether job records or the admin log keep traces.
+
+    The traces are what `erase_traces` erases: content-carrying job records about it, admin log
+    entries naming it.
+    """
+    subject = Conversation.subject_for(conversation_id)
+    types = registry.types_with_content()
+    log_type = ContentType.objects.get_for_model(Conversation).pk
+    conversations, jobs, log = (
+        connection.ops.quote_name(model._meta.db_table) for model in (Conversation, Job, LogEntry)
+    )
+    sql = (
+        f"DELETE FROM {conversations} WHERE id = %s AND owner_id = %s RETURNING "
+        f"EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s"
+        f" AND job_type IN ({', '.join(['%s'] * len(types)) or 'NULL'}))"
+        f" OR EXISTS (SELECT 1 FROM {log} WHERE content_type_id = %s AND object_id = %s)"
+    )
+    return sql, [conversation_id, user_id, subject, *types, log_type, str(conversation_id)]
 
 
 def erase_traces(conversation_id):
@@ -134,7 +197,8 @@ def erase_traces(conversation_id):
     Waiting jobs that would add content to it are cancelled and job records about it lose their
     content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
     today, but older entries or a changed `__str__` might). Runs in the deleting transaction for
-    every deletion of a conversation, whichever path (see `chat.apps`).
+    every deletion of a conversation, whichever path (see `chat.apps`); the deletion job's
+    statement tells first whether there is anything to erase (`_delete_statement`).
     """
     forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(

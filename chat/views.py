@@ -77,7 +77,7 @@ class ConversationViewSet(
     def get_queryset(self):
         if self.action in ("list", "retrieve", "partial_update"):
             return selectors.conversations_of(self.request.user)
-        # Deleting or touching messages must not count a conversation's messages first.
+        # Touching messages must not count a conversation's messages first.
         return Conversation.objects.visible().filter(owner=self.request.user)
 
     def get_serializer_class(self):
@@ -105,12 +105,17 @@ class ConversationViewSet(
         services.rename_conversation(serializer.instance, **serializer.validated_data)
 
     def destroy(self, request, *args, **kwargs):
-        conversation = self.get_object()
-        job = services.request_conversation_deletion(conversation, request_id=request.request_id)
-        if job is None:  # a concurrent request got there first
+        # No read first: the service's conditional UPDATE finds the owner's visible conversation.
+        raw = self.kwargs[self.lookup_field]
+        job = None
+        if _ID.fullmatch(raw):
+            job = services.request_deletion(
+                int(raw), owner_id=request.user.pk, request_id=request.request_id
+            )
+        if job is None:  # missing, someone else's, already being deleted, or a malformed id
             raise ConversationNotFound()
         return Response(
-            {"ok": True, "job_id": str(job.id), "conversation_id": conversation.pk},
+            {"ok": True, "job_id": str(job.id), "conversation_id": int(raw)},
             status=status.HTTP_200_OK,
         )
 

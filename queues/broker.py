@@ -259,6 +259,37 @@ def push(job):
     The row carries only the job's id: the data stays in the job record, so scrubbing a job's
     content never has to decode signed pickles.
     """
+    broker = get_broker(job.queue)
+    if not getattr(broker, "joins_transactions", True):
+        # A broker outside the database (Redis) gets the row only once the job record commits.
+        payload = _payload(job)
+        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        return None
+    # Our database broker, also under a cluster running django-q2's stock broker (the
+    # benchmark's reference), whose `enqueue` knows no `run_after`.
+    return JobBroker(job.queue).enqueue(
+        _payload(job), run_after=job.run_after, priority=_priority(job)
+    )
+
+
+def push_statement(job):
+    """As `push`, as (sql, params, name) for the caller to send as a CTE `name` of its own
+    statement (`queues.statements`), whose RETURNING gives the row's id; PostgreSQL only.
+
+    None on SQLite and when the queue's broker is outside the database: then `push` the job.
+    """
+    if connections[Conf.ORM].vendor != "postgresql" or not broker_in_database():
+        return None
+    return _INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
+
+
+def _priority(job):
+    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share")."""
+    kind = registry.find(job.job_type)
+    return 1 if kind is not None and kind.client_enqueueable else 0
+
+
+def _payload(job):
     package = {
         "id": uuid.uuid4().hex,
         "name": f"{job.job_type}:{job.id}",
@@ -268,35 +299,24 @@ def push(job):
         "started": timezone.now(),
         "cluster": job.queue,
     }
-    payload = SignedPackage.dumps(package)
-    broker = get_broker(job.queue)
-    if not getattr(broker, "joins_transactions", True):
-        # A broker outside the database (Redis) gets the row only once the job record commits.
-        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
-        return None
-    # Our database broker, also under a cluster running django-q2's stock broker (the
-    # benchmark's reference), whose `enqueue` knows no `run_after`. Client-enqueued jobs are
-    # claimed after the app's own (docs/job-queue.md, "Fair share").
-    kind = registry.find(job.job_type)
-    priority = 1 if kind is not None and kind.client_enqueueable else 0
-    return JobBroker(job.queue).enqueue(payload, run_after=job.run_after, priority=priority)
+    return SignedPackage.dumps(package)
 
 
 # The broker row this worker process is running, and whether the runner already deleted it.
 _delivery = {"ack_id": None, "acknowledged": False}
 
 
-def acknowledge_delivery():
-    """Delete the broker row of the running delivery in the caller's transaction.
-
-    The job's outcome and its acknowledgement then commit together, and the monitor skips its own
-    DELETE. Outside a JobBroker worker (tests, the stock reference cluster) it does nothing.
+def acknowledgement():
+    """Statements deleting the running delivery's broker row, for the caller to send with the
+    job's outcome (`queues.statements`), so both commit together; none outside a JobBroker
+    worker (tests, the stock reference cluster). Once that commits, the monitor skips its own
+    DELETE.
     """
     ack_id = _delivery["ack_id"]
     if ack_id is None:
-        return
-    OrmQ.objects.using(Conf.ORM).filter(pk=ack_id).delete()
+        return []
     transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
+    return [(f"DELETE FROM {TABLE} WHERE id = %s", [ack_id])]
 
 
 def connect_signals():

@@ -13,15 +13,19 @@ from django.db import connection
 from django.utils import timezone
 
 from queues.models import JobCounter, JobMinute
+from queues.statements import execute_together
 
 # Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, math.inf)
-# Concurrent workers add to different rows (by pid), so they do not wait on each other's locks.
-SHARDS = 8
+# Concurrent workers add to different rows (by pid), so they do not wait on each other's locks:
+# more shards than a cluster's workers (10 by default), whose pids are mostly consecutive.
+SHARDS = 16
 
 
-def job_enqueued(job):
-    _add(job, enqueued=1, waiting=1)
+def job_enqueued(job, also=()):
+    """`also`: statements storing the job (record, broker row), sent in the same round trip;
+    the first one's rows are returned."""
+    return _add(job, also=also, enqueued=1, waiting=1)
 
 
 def attempt_started(job):
@@ -31,28 +35,58 @@ def attempt_started(job):
     _add(job, **deltas)
 
 
+def attempt_started_sql(source):
+    """(sql, named params): what `attempt_started` adds, for each row of the CTE `source`.
+
+    `source` has the job's queue, job_type, attempts (counting the one starting), created_at and
+    started_at; attempt 1 also observes the job's wait. For the runner's begin statement, which
+    counts the start in the statement that makes it.
+    """
+    table = connection.ops.quote_name(JobCounter._meta.db_table)
+    wait = "extract(epoch FROM s.started_at - s.created_at)::float8"
+    sql = (
+        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
+        " SELECT s.queue, s.job_type, d.name, %(counter_shard)s, d.value"
+        f" FROM {source} s CROSS JOIN LATERAL ("
+        "SELECT 'waiting' AS name, -1.0::float8 AS value"
+        " UNION ALL SELECT 'running', 1.0"
+        " UNION ALL SELECT (SELECT u.name FROM unnest(%(wait_bounds)s::float8[],"
+        f" %(wait_names)s::text[]) u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound"
+        " LIMIT 1), 1.0 WHERE s.attempts = 1"
+        f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0) WHERE s.attempts = 1"
+        " UNION ALL SELECT 'wait_seconds_count', 1.0 WHERE s.attempts = 1"
+        f") d ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
+        " + excluded.value"
+    )
+    params = {
+        "counter_shard": os.getpid() % SHARDS,
+        "wait_bounds": [float(b) for b in BUCKETS],
+        "wait_names": [bucket_name("wait_seconds", b) for b in BUCKETS],
+    }
+    return sql, params
+
+
 def worker_lost(job, *, final):
     """A `running` job whose worker died: its attempt failed; it fails or runs again."""
     if final:
-        _add(job, attempts_failed=1, failed=1, running=-1)
+        _add(job, {"failed": 1}, attempts_failed=1, failed=1, running=-1)
     else:
-        _add(job, attempts_failed=1, retries_scheduled=1)
-    _add_minute(job, failed=1)
+        _add(job, {"failed": 1}, attempts_failed=1, retries_scheduled=1)
 
 
-def attempt_succeeded(job, seconds):
+def attempt_succeeded(job, seconds, also=()):
+    """`also`: the statements recording the outcome, sent first in the same round trip; the
+    first one's rows are returned (as for `attempt_failed`)."""
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
-    _add(job, **deltas)
-    _add_minute(job, succeeded=1, run_seconds=seconds)
+    return _add(job, {"succeeded": 1, "run_seconds": seconds}, also, **deltas)
 
 
-def attempt_failed(job, seconds, *, retry):
+def attempt_failed(job, seconds, *, retry, also=()):
     deltas = {"attempts_failed": 1, "running": -1}
     deltas.update({"waiting": 1, "retries_scheduled": 1} if retry else {"failed": 1})
     _observe(deltas, "run_seconds", seconds)
-    _add(job, **deltas)
-    _add_minute(job, failed=1, run_seconds=seconds)
+    return _add(job, {"failed": 1, "run_seconds": seconds}, also, **deltas)
 
 
 def jobs_cancelled(queue, job_type, count):
@@ -75,12 +109,37 @@ def _observe(deltas, series, seconds):
     deltas[f"{series}_count"] = 1
 
 
-def _add(job, **deltas):
-    _add_for(job.queue, job.job_type, **deltas)
+def _add(job, minute=None, also=(), **deltas):
+    return _add_for(job.queue, job.job_type, minute, also, **deltas)
+
+
+def _add_for(queue, job_type, minute=None, also=(), **deltas):
+    """Add `deltas` to the counters and, for a finished attempt, `minute` to this minute's row.
+
+    Rows of this process's shard only, so concurrent workers rarely wait on each other's locks.
+    """
+    shard = os.getpid() % SHARDS
+    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
+    statements = [
+        *also,
+        _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"]),
+    ]
+    if minute:
+        now = timezone.now().replace(second=0, microsecond=0)
+        values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
+        statements.append(
+            _upsert(
+                JobMinute,
+                ["queue", "job_type", "minute", "shard"],
+                [(queue, job_type, now, shard, *values)],
+                ["succeeded", "failed", "run_seconds"],
+            )
+        )
+    return execute_together(statements)
 
 
 def _upsert(model, key_columns, rows, value_columns):
-    """INSERT rows; on conflict add their values to the existing row (PostgreSQL and SQLite)."""
+    """(sql, params): INSERT rows; on conflict add their values to the existing row."""
     table = connection.ops.quote_name(model._meta.db_table)
     columns = [*key_columns, *value_columns]
     placeholders = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(rows))
@@ -89,22 +148,4 @@ def _upsert(model, key_columns, rows, value_columns):
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES {placeholders} "
         f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
-
-
-def _add_for(queue, job_type, **deltas):
-    shard = os.getpid() % SHARDS
-    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
-    _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"])
-
-
-def _add_minute(job, succeeded=0, failed=0, run_seconds=0.0):
-    minute = timezone.now().replace(second=0, microsecond=0)
-    row = (job.queue, job.job_type, minute, os.getpid() % SHARDS, succeeded, failed, run_seconds)
-    _upsert(
-        JobMinute,
-        ["queue", "job_type", "minute", "shard"],
-        [row],
-        ["succeeded", "failed", "run_seconds"],
-    )
+    return sql, [value for row in rows for value in row]

@@ -63,11 +63,11 @@ class JobType:
         overrides = getattr(settings, "JOB_RETRY_POLICIES", {}).get(self.name, {})
         return RetryPolicy(**{**self.retry.__dict__, **overrides})
 
-    def validate(self, data):
+    def validate(self, data, *, user_checked=False):
         """The cleaned data, or JobValidationError naming every problem."""
         if not isinstance(data, dict):
             raise JobValidationError(f"{self.name}: data must be an object")
-        serializer = self.schema(data=data)
+        serializer = self.schema(data=data, context={"user_checked": user_checked})
         if not serializer.is_valid():
             problems = "; ".join(
                 f"{name}: {' '.join(str(m) for m in messages)}"
@@ -131,6 +131,11 @@ def find(name):
 
 def all_types():
     return dict(_types)
+
+
+def types_with_content():
+    """Names of the types whose data carries user content (`content_fields`)."""
+    return [name for name, kind in _types.items() if kind.content_fields]
 
 
 def autodiscover():

@@ -32,12 +32,11 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
 from queues import counters, liveness, registry, tracing
-from queues.broker import acknowledge_delivery, push
+from queues.broker import acknowledgement, push
 from queues.errors import (
     JobTimeout,
     PermanentJobError,
@@ -67,6 +66,37 @@ WITH attempt_lock AS MATERIALIZED (
 )
 SELECT attempt_lock.held, job.* FROM attempt_lock LEFT JOIN job ON true
 """
+
+
+def _begin_waiting_sql():
+    """One statement that begins an attempt of a waiting, due job, in the common case.
+
+    It takes the job's liveness lock, marks the job running with one more attempt and counts the
+    start (`counters.attempt_started_sql`). Its own implicit transaction commits without waiting
+    for the disk (`set_config(..., true)`, as `SET LOCAL`): visible to other sessions at once,
+    durable with the next synchronous commit (the work's), since WAL is flushed in order. Only a
+    crash of the database server can lose it, and then it loses the work too.
+    """
+    table = connection.ops.quote_name(Job._meta.db_table)
+    counted, counted_params = counters.attempt_started_sql("begun")
+    sql = f"""
+WITH attempt_lock AS MATERIALIZED (
+    SELECT pg_try_advisory_lock({liveness.job_key_sql("%(id)s::uuid")}) AS held,
+        set_config('synchronous_commit', 'off', true) AS async_commit
+), job AS (
+    SELECT id, status, run_after FROM {table}
+    WHERE id = %(id)s AND (SELECT held FROM attempt_lock)
+    FOR UPDATE
+), begun AS (
+    UPDATE {table} j
+    SET status = %(running)s, attempts = j.attempts + 1, started_at = %(now)s, worker = %(worker)s
+    FROM job
+    WHERE j.id = job.id AND job.status = ANY(%(waiting)s) AND job.run_after <= %(due)s
+    RETURNING j.*
+), counted AS ({counted})
+SELECT attempt_lock.held, begun.* FROM attempt_lock LEFT JOIN begun ON true
+"""
+    return sql, counted_params
 
 
 class AttemptSuperseded(Exception):
@@ -161,6 +191,16 @@ def lock_for_attempt(job_id, now):
 def begin_attempt(job_id):
     """Count a new attempt and mark the job running; None when this delivery has nothing to do."""
     now = timezone.now()
+    if liveness.supported():
+        held, job = begin_waiting(job_id, now)
+        if job is not None:
+            return job
+        if not held:
+            look_again_if_waiting(job_id, now)
+            return None
+        # Finished, not due yet, lost by its worker, or missing: the general path below decides,
+        # under the lock it takes again.
+        liveness.release_job(job_id)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             # Visible to other sessions at once, durable with the next synchronous commit (the
@@ -204,6 +244,41 @@ def begin_attempt(job_id):
     return job
 
 
+def begin_waiting(job_id, now):
+    """(whether this connection took the job's lock, the begun job or None): `_begin_waiting_sql`.
+
+    The job is None unless it was waiting and due; the lock is then still held.
+    """
+    sql, params = _begin_waiting_sql()
+    params.update(
+        id=str(job_id),
+        running=Job.Status.RUNNING,
+        waiting=list(Job.WAITING),
+        now=now,
+        due=now + EARLY_TOLERANCE,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        held, *values = cursor.fetchone()
+        columns = [column.name for column in cursor.description[1:]]
+    row = dict(zip(columns, values, strict=True))
+    return held, (_job_from_row(row) if row["id"] is not None else None)
+
+
+def _job_from_row(row):
+    """A Job from a plain cursor's row ({column: value}), as the ORM would load it: cheaper than
+    `Job.objects.raw`, which resolves columns and converters anew for every query."""
+    fields = Job._meta.concrete_fields
+    values = [
+        field.from_db_value(row[field.column], None, connection)
+        if hasattr(field, "from_db_value")
+        else row[field.column]
+        for field in fields
+    ]
+    return Job.from_db(connection.alias, [field.attname for field in fields], values)
+
+
 def look_again_if_waiting(job_id, now):
     """Another delivery holds the job. If it is only beginning a waiting job, it may still give
     the job up (a copy that came too early): a broker row due a moment later makes sure."""
@@ -226,24 +301,30 @@ def count_lost_attempt(job, now):
     return final
 
 
-def finish_attempt(job, release=True, **fields):
-    """Write `fields` if `job`'s attempt is still the job's current one; True when written.
+def finish_statement(job, release=True, **fields):
+    """(sql, params) writing `fields` if `job`'s attempt is still the job's current one.
 
-    The fence: `status = running AND attempts = n`. On PostgreSQL the same statement releases the
-    job's liveness lock (only once the row is locked by the update, so a delivery that takes the
-    lock next waits for this commit and sees the outcome).
+    The fence: `status = running AND attempts = n`; a row comes back only when it was written. On
+    PostgreSQL the same statement releases the job's liveness lock (only once the row is locked by
+    the update, so a delivery that takes the lock next waits for this commit and sees the
+    outcome). Written by hand: the runner's bookkeeping costs no ORM compilation.
     """
     fields.update(tracing.outcome_fields(job, fields))
-    attempt = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
-    if not (release and liveness.supported()):
-        return attempt.update(**fields) == 1
-    query = attempt.query.chain(UpdateQuery)
-    query.add_update_values(fields)
-    sql, params = query.get_compiler(connection.alias).as_sql()
-    unlock = f" RETURNING pg_advisory_unlock({liveness.job_key_sql('id')})"
-    with connection.cursor() as cursor:
-        cursor.execute(sql + unlock, params)
-        return cursor.fetchone() is not None
+    quote = connection.ops.quote_name
+    assignments, params = [], []
+    for name, value in fields.items():
+        field = Job._meta.get_field(name)
+        assignments.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    returning = "id"
+    if release and liveness.supported():
+        returning = f"pg_advisory_unlock({liveness.job_key_sql('id')})"
+    sql = (
+        f"UPDATE {quote(Job._meta.db_table)} SET {', '.join(assignments)}"
+        f" WHERE id = %s AND status = %s AND attempts = %s RETURNING {returning}"
+    )
+    params += [Job._meta.pk.get_db_prep_value(job.pk, connection), Job.Status.RUNNING]
+    return sql, [*params, job.attempts]
 
 
 def work(job):
@@ -255,17 +336,21 @@ def work(job):
         with handler_timeout(settings.QUEUES[job.queue]["timeout"]):
             result = kind.handler(dict(job.data))
         finished_at = timezone.now()
-        recorded = finish_attempt(
+        outcome = finish_statement(
             job,
             status=Job.Status.SUCCEEDED,
             result=result,
             finished_at=finished_at,
             subject=kind.subject_of(job.data, result) or job.subject,
         )
+        # One statement: the fenced outcome, its counters and the acknowledgement.
+        recorded = counters.attempt_succeeded(
+            job,
+            (finished_at - job.started_at).total_seconds(),
+            also=[outcome, *acknowledgement()],
+        )
         if not recorded:
-            raise AttemptSuperseded()  # rolls the work back
-        counters.attempt_succeeded(job, (finished_at - job.started_at).total_seconds())
-        acknowledge_delivery()
+            raise AttemptSuperseded()  # rolls the work back, counters and acknowledgement too
     logger.info("job succeeded")
     return result
 
@@ -293,13 +378,17 @@ def record_failure(job, exc, own_attempt=True):
             fields.update(status=Job.Status.FAILED, finished_at=now)
             if isinstance(exc, SubjectGone):  # nothing will ever use its content
                 fields["data"] = kind.without_content(job.data)
-        recorded = finish_attempt(job, release=own_attempt, **fields)
-        if recorded:
-            counters.attempt_failed(job, (now - job.started_at).total_seconds(), retry=retry)
-            if own_attempt:
-                acknowledge_delivery()
-        else:
-            transaction.set_rollback(True)  # a newer attempt owns the job: no retry row either
+        # One statement: the fenced outcome, its counters and (a worker's) the acknowledgement.
+        recorded = counters.attempt_failed(
+            job,
+            (now - job.started_at).total_seconds(),
+            retry=retry,
+            also=[finish_statement(job, release=own_attempt, **fields)]
+            + (acknowledgement() if own_attempt else []),
+        )
+        if not recorded:
+            # A newer attempt owns the job: no counters, no acknowledgement, no retry row either.
+            transaction.set_rollback(True)
     if not recorded:
         if own_attempt:
             release_if_held(job)

@@ -2,14 +2,16 @@
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from queues import counters, registry, tracing
-from queues.broker import push
+from queues.broker import push, push_statement
 from queues.errors import TooManyLiveJobs
 from queues.models import Job
+from queues.statements import insert_statement
 from slimy import log_context
 from slimy.request_id import new_request_id
 
@@ -31,36 +33,47 @@ def enqueue_for_client(user, queue, job_type, data, *, request_id=None):
     return enqueue(queue, job_type, {**data, "user_id": user.pk}, request_id=request_id)
 
 
-def enqueue(queue, job_type, data, *, request_id=None):
+def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
     """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
 
     The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` must carry
     `user_id`; `request_id` defaults to the current request's. Unknown queue or type, or data
     that does not fit the type's schema, raise `JobValidationError` and store nothing.
+    `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
+    vouches for it), so validation does not look the user up again.
     """
     kind = registry.get(queue, job_type)
     data = {**data}
     data.setdefault(
         "request_id", request_id or log_context.current().get("request_id") or new_request_id()
     )
-    cleaned = dict(kind.validate(data))
+    cleaned = dict(kind.validate(data, user_checked=user_checked))
     # No savepoint inside the caller's transaction (two round trips saved): an error here
     # propagates and rolls the caller's transaction back anyway.
+    job = Job(
+        queue=queue,
+        job_type=job_type,
+        data=cleaned,
+        subject=kind.subject_of(cleaned),
+        user_id=cleaned["user_id"],
+        request_id=cleaned["request_id"],
+        max_attempts=kind.retry_policy.attempts,
+        trace_context=tracing.capture(),
+    )
     with transaction.atomic(savepoint=False):
-        job = Job(
-            queue=queue,
-            job_type=job_type,
-            data=cleaned,
-            subject=kind.subject_of(cleaned),
-            user_id=cleaned["user_id"],
-            request_id=cleaned["request_id"],
-            max_attempts=kind.retry_policy.attempts,
-            trace_context=tracing.capture(),
-        )
-        # The broker row first, so the job is stored knowing it (no second write).
-        job.broker_row = push(job)
-        job.save(force_insert=True)
-        counters.job_enqueued(job)
+        broker_row = push_statement(job)
+        if broker_row is None:  # SQLite, or a broker outside the database (Redis)
+            job.broker_row = push(job)  # the row first, so the job is stored knowing it
+            job.save(force_insert=True)
+            counters.job_enqueued(job)
+        else:
+            # One round trip on PostgreSQL: the record, which stores its broker row's id, the row
+            # (its RETURNING sends the NOTIFY, delivered at commit) and the counters.
+            job.broker_row = RawSQL(f"SELECT id FROM {broker_row[2]}", [])
+            ((job.broker_row,),) = counters.job_enqueued(
+                job, also=[insert_statement(job, returning="broker_row"), broker_row]
+            )
+            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
     return job
 
 
@@ -102,8 +115,7 @@ def cancel_waiting_jobs(subject, job_type):
 
 def _cancel_waiting_content_jobs(jobs):
     """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
-    content_types = [name for name, kind in registry.all_types().items() if kind.content_fields]
-    waiting = jobs.filter(status__in=Job.WAITING, job_type__in=content_types)
+    waiting = jobs.filter(status__in=Job.WAITING, job_type__in=registry.types_with_content())
     for queue, job_type in set(waiting.values_list("queue", "job_type")):
         cancelled = waiting.filter(queue=queue, job_type=job_type).update(
             status=Job.Status.CANCELLED, finished_at=timezone.now()

@@ -4,6 +4,7 @@ Everything that differs between machines is read from the environment here, and 
 """
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -105,13 +106,20 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 # Persistent connections: with Django's default of 0 every django-q2 task opens several new
 # PostgreSQL connections, which caps the queue at about 30 jobs/s.
-_default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
+# A `qcluster` process (and the workers it forks) runs jobs, not requests. Nothing scrapes its
+# in-process metrics (queue metrics come from the database: docs/metrics.md), so it skips
+# django-prometheus' cursor wrapper, and it skips the health check (`SELECT 1`) that Django would
+# run before every job: a connection that raised an error is checked and replaced before the next
+# job anyway (Django's `close_old_connections`, which django-q2 calls per job).
+QCLUSTER = sys.argv[1:2] == ["qcluster"]
+_default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=not QCLUSTER)
 DB_VENDOR = "sqlite" if _default_db["ENGINE"].endswith("sqlite3") else "postgresql"
-# django-prometheus' wrappers of the same backends count queries, errors and connections.
-_default_db["ENGINE"] = {
-    "sqlite": "django_prometheus.db.backends.sqlite3",
-    "postgresql": "django_prometheus.db.backends.postgresql",
-}[DB_VENDOR]
+if not QCLUSTER:
+    # django-prometheus' wrappers of the same backends count queries, errors and connections.
+    _default_db["ENGINE"] = {
+        "sqlite": "django_prometheus.db.backends.sqlite3",
+        "postgresql": "django_prometheus.db.backends.postgresql",
+    }[DB_VENDOR]
 if DB_VENDOR == "sqlite":
     # WAL lets readers and one writer share the file; IMMEDIATE takes the write lock when a
     # transaction starts (not on its first write), so concurrent writers queue on the busy

@@ -5,11 +5,13 @@ from unittest import mock
 import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
+from django.db.models.signals import post_delete, pre_delete
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 from rest_framework.test import APIClient
 
 from chat import services
+from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
 from queues.models import Job
@@ -62,7 +64,7 @@ def test_job_id_from_delete_works_on_the_job_status_endpoint(api, conversation):
 
 def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conversation):
     with (
-        mock.patch("queues.services.push", side_effect=RuntimeError("broker down")),
+        mock.patch("queues.services.push_statement", side_effect=RuntimeError("broker down")),
         pytest.raises(RuntimeError),
     ):
         api.delete(f"/api/chat/conversations/{conversation.pk}")
@@ -116,6 +118,39 @@ def test_delete_service_refuses_a_wrong_owner_and_deletes_nothing(other_user, co
         services.delete_conversation(conversation_id=conversation.pk, user_id=other_user.pk)
     assert Conversation.objects.filter(pk=conversation.pk).exists()
     assert Message.objects.filter(conversation=conversation).count() == 3
+
+
+def test_hand_written_deletion_covers_every_relation_and_listener():
+    """`services.delete_conversation` deletes with two statements instead of Django's collector:
+    that holds only while messages are all that refers to a conversation, nothing listens to the
+    deletion of either model but the erasure, which that path runs itself."""
+    assert [rel.related_model for rel in Conversation._meta.related_objects] == [Message]
+    assert not Message._meta.related_objects
+    assert not pre_delete.has_listeners(Conversation) and not pre_delete.has_listeners(Message)
+    assert not post_delete.has_listeners(Message)
+    sync_receivers, async_receivers = post_delete._live_receivers(Conversation)
+    assert sync_receivers == [_conversation_deleted] and not async_receivers
+
+
+def test_a_deletion_with_nothing_to_erase_sends_two_statements(user, conversation):
+    ContentType.objects.get_for_model(Conversation)  # a per-process cache, warm in a worker
+    with CaptureQueriesContext(connection) as queries:
+        services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("DELETE")]
+    assert len(statements) == len(queries.captured_queries) == 2, queries.captured_queries
+
+
+def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
+    saved = Job.objects.create(
+        queue="database",
+        job_type="save_message",
+        data={"conversation_id": conversation.pk, "user_id": user.pk, "content": "secret"},
+        subject=Conversation.subject_for(conversation.pk),
+        max_attempts=3,
+    )
+    services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    saved.refresh_from_db()
+    assert saved.data == {"conversation_id": conversation.pk, "user_id": user.pk}
 
 
 def _queries_to_delete(user, messages):

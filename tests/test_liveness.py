@@ -223,17 +223,18 @@ def test_a_claim_is_tagged_with_a_token_its_pusher_holds(user):
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_job_costs_a_fixed_number_of_statements(user):
-    """Liveness and fencing ride in the begin and finish statements: no extra round trips.
+    """Liveness, fencing and counters ride in the begin and finish statements.
 
-    begin: BEGIN, SET LOCAL, lock and read, counter, UPDATE, COMMIT; finish: BEGIN, fenced
-    UPDATE releasing the lock, two counters, COMMIT (a real worker adds the broker row's DELETE).
+    begin: one statement (lock, UPDATE, counters; its own transaction); work: BEGIN, the
+    handler's statements (none here), one statement with the fenced UPDATE releasing the lock,
+    the counters and (in a real worker) the broker row's DELETE, COMMIT.
     """
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
     connection.ensure_connection()
     with CaptureQueriesContext(connection) as queries:
         run_job(job.pk)
     assert Job.objects.get(pk=job.pk).status == "succeeded"
-    assert len(queries) == 11, [q["sql"][:60] for q in queries]
+    assert len(queries) == 4, [q["sql"][:60] for q in queries]
 
 
 @pytest.mark.django_db
