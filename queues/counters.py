@@ -38,12 +38,12 @@ def attempt_started(job):
 def attempt_started_sql(source):
     """(sql, named params): what `attempt_started` adds, for each row of the CTE `source`.
 
-    `source` has the job's queue, job_type, attempts (counting the one starting), created_at and
-    started_at; attempt 1 also observes the job's wait. For the runner's begin statement, which
+    `source` has the job's queue, job_type, run_after (when it became due) and started_at; every
+    attempt observes its wait, as `attempt_started` does. For the runner's begin statement, which
     counts the start in the statement that makes it.
     """
     table = connection.ops.quote_name(JobCounter._meta.db_table)
-    wait = "extract(epoch FROM s.started_at - s.created_at)::float8"
+    wait = "extract(epoch FROM s.started_at - s.run_after)::float8"
     sql = (
         f"INSERT INTO {table} (queue, job_type, name, shard, value)"
         " SELECT s.queue, s.job_type, d.name, %(counter_shard)s, d.value"
@@ -52,9 +52,9 @@ def attempt_started_sql(source):
         " UNION ALL SELECT 'running', 1.0"
         " UNION ALL SELECT (SELECT u.name FROM unnest(%(wait_bounds)s::float8[],"
         f" %(wait_names)s::text[]) u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound"
-        " LIMIT 1), 1.0 WHERE s.attempts = 1"
-        f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0) WHERE s.attempts = 1"
-        " UNION ALL SELECT 'wait_seconds_count', 1.0 WHERE s.attempts = 1"
+        " LIMIT 1), 1.0"
+        f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0)"
+        " UNION ALL SELECT 'wait_seconds_count', 1.0"
         f") d ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
         " + excluded.value"
     )
