@@ -89,12 +89,20 @@ def request_deletion(conversation_id, *, owner_id, request_id):
         return None
     if marked[0]:  # messages still waiting to be saved: they are withdrawn, not run
         cancel_waiting_jobs(subject, "save_message")
+    return enqueue_deletion(conversation_id, owner_id=owner_id, request_id=request_id)
+
+
+def enqueue_deletion(conversation_id, *, owner_id, request_id):
+    """Store the job that deletes the conversation (the API, the sweeper, an operator's retry).
+
+    `owner_id` is read from the conversation's row, whose foreign key vouches for the user.
+    """
     return enqueue(
         "database",
         "delete_conversation",
         {"conversation_id": conversation_id, "user_id": owner_id},
         request_id=request_id,
-        user_checked=True,  # the owner of an existing conversation
+        user_checked=True,
     )
 
 
@@ -124,12 +132,7 @@ def retry_failed_deletions(conversations, *, request_id):
     for conversation in conversations.select_for_update().exclude(deletion_failed_at=None):
         conversation.deletion_failed_at = None
         conversation.save(update_fields=["deletion_failed_at", "updated_at"])
-        enqueue(
-            "database",
-            "delete_conversation",
-            {"conversation_id": conversation.pk, "user_id": conversation.owner_id},
-            request_id=request_id,
-        )
+        enqueue_deletion(conversation.pk, owner_id=conversation.owner_id, request_id=request_id)
         retried += 1
     return retried
 

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat.models import Conversation
+from chat.services import enqueue_deletion
 from queues.selectors import subjects_with_failed_jobs, subjects_with_live_jobs
-from queues.services import enqueue
 from slimy.request_id import new_request_id
 
 logger = logging.getLogger("chat.sweeper")
@@ -37,12 +37,7 @@ def sweep_deletions():
     for pk, owner_id in stale:
         subject = Conversation.subject_for(pk)
         if subject not in live and subject not in failed:
-            enqueue(
-                "database",
-                "delete_conversation",
-                {"conversation_id": pk, "user_id": owner_id},
-                request_id=f"sweeper-{new_request_id()}",
-            )
+            enqueue_deletion(pk, owner_id=owner_id, request_id=f"sweeper-{new_request_id()}")
             requeued += 1
     failed_ids = [pk for pk, _ in stale if Conversation.subject_for(pk) in failed]
     Conversation.objects.filter(pk__in=failed_ids).update(deletion_failed_at=now)
