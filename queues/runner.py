@@ -229,7 +229,7 @@ def begin_attempt(job_id):
         job.status = Job.Status.RUNNING
         job.attempts += 1
         job.started_at = now
-        job.worker = f"{socket.gethostname()}:{os.getpid()}"
+        job.worker = worker_name()
         # Only what changed: no need to serialize and rewrite the job's data on every attempt.
         job.save(
             update_fields=[
@@ -256,7 +256,7 @@ def begin_waiting(job_id, now):
         waiting=list(Job.WAITING),
         now=now,
         due=now + EARLY_TOLERANCE,
-        worker=f"{socket.gethostname()}:{os.getpid()}",
+        worker=worker_name(),
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -264,6 +264,11 @@ def begin_waiting(job_id, now):
         columns = [column.name for column in cursor.description[1:]]
     row = dict(zip(columns, values, strict=True))
     return held, (_job_from_row(row) if row["id"] is not None else None)
+
+
+def worker_name():
+    """host:pid of this worker process, as job records name the worker of their last attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _job_from_row(row):
