@@ -1,4 +1,4 @@
-"""Periodic upkeep of the job tables, run by django-q2's scheduler (migrations 0002, 0008, 0009)."""
+"""Periodic upkeep of the job tables, run by django-q2's scheduler (queues.schedules)."""
 
 import logging
 from datetime import timedelta
