@@ -8,11 +8,12 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, metrics, registry, schedules
+        from queues import broker, checks, metrics, registry, schedules
 
         broker.connect_signals()
         metrics.register()
         registry.autodiscover()
+        checks.register()
         # Periodic tasks follow the declared list (queues.schedules) after every `migrate`.
         post_migrate.connect(
             schedules.sync_after_migrate, sender=self, dispatch_uid="queues.sync_schedules"
