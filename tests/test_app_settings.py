@@ -164,3 +164,14 @@ def test_redelivery_before_a_job_may_end_is_a_warning(capsys, settings):
 def test_a_retry_policy_for_an_unregistered_job_type_is_a_warning(capsys):
     report = check_warnings(capsys, JOB_RETRY_POLICIES={"delete_conversations": {"attempts": 2}})
     assert "(queues.W003) JOB_RETRY_POLICIES names 'delete_conversations'" in report
+
+
+def test_queues_reads_its_own_settings_only_through_conf():
+    readers = [
+        f"{path.relative_to(ROOT)}: settings.{name}"
+        for path in (ROOT / "queues").rglob("*.py")
+        if path.name not in {"conf.py", "checks.py"}
+        for name in DEFAULTS
+        if f"settings.{name}" in path.read_text().replace("`settings.", "`")
+    ]
+    assert readers == []
