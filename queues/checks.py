@@ -18,8 +18,9 @@ from queues.models import Job
 from queues.registry import RetryPolicy
 from queues.schedules import MAINTENANCE
 
-# Seconds settings that must be whole numbers above zero.
-POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER", "QUEUE_REDELIVERY_GRACE"]
+# Seconds settings that must be whole numbers above zero. QUEUE_REDELIVERY_GRACE may be zero
+# (redelivery right at the timeout), not negative.
+POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
 RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
 QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
 SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
@@ -95,7 +96,7 @@ def _positive(raw):
         for option, value in options.items():
             if option in QUEUE_OPTIONS:
                 numbers[f'QUEUES["{queue}"]["{option}"]'] = value
-    return [
+    problems = [
         Error(
             f"{name} must be a whole number above zero, not {value!r}.",
             hint="Intervals and timeouts are seconds; workers and caps are counts.",
@@ -104,6 +105,16 @@ def _positive(raw):
         for name, value in numbers.items()
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0
     ]
+    grace = raw["QUEUE_REDELIVERY_GRACE"]
+    if grace < 0:
+        problems.append(
+            Error(
+                f"QUEUE_REDELIVERY_GRACE must be zero or more, not {grace}.",
+                hint="Seconds after a job's timeout before its broker row is handed out again.",
+                id="queues.E002",
+            )
+        )
+    return problems
 
 
 def _cluster_names():

@@ -33,6 +33,7 @@ def check_warnings(capsys, **overrides):
 
 def test_the_project_settings_pass_the_checks():
     assert check() == ""
+    assert check(QUEUE_REDELIVERY_GRACE=0) == ""  # redelivery right at the timeout
 
 
 def test_a_project_that_sets_none_of_the_queue_settings_gets_the_defaults(tmp_path):
@@ -96,7 +97,7 @@ def test_a_setting_of_the_wrong_type_is_an_error(setting, value):
     [
         ({"QUEUE_RESCUE_INTERVAL": 0}, "QUEUE_RESCUE_INTERVAL"),
         ({"QUEUE_STRANDED_AFTER": -1}, "QUEUE_STRANDED_AFTER"),
-        ({"QUEUE_REDELIVERY_GRACE": 0}, "QUEUE_REDELIVERY_GRACE"),
+        ({"QUEUE_REDELIVERY_GRACE": -1}, "QUEUE_REDELIVERY_GRACE"),
         ({"CLIENT_LIVE_JOBS_PER_USER": 0}, "CLIENT_LIVE_JOBS_PER_USER"),
         ({"QUEUES": {"database": {"timeout": 0}}}, 'QUEUES["database"]["timeout"]'),
         (
