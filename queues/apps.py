@@ -1,6 +1,6 @@
 from django.apps import AppConfig
 from django.conf import settings
-from django.db.models.signals import pre_delete
+from django.db.models.signals import post_migrate, pre_delete
 
 
 class QueuesConfig(AppConfig):
@@ -8,11 +8,16 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, metrics, registry
+        from queues import broker, checks, metrics, registry, schedules
 
         broker.connect_signals()
         metrics.register()
         registry.autodiscover()
+        checks.register()
+        # Periodic tasks follow the declared list (queues.schedules) after every `migrate`.
+        post_migrate.connect(
+            schedules.sync_after_migrate, sender=self, dispatch_uid="queues.sync_schedules"
+        )
         # However a user is deleted (admin, shell, API), their job records lose their content in
         # the same transaction.
         pre_delete.connect(

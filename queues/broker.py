@@ -28,7 +28,6 @@ import time
 import uuid
 
 import psycopg
-from django.conf import settings
 from django.db import Error as DjangoDatabaseError
 from django.db import connections, transaction
 from django.db.models import BooleanField, Q
@@ -43,6 +42,7 @@ from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 
 from queues import liveness, registry
+from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
 
 RUNNER = "queues.runner.run_job"
@@ -162,7 +162,7 @@ class JobBroker(DatabaseHeartbeats, ORM):
 
     def _wait(self, next_due):
         """Sleep until a NOTIFY, the next due row, or IDLE_WAIT, whichever comes first."""
-        timeout = min(IDLE_WAIT, settings.QUEUE_RESCUE_INTERVAL)
+        timeout = min(IDLE_WAIT, conf.QUEUE_RESCUE_INTERVAL)
         if next_due is not None:
             timeout = min(timeout, max((next_due - timezone.now()).total_seconds(), 0.0))
         if timeout > 0:
@@ -235,7 +235,7 @@ def rescue_now_and_then(queue):
     due = _next_rescue.get(queue, 0.0)
     if time.monotonic() < due:
         return
-    _next_rescue[queue] = time.monotonic() + settings.QUEUE_RESCUE_INTERVAL
+    _next_rescue[queue] = time.monotonic() + conf.QUEUE_RESCUE_INTERVAL
     from queues.rescuer import rescue  # the rescuer records outcomes through the runner
 
     try:

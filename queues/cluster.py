@@ -26,10 +26,11 @@ import time
 import uuid
 from multiprocessing import Event, current_process
 
-from django.conf import settings
 from django_q import cluster as q_cluster
 from django_q.conf import logger
 from django_q.status import Stat
+
+from queues.conf import conf
 
 # Seconds beyond the queue's timeout a worker gets to record its job's outcome during a stop.
 STOP_GRACE = 5
@@ -144,4 +145,4 @@ class Sentinel(q_cluster.Sentinel):
 def job_timeout(broker):
     """The timeout of the queue `broker` serves: how long a job may keep a stop waiting."""
     name = getattr(broker, "queue_name", broker.list_key)
-    return settings.QUEUES.get(name, settings.QUEUE_DEFAULTS)["timeout"]
+    return conf.QUEUES.get(name, conf.QUEUE_DEFAULTS)["timeout"]

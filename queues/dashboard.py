@@ -2,7 +2,6 @@
 
 from datetime import timedelta
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
@@ -11,6 +10,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from queues import selectors
+from queues.conf import conf
 from queues.heartbeats import live_clusters
 from queues.models import Job
 from queues.services import retry_jobs
@@ -75,7 +75,7 @@ def retrying_jobs(now):
 @permission_required("queues.view_job", raise_exception=True)
 def queue_dashboard(request):
     now = timezone.now()
-    stats = selectors.queue_stats(settings.QUEUES)
+    stats = selectors.queue_stats(conf.QUEUES)
     totals = selectors.counter_totals()
     cards = []
     for queue, queue_stats in stats.items():

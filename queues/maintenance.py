@@ -1,13 +1,13 @@
-"""Periodic upkeep of the job tables, run by django-q2's scheduler (migrations 0002, 0008, 0009)."""
+"""Periodic upkeep of the job tables, run by django-q2's scheduler (queues.schedules)."""
 
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from queues.conf import conf
 from queues.models import Job, JobMinute
 from queues.rescuer import rescue
 
@@ -22,12 +22,12 @@ def prune_finished_jobs():
     ranking rows on `job_retention_idx` (queue, status, user, finished_at).
     """
     keep = {
-        Job.Status.SUCCEEDED: settings.JOB_RETENTION["succeeded"],
-        Job.Status.FAILED: settings.JOB_RETENTION["failed"],
-        Job.Status.CANCELLED: settings.JOB_RETENTION["cancelled"],
+        Job.Status.SUCCEEDED: conf.JOB_RETENTION["succeeded"],
+        Job.Status.FAILED: conf.JOB_RETENTION["failed"],
+        Job.Status.CANCELLED: conf.JOB_RETENTION["cancelled"],
     }
     deleted = 0
-    for queue in settings.QUEUES:
+    for queue in conf.QUEUES:
         for status, count in keep.items():
             ranked = Job.objects.filter(queue=queue, status=status).annotate(
                 rank=Window(
@@ -55,4 +55,4 @@ def prune():
 
 def redeliver_stranded_jobs():
     """Rescue every queue (`queues.rescuer`), also those whose pushers wait on busy workers."""
-    return sum(rescue(queue) for queue in settings.QUEUES)
+    return sum(rescue(queue) for queue in conf.QUEUES)

@@ -11,7 +11,6 @@ restarts and pruning, and never double count: a job failing all its attempts is 
 
 import math
 
-from django.conf import settings
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY
 
 from queues import selectors
+from queues.conf import conf
 
 COUNTERS = {
     "enqueued": ("slimy_jobs_enqueued", "Jobs enqueued."),
@@ -89,7 +89,7 @@ class QueueCollector:
             labels=["queue"],
         )
         live = selectors.live_cluster_counts()
-        for queue in settings.QUEUES:
+        for queue in conf.QUEUES:
             job = selectors.oldest_due_job(queue)
             age = (selectors.timezone.now() - job.run_after).total_seconds() if job else 0.0
             oldest.add_metric([queue], age)

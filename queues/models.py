@@ -163,3 +163,15 @@ class ClusterHeartbeat(models.Model):
 
     def __str__(self):
         return f"{self.host}:{self.pid} [{self.queue}] {self.status}"
+
+
+class DeclaredSchedule(models.Model):
+    """A django-q2 Schedule row created by the schedule sync (queues.schedules): the sync may
+    delete it once it is no longer declared, and never touches schedules without one."""
+
+    schedule = models.OneToOneField(
+        "django_q.Schedule", primary_key=True, on_delete=models.CASCADE, related_name="+"
+    )
+
+    def __str__(self):
+        return str(self.schedule_id)

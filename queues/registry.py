@@ -8,9 +8,9 @@ import random
 from dataclasses import dataclass, field
 from importlib import import_module
 
-from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
+from queues.conf import conf
 from queues.errors import JobValidationError
 
 
@@ -60,7 +60,7 @@ class JobType:
     @property
     def retry_policy(self):
         """The registered policy with `settings.JOB_RETRY_POLICIES[name]` applied over it."""
-        overrides = getattr(settings, "JOB_RETRY_POLICIES", {}).get(self.name, {})
+        overrides = conf.JOB_RETRY_POLICIES.get(self.name, {})
         return RetryPolicy(**{**self.retry.__dict__, **overrides})
 
     def validate(self, data, *, user_checked=False):
@@ -95,7 +95,7 @@ def register(
     def decorator(handler):
         if name in _types:
             raise ValueError(f"job type {name!r} is already registered")
-        if queue not in settings.QUEUES:
+        if queue not in conf.QUEUES:
             raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
         _types[name] = JobType(
             name,
@@ -117,7 +117,7 @@ def get(queue, name, *, client=False):
 
     With `client`, a type clients may not enqueue is unknown too, with the same message.
     """
-    if queue not in settings.QUEUES:
+    if queue not in conf.QUEUES:
         raise JobValidationError(f"unknown queue {queue!r}")
     job_type = _types.get(name)
     if job_type is None or job_type.queue != queue or (client and not job_type.client_enqueueable):
@@ -140,5 +140,5 @@ def types_with_content():
 
 def autodiscover():
     autodiscover_modules("jobs")
-    for module in settings.JOB_TYPE_MODULES:
+    for module in conf.JOB_TYPE_MODULES:
         import_module(module)

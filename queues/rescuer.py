@@ -17,7 +17,6 @@ time per queue on PostgreSQL), and the maintenance schedule once a minute:
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import BooleanField, Exists, OuterRef
 from django.db.models.expressions import RawSQL
@@ -25,6 +24,7 @@ from django.utils import timezone
 
 from queues import liveness
 from queues.broker import broker_in_database, free_dead_claims, push, rows_on_their_way
+from queues.conf import conf
 from queues.errors import WorkerLost
 from queues.models import Job
 from queues.runner import presumed_alive_for, record_failure
@@ -89,7 +89,7 @@ def lost_attempts(queue):
 def push_stranded(queue):
     """Push again the waiting jobs of `queue` whose delivery is lost. Returns how many."""
     now = timezone.now()
-    late = now - timedelta(seconds=settings.QUEUE_STRANDED_AFTER)
+    late = now - timedelta(seconds=conf.QUEUE_STRANDED_AFTER)
     stranded = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lt=late)
     if broker_in_database():
         on_its_way = rows_on_their_way(queue, claimed_since=late).filter(pk=OuterRef("broker_row"))

@@ -37,6 +37,7 @@ from psycopg.pq import TransactionStatus
 
 from queues import counters, liveness, registry, tracing
 from queues.broker import acknowledgement, push
+from queues.conf import conf
 from queues.errors import (
     JobTimeout,
     PermanentJobError,
@@ -164,9 +165,7 @@ def ensure_database():
 
 def presumed_alive_for(job):
     """How long an attempt counts as alive where liveness cannot be proven (SQLite)."""
-    return timedelta(
-        seconds=settings.QUEUES[job.queue]["timeout"] + settings.QUEUE_REDELIVERY_GRACE
-    )
+    return timedelta(seconds=conf.QUEUES[job.queue]["timeout"] + conf.QUEUE_REDELIVERY_GRACE)
 
 
 def lock_for_attempt(job_id, now):
@@ -338,7 +337,7 @@ def work(job):
     if kind is None:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
-        with handler_timeout(settings.QUEUES[job.queue]["timeout"]):
+        with handler_timeout(conf.QUEUES[job.queue]["timeout"]):
             result = kind.handler(dict(job.data))
         finished_at = timezone.now()
         outcome = finish_statement(

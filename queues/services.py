@@ -1,6 +1,5 @@
 """Writes on jobs: enqueue one, retry failed ones."""
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
@@ -9,6 +8,7 @@ from django.utils import timezone
 
 from queues import counters, registry, tracing
 from queues.broker import push, push_statement
+from queues.conf import conf
 from queues.errors import TooManyLiveJobs
 from queues.models import Job
 from queues.statements import insert_statement
@@ -25,7 +25,7 @@ def enqueue_for_client(user, queue, job_type, data, *, request_id=None):
     """
     registry.get(queue, job_type, client=True)
     get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
-    cap = settings.CLIENT_LIVE_JOBS_PER_USER
+    cap = conf.CLIENT_LIVE_JOBS_PER_USER
     client_types = [name for name, kind in registry.all_types().items() if kind.client_enqueueable]
     live = Job.objects.filter(user=user, status__in=Job.LIVE, job_type__in=client_types)
     if live.count() >= cap:

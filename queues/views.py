@@ -1,6 +1,5 @@
 import uuid
 
-from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, permissions, status
@@ -8,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 
 from queues import selectors, services
+from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job
 from queues.serializers import EnqueueSerializer, JobSerializer, StatsSerializer
@@ -48,6 +48,10 @@ class CanChangeJobs(HasJobPermission):
 
 class EnqueueRateThrottle(UserRateThrottle):
     scope = "enqueue"
+
+    def get_rate(self):
+        # The project's REST_FRAMEWORK "enqueue" rate, else the app's default.
+        return self.THROTTLE_RATES.get(self.scope, DEFAULT_ENQUEUE_RATE)
 
 
 def _job_from_url(request, raw_id):
@@ -132,6 +136,4 @@ class QueueStatsView(generics.GenericAPIView):
     serializer_class = StatsSerializer
 
     def get(self, request):
-        return Response(
-            self.get_serializer({"queues": selectors.queue_stats(settings.QUEUES)}).data
-        )
+        return Response(self.get_serializer({"queues": selectors.queue_stats(conf.QUEUES)}).data)

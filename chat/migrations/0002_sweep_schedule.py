@@ -1,14 +1,13 @@
 from django.db import migrations
 
-from queues.schedules import periodic_task
-
 
 class Migration(migrations.Migration):
+    """Created the sweeper's schedule; it is now declared in `settings.QUEUE_SCHEDULES` and
+    synced after `migrate` (queues.schedules), so this is kept, empty, for the history."""
+
     dependencies = [
         ("chat", "0001_initial"),
         ("queues", "0002_prune_schedule"),
     ]
 
-    operations = [
-        periodic_task("chat: re-queue stalled conversation deletions", "chat.sweeper.sweep_deletions")
-    ]
+    operations = []

@@ -1,13 +1,10 @@
 from django.db import migrations
 
-from queues.schedules import periodic_task
-
 
 class Migration(migrations.Migration):
+    """Created the redelivery schedule; schedules are now synced after `migrate`
+    (queues.schedules), so this is kept, empty, for the migration history."""
+
     dependencies = [("queues", "0008_maintenance_schedule")]
 
-    operations = [
-        periodic_task(
-            "queues: push stranded jobs again", "queues.maintenance.redeliver_stranded_jobs"
-        )
-    ]
+    operations = []

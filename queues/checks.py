@@ -1,0 +1,267 @@
+"""System checks for the queues app's settings (`manage.py check`; also run by `migrate`,
+`runserver` and `qcluster`'s start). Ids: docs/settings.md.
+
+They read the raw settings, not `conf`, so a value of the wrong type is reported rather than
+merged.
+"""
+
+from dataclasses import fields
+from importlib import import_module
+
+from django.conf import settings
+from django.core.checks import Error, Warning
+from django.core.checks import register as register_check
+
+from queues import registry
+from queues.conf import DEFAULTS, conf
+from queues.models import Job
+from queues.registry import RetryPolicy
+from queues.schedules import MAINTENANCE
+
+# Seconds settings that must be whole numbers above zero. QUEUE_REDELIVERY_GRACE may be zero
+# (redelivery right at the timeout), not negative.
+POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
+RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
+QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
+SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
+# django-q2's `retry` when Q_CLUSTER sets none.
+DJANGO_Q_RETRY = 60
+
+
+def register():
+    register_check(check_settings, "queues")
+
+
+def check_settings(app_configs=None, **kwargs):
+    raw = {name: getattr(settings, name, default) for name, default in DEFAULTS.items()}
+    problems = _types(raw)
+    if problems:  # the checks below assume the types
+        return problems
+    return [
+        *_positive(raw),
+        *_queues_match_clusters(),
+        *_stranded_after(raw),
+        *_redelivery(),
+        *_retry_policies(raw),
+        *_retention(raw),
+        *_schedules(raw),
+    ]
+
+
+def _types(raw):
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    expected = {
+        "QUEUE_DEFAULTS": (lambda v: isinstance(v, dict), "a dict"),
+        "QUEUES": (
+            lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+            "a dict of queue name -> dict of options",
+        ),
+        "JOB_RETRY_POLICIES": (
+            lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
+            "a dict of job type name -> dict of RetryPolicy fields",
+        ),
+        "JOB_TYPE_MODULES": (
+            lambda v: isinstance(v, list | tuple) and all(isinstance(m, str) for m in v),
+            "a list of module paths",
+        ),
+        "JOB_RETENTION": (
+            lambda v: isinstance(v, dict) and all(is_int(n) for n in v.values()),
+            "a dict of status -> number of records",
+        ),
+        "CLIENT_LIVE_JOBS_PER_USER": (is_int, "an int"),
+        "QUEUE_REDELIVERY_GRACE": (is_int, "an int (seconds)"),
+        "QUEUE_RESCUE_INTERVAL": (is_int, "an int (seconds)"),
+        "QUEUE_STRANDED_AFTER": (is_int, "an int (seconds)"),
+        "QUEUE_SCHEDULES": (
+            lambda v: isinstance(v, list | tuple) and all(isinstance(e, dict) for e in v),
+            "a list of dicts",
+        ),
+    }
+    return [
+        Error(
+            f"{name} must be {kind}, not {raw[name]!r}.",
+            hint=f"See docs/settings.md; unset, it defaults to {DEFAULTS[name]!r}.",
+            id="queues.E001",
+        )
+        for name, (valid, kind) in expected.items()
+        if not valid(raw[name])
+    ]
+
+
+def _positive(raw):
+    numbers = {name: raw[name] for name in [*POSITIVE_SECONDS, "CLIENT_LIVE_JOBS_PER_USER"]}
+    for queue, options in conf.QUEUES.items():
+        for option, value in options.items():
+            if option in QUEUE_OPTIONS:
+                numbers[f'QUEUES["{queue}"]["{option}"]'] = value
+    problems = [
+        Error(
+            f"{name} must be a whole number above zero, not {value!r}.",
+            hint="Intervals and timeouts are seconds; workers and caps are counts.",
+            id="queues.E002",
+        )
+        for name, value in numbers.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0
+    ]
+    grace = raw["QUEUE_REDELIVERY_GRACE"]
+    if grace < 0:
+        problems.append(
+            Error(
+                f"QUEUE_REDELIVERY_GRACE must be zero or more, not {grace}.",
+                hint="Seconds after a job's timeout before its broker row is handed out again.",
+                id="queues.E002",
+            )
+        )
+    return problems
+
+
+def _cluster_names():
+    """The queue served by `Q_CLUSTER` and those served by its ALT_CLUSTERS."""
+    q_cluster = getattr(settings, "Q_CLUSTER", {})
+    return q_cluster.get("name", "default"), set(q_cluster.get("ALT_CLUSTERS", {}))
+
+
+def _queues_match_clusters():
+    main, alternatives = _cluster_names()
+    clusters = {main, *alternatives}
+    queues = set(conf.QUEUES)
+    problems = [
+        Error(
+            f"Q_CLUSTER serves queue {name!r}, which is not in QUEUES.",
+            hint=f"Name each django-q2 cluster after a queue: one of {sorted(queues)}.",
+            id="queues.E003",
+        )
+        for name in sorted(clusters - queues)
+    ]
+    problems += [
+        Warning(
+            f"Queue {name!r} has no cluster in Q_CLUSTER, so its jobs would never run.",
+            hint=f'Add Q_CLUSTER["ALT_CLUSTERS"]["{name}"] and run `qcluster` with '
+            f"Q_CLUSTER_NAME={name}.",
+            id="queues.W001",
+        )
+        for name in sorted(queues - clusters)
+    ]
+    return problems
+
+
+def _stranded_after(raw):
+    """A lost delivery is rescued within QUEUE_STRANDED_AFTER + QUEUE_RESCUE_INTERVAL of its due
+    time; until then its job must still count as live (Job.OVERDUE_AFTER), or the sweeper would
+    take it for lost and enqueue its work again."""
+    rescued_within = raw["QUEUE_STRANDED_AFTER"] + raw["QUEUE_RESCUE_INTERVAL"]
+    overdue_after = Job.OVERDUE_AFTER.total_seconds()
+    if rescued_within < overdue_after:
+        return []
+    return [
+        Error(
+            f"QUEUE_STRANDED_AFTER + QUEUE_RESCUE_INTERVAL ({rescued_within} s) must be below "
+            f"{overdue_after:.0f} s, after which a waiting job counts as overdue (not live).",
+            hint="Lower QUEUE_STRANDED_AFTER (default 45) or QUEUE_RESCUE_INTERVAL (default 5).",
+            id="queues.E004",
+        )
+    ]
+
+
+def _redelivery():
+    """django-q2 hands a claimed broker row out again after `retry` seconds: before the queue's
+    timeout + QUEUE_REDELIVERY_GRACE, a job still running would be delivered again."""
+    q_cluster = getattr(settings, "Q_CLUSTER", {})
+    main, _ = _cluster_names()
+    options = {main: q_cluster, **q_cluster.get("ALT_CLUSTERS", {})}
+    problems = []
+    for queue, cluster in options.items():
+        retry = cluster.get("retry", q_cluster.get("retry", DJANGO_Q_RETRY))
+        if queue not in conf.QUEUES or not isinstance(retry, int | float):
+            continue
+        needed = conf.QUEUES[queue]["timeout"] + conf.QUEUE_REDELIVERY_GRACE
+        if retry < needed:
+            problems.append(
+                Warning(
+                    f"Q_CLUSTER retry for queue {queue!r} is {retry} s, below its timeout + "
+                    f"QUEUE_REDELIVERY_GRACE ({needed} s): running jobs get spare deliveries.",
+                    hint=f'Set "retry" to {needed} for that cluster.',
+                    id="queues.W002",
+                )
+            )
+    return problems
+
+
+def _retry_policies(raw):
+    known = {field.name for field in fields(RetryPolicy)}
+    problems = []
+    for job_type, overrides in raw["JOB_RETRY_POLICIES"].items():
+        for field in sorted(set(overrides) - known):
+            problems.append(
+                Error(
+                    f"JOB_RETRY_POLICIES[{job_type!r}] names unknown field {field!r}.",
+                    hint=f"A retry policy has the fields {sorted(known)}.",
+                    id="queues.E005",
+                )
+            )
+        if registry.find(job_type) is None:
+            problems.append(
+                Warning(
+                    f"JOB_RETRY_POLICIES names {job_type!r}, which is no registered job type.",
+                    hint=f"Registered job types: {sorted(registry.all_types())}.",
+                    id="queues.W003",
+                )
+            )
+    return problems
+
+
+def _retention(raw):
+    problems = [
+        Error(
+            f"JOB_RETENTION names unknown status {status!r}.",
+            hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
+            id="queues.E006",
+        )
+        for status in sorted(set(raw["JOB_RETENTION"]) - RETENTION_STATUSES)
+    ]
+    problems += [
+        Error(
+            f"JOB_RETENTION[{status!r}] must be zero or more, not {count}.",
+            hint="The number of finished records kept per queue and user.",
+            id="queues.E002",
+        )
+        for status, count in raw["JOB_RETENTION"].items()
+        if count < 0
+    ]
+    return problems
+
+
+def _schedules(raw):
+    problems, names = [], {entry["name"] for entry in MAINTENANCE}
+    for entry in raw["QUEUE_SCHEDULES"]:
+        unknown = set(entry) - SCHEDULE_KEYS
+        name = entry.get("name")
+        reason = None
+        if not name or not entry.get("func"):
+            reason = "needs a name and a func"
+        elif unknown:
+            reason = f"has unknown keys {sorted(unknown)}"
+        elif name in names:
+            reason = "repeats a name already declared"
+        elif not _importable(entry["func"]):
+            reason = f"names func {entry['func']!r}, which cannot be imported"
+        names.add(name)
+        if reason:
+            problems.append(
+                Error(
+                    f"QUEUE_SCHEDULES entry {entry!r} {reason}.",
+                    hint='e.g. {"name": "app: sweep", "func": "app.tasks.sweep", "minutes": 5}',
+                    id="queues.E007",
+                )
+            )
+    return problems
+
+
+def _importable(path):
+    module, _, attribute = path.rpartition(".")
+    try:
+        return callable(getattr(import_module(module), attribute, None))
+    except ImportError:
+        return False

@@ -1,0 +1,74 @@
+"""The queues app's own settings, each with a default: a project that adds `queues` to
+`INSTALLED_APPS` and sets none of them gets a working queue (docs/settings.md).
+
+Every read in `queues` goes through `conf`, in the spirit of DRF's `api_settings`: `conf.NAME` is
+`settings.NAME` or its default, cached until a setting changes (`override_settings`). The project
+reads the environment (`slimy/settings.py`); bad values are reported by `queues.checks`.
+"""
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS = {
+    # Options every queue starts from: worker processes, and seconds a handler may run before it
+    # is cut off and retried.
+    "QUEUE_DEFAULTS": {"workers": 4, "timeout": 120},
+    # Queue name -> options over QUEUE_DEFAULTS. Each queue is one django-q2 cluster: its name is
+    # `Q_CLUSTER["name"]` or a key of `Q_CLUSTER["ALT_CLUSTERS"]`.
+    "QUEUES": {"database": {}},
+    # Job type name -> fields of its RetryPolicy (attempts, backoff_seconds, jitter) to override.
+    "JOB_RETRY_POLICIES": {},
+    # Modules that register job types, besides every installed app's `jobs` module.
+    "JOB_TYPE_MODULES": [],
+    # Finished job records kept per queue, user and status; older ones are pruned.
+    "JOB_RETENTION": {"succeeded": 50, "failed": 100, "cancelled": 50},
+    # Live jobs of client-enqueueable types a user may have; one more gets a 429.
+    "CLIENT_LIVE_JOBS_PER_USER": 100,
+    # Seconds after a job's timeout before its broker row is handed out again when its worker
+    # died silently (django-q2's visibility timeout is `timeout + grace`).
+    "QUEUE_REDELIVERY_GRACE": 30,
+    # Seconds between rescue passes of a cluster (queues.rescuer).
+    "QUEUE_RESCUE_INTERVAL": 5,
+    # Seconds past due after which a waiting job whose broker row is lost is pushed again.
+    "QUEUE_STRANDED_AFTER": 45,
+    # Periodic tasks the project adds to queues' own (queues.schedules), e.g.
+    # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].
+    "QUEUE_SCHEDULES": [],
+}
+
+# Jobs a user may enqueue through `POST /api/queues/jobs` when the project's REST_FRAMEWORK
+# names no "enqueue" throttle rate.
+DEFAULT_ENQUEUE_RATE = "120/minute"
+
+
+class QueueSettings:
+    """`conf.NAME`: the project's setting NAME, or its default (dicts merged over the default's)."""
+
+    def __getattr__(self, name):
+        if name not in DEFAULTS:
+            raise AttributeError(f"queues has no setting {name!r}")
+        value = getattr(settings, name, DEFAULTS[name])
+        if name == "QUEUES" and _all_dicts(value):
+            value = {queue: {**self.QUEUE_DEFAULTS, **options} for queue, options in value.items()}
+        elif name in {"QUEUE_DEFAULTS", "JOB_RETENTION"} and isinstance(value, dict):
+            value = {**DEFAULTS[name], **value}
+        self.__dict__[name] = value
+        return value
+
+    def reload(self):
+        self.__dict__.clear()
+
+
+def _all_dicts(value):
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
+conf = QueueSettings()
+
+
+def _setting_changed(setting, **kwargs):
+    if setting in DEFAULTS:
+        conf.reload()
+
+
+setting_changed.connect(_setting_changed, dispatch_uid="queues.conf")

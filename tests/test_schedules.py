@@ -1,0 +1,80 @@
+"""Periodic tasks: declared in one list (queues' maintenance + settings.QUEUE_SCHEDULES), synced
+into django-q2's Schedule table by `migrate`, and run by a real `qcluster`."""
+
+from datetime import timedelta
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.models import Schedule
+
+from chat.models import Conversation
+from queues.schedules import MAINTENANCE
+from tests.support.cluster import wait_for
+
+SWEEPER = "chat: re-queue stalled conversation deletions"
+
+
+def migrate():
+    call_command("migrate", verbosity=0)
+
+
+def schedules():
+    return {s.name: (s.func, s.schedule_type, s.minutes, s.cron) for s in Schedule.objects.all()}
+
+
+@pytest.mark.django_db
+def test_after_migrate_the_schedule_table_holds_exactly_the_declared_list():
+    migrate()
+    declared = [*MAINTENANCE, *django_settings.QUEUE_SCHEDULES]
+    assert schedules() == {entry["name"]: (entry["func"], "I", 1, None) for entry in declared}
+    assert SWEEPER in schedules()
+
+
+@pytest.mark.django_db
+def test_migrate_again_follows_a_changed_list_and_leaves_hand_made_schedules(settings):
+    Schedule.objects.create(
+        name="by hand", func="queues.maintenance.prune", schedule_type="I", minutes=7
+    )
+    settings.QUEUE_SCHEDULES = [
+        {"name": SWEEPER, "func": "chat.sweeper.sweep_deletions", "minutes": 5},
+        {"name": "stats", "func": "queues.maintenance.prune_minute_stats", "cron": "0 3 * * *"},
+    ]
+    migrate()
+    assert schedules()[SWEEPER] == ("chat.sweeper.sweep_deletions", "I", 5, None)
+    assert schedules()["stats"] == ("queues.maintenance.prune_minute_stats", "C", None, "0 3 * * *")
+
+    settings.QUEUE_SCHEDULES = []
+    migrate()
+    assert set(schedules()) == {entry["name"] for entry in MAINTENANCE} | {"by hand"}
+    assert schedules()["by hand"] == ("queues.maintenance.prune", "I", 7, None)
+
+
+@pytest.mark.django_db
+def test_a_sync_keeps_one_row_per_declared_name_and_its_next_run(settings):
+    migrate()
+    later = timezone.now() + timedelta(minutes=30)
+    Schedule.objects.filter(name=SWEEPER).update(next_run=later)
+    migrate()
+    migrate()
+    assert Schedule.objects.filter(name=SWEEPER).count() == 1
+    assert Schedule.objects.get(name=SWEEPER).next_run == later
+
+
+def test_a_real_cluster_runs_the_declared_sweeper(cluster, user):
+    """The sweeper's schedule, as synced, is picked up by django-q2's scheduler (about 30 s after
+    a cluster starts) and the deletion it re-queues runs."""
+    stalled = Conversation.objects.create(owner=user, title="its job was lost")
+    Conversation.objects.filter(pk=stalled.pk).update(
+        deletion_requested_at=timezone.now() - timedelta(minutes=10)
+    )
+    sweeper = Schedule.objects.filter(name=SWEEPER)
+    assert sweeper.update(next_run=timezone.now() - timedelta(minutes=1)) == 1
+
+    cluster.start()
+    wait_for(
+        lambda: not Conversation.objects.filter(pk=stalled.pk).exists(),
+        90,
+        message="the scheduled sweeper to re-queue the deletion and a worker to run it",
+    )
