@@ -35,7 +35,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
-from queues import counters, liveness, registry, tracing
+from queues import counters, handlers, liveness, log_context, registry, tracing
 from queues.broker import acknowledgement, push
 from queues.errors import (
     JobTimeout,
@@ -46,7 +46,6 @@ from queues.errors import (
     is_transient,
 )
 from queues.models import Job
-from slimy import log_context
 
 logger = logging.getLogger("queues.runner")
 
@@ -339,7 +338,7 @@ def work(job):
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
         with handler_timeout(settings.QUEUES[job.queue]["timeout"]):
-            result = kind.handler(dict(job.data))
+            result = handlers.call(kind.handler, job)
         finished_at = timezone.now()
         outcome = finish_statement(
             job,
