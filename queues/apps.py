@@ -8,9 +8,9 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, metrics, registry
+        from queues import acknowledgement, metrics, registry
 
-        broker.connect_signals()
+        acknowledgement.connect_signals()
         metrics.register()
         registry.autodiscover()
         # However a user is deleted (admin, shell, API), their job records lose their content in

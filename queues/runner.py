@@ -36,7 +36,7 @@ from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
 from queues import counters, handlers, liveness, log_context, registry, tracing
-from queues.broker import acknowledgement, push
+from queues.acknowledgement import acknowledgement
 from queues.errors import (
     JobTimeout,
     PermanentJobError,
@@ -46,6 +46,7 @@ from queues.errors import (
     is_transient,
 )
 from queues.models import Job
+from queues.push import push
 
 logger = logging.getLogger("queues.runner")
 

@@ -10,9 +10,9 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from queues import counters, registry, tracing
-from queues.broker import push, push_statement
 from queues.errors import TooManyLiveJobs
 from queues.models import Job
+from queues.push import push, push_statement
 from queues.statements import insert_statement
 
 
