@@ -11,9 +11,7 @@ import time
 from django.db import connection
 from rest_framework import serializers
 
-from queues.registry import register
-from queues.schemas import JobData
-from slimy import log_context
+from queues.api import JobData, job_type
 
 LEDGER = "chaos_ledger"
 CREATE_LEDGER = f"""
@@ -30,13 +28,12 @@ class ChaosData(JobData):
     seconds = serializers.FloatField(min_value=0, default=0.1)
 
 
-@register("chaos_work", queue="database", schema=ChaosData)
-def chaos_work(data):
+@job_type("chaos_work", queue="database", schema=ChaosData)
+def chaos_work(data, job):
     time.sleep(data["seconds"])
-    context = log_context.current()
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {LEDGER} (job_id, attempt, worker) VALUES (%s, %s, %s)",
-            [context["job_id"], context["attempt"], os.getpid()],
+            [str(job.id), job.attempt, os.getpid()],
         )
     return {"slept": data["seconds"]}

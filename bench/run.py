@@ -414,6 +414,7 @@ class Bench:
         return time.perf_counter() - start
 
     def big_job(self, cluster, messages):
+        from chat.models import Conversation
         from queues.models import Job
 
         (job_conversation,) = make_conversations(self.db, self.owner.pk, 1, messages)
@@ -423,7 +424,7 @@ class Bench:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # restart VmHWM from the current RSS
             rss_before[pid] = memory_kb(pid, "VmRSS")
         request_deletions([job_conversation])
-        job = Job.objects.get(subject=f"conversation:{job_conversation}")
+        job = Job.objects.get(subject=Conversation.subject_for(job_conversation))
         deadline = time.monotonic() + 300
         while not Job.objects.filter(pk=job.pk, status="succeeded").exists():
             if time.monotonic() > deadline:

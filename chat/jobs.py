@@ -1,4 +1,4 @@
-"""The chat app's job types on the `database` queue.
+"""The chat app's job types, declared through the queues app's front door (`queues.api`).
 
 Their data schemas reuse the REST serializers' rules for titles, roles and content.
 """
@@ -8,10 +8,11 @@ from rest_framework import serializers
 from chat import services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.registry import register
-from queues.schemas import JobData
+from queues.api import JobData, job_type
 
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
+# Every chat job type runs on the app's own queue; enqueueing names the type only.
+QUEUE = "database"
 
 
 def conversation_subject(data, result=None):
@@ -35,9 +36,9 @@ class SaveMessageData(JobData, MessageSerializer):
         fields = ["conversation_id", "user_id", "role", "content", "request_id"]
 
 
-@register(
+@job_type(
     "delete_conversation",
-    queue="database",
+    queue=QUEUE,
     schema=DeleteConversationData,
     subject=conversation_subject,
 )
@@ -47,9 +48,9 @@ def delete_conversation(data):
     )
 
 
-@register(
+@job_type(
     "create_conversation",
-    queue="database",
+    queue=QUEUE,
     schema=CreateConversationData,
     subject=conversation_subject,
     content_fields=["title"],
@@ -60,9 +61,9 @@ def create_conversation(data):
     return {"conversation_id": conversation.pk}
 
 
-@register(
+@job_type(
     "save_message",
-    queue="database",
+    queue=QUEUE,
     schema=SaveMessageData,
     subject=conversation_subject,
     content_fields=["content"],

@@ -9,10 +9,15 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from chat.models import Conversation, Message
-from queues import registry
-from queues.errors import PermanentJobError, SubjectGone
-from queues.models import Job
-from queues.services import cancel_waiting_jobs, enqueue, forget_subject
+from queues.api import (
+    Job,
+    PermanentJobError,
+    SubjectGone,
+    cancel_waiting_jobs,
+    enqueue,
+    forget_subject,
+    types_with_content,
+)
 
 logger = logging.getLogger("chat")
 
@@ -98,7 +103,6 @@ def enqueue_deletion(conversation_id, *, owner_id, request_id):
     `owner_id` is read from the conversation's row, whose foreign key vouches for the user.
     """
     return enqueue(
-        "database",
         "delete_conversation",
         {"conversation_id": conversation_id, "user_id": owner_id},
         request_id=request_id,
@@ -180,7 +184,7 @@ def _delete_statement(conversation_id, user_id):
     entries naming it.
     """
     subject = Conversation.subject_for(conversation_id)
-    types = registry.types_with_content()
+    types = types_with_content()
     log_type = ContentType.objects.get_for_model(Conversation).pk
     conversations, jobs, log = (
         connection.ops.quote_name(model._meta.db_table) for model in (Conversation, Job, LogEntry)

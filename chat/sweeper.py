@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.services import enqueue_deletion
-from queues.selectors import subjects_with_failed_jobs, subjects_with_live_jobs
+from queues.api import subjects_with_failed_jobs, subjects_with_live_jobs
 from slimy.request_id import new_request_id
 
 logger = logging.getLogger("chat.sweeper")

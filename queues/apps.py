@@ -8,9 +8,9 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, checks, metrics, registry, schedules
+        from queues import acknowledgement, checks, metrics, registry, schedules
 
-        broker.connect_signals()
+        acknowledgement.connect_signals()
         metrics.register()
         registry.autodiscover()
         checks.register()

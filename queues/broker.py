@@ -1,5 +1,10 @@
 """The broker of our queues: django-q2's ORM broker, delayed visibility, and a PostgreSQL fast path.
 
+One module per role, as django-q2 lays out its own: this one claims rows and waits for them;
+`queues.push` writes them, `queues.acknowledgement` deletes them with the job's outcome,
+`queues.heartbeats` reports the cluster, `queues.rescuer` brings back what dead clusters and workers
+left behind.
+
 django-q2 has no delayed enqueue: its broker row's `lock` column is a visibility timeout (a row is
 handed out once `lock` is in the past). We store a retry's broker row with `lock` set to the time
 it may run, so a waiting retry lives in the database, survives any restart, and no worker sleeps.
@@ -14,45 +19,40 @@ On PostgreSQL (see docs/job-queue.md, "The broker"):
   pusher's connection holds (`queues.liveness`), which hides it from other claims; its `lock`
   (due time) is kept.
   The rows of a cluster that died are known at once and handed out again, in their place in
-  the queue, by the next rescue (`free_dead_claims`), not after a visibility timeout;
-- `enqueue` sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
+  the queue, by the next rescue (`queues.rescuer.free_dead_claims`), not after a visibility
+  timeout;
+- a push sends `NOTIFY` in the caller's transaction, which PostgreSQL delivers at commit, and an
   idle pusher waits on `LISTEN` until then or until the next row is due, instead of polling;
 - the runner deletes a job's broker row in the transaction that records the job's outcome, so the
-  monitor's acknowledgement costs nothing (`queues.signals`).
+  monitor's acknowledgement costs nothing (`queues.acknowledgement`).
 SQLite keeps django-q2's polling.
 """
 
 import os
 import random
 import time
-import uuid
 
 import psycopg
 from django.db import Error as DjangoDatabaseError
-from django.db import connections, transaction
-from django.db.models import BooleanField, Q
-from django.db.models.expressions import RawSQL
+from django.db import connections
 from django.utils import timezone
-from django.utils.module_loading import import_string
-from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
 from django_q.models import OrmQ
-from django_q.signals import post_execute_in_worker, pre_execute
-from django_q.signing import SignedPackage
 
-from queues import liveness, registry
+from queues import liveness
 from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
+from queues.push import CHANNEL, insert_row
+from queues.rescuer import rescue_now_and_then
 
-RUNNER = "queues.runner.run_job"
-CHANNEL = "django_q_ormq"
 # Longest sleep of an idle pusher, the safety net should a NOTIFY be missed. A pusher only stops
 # between two dequeues, so this also bounds how long a cluster takes to stop; at 5 s an idle
 # cluster's claims cost 0.2 statement/s.
 IDLE_WAIT = 5.0
 TABLE = OrmQ._meta.db_table
 
+# A claim re-keys its rows `<queue>@<token>@<claimed at, epoch s>`; the rescuer reads that key.
 _CLAIM = f"""
 WITH due AS (
     SELECT id, lock FROM {TABLE}
@@ -68,32 +68,19 @@ SELECT id, payload, lock FROM claimed
 UNION ALL
 SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
 """
-# Rows claimed by a pusher whose claims lock nobody holds: that cluster died. The partial index
-# of migration 0010 keeps this a lookup among claimed rows only.
-_FREE_DEAD_CLAIMS = f"""
-UPDATE {TABLE} SET key = %(key)s
-WHERE key LIKE '%%@%%' AND split_part(key, '@', 1) = %(key)s
-AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}
-"""
-_INSERT = f"""
-INSERT INTO {TABLE} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
-RETURNING id, pg_notify('{CHANNEL}', key)
-"""
 
 
 class JobBroker(DatabaseHeartbeats, ORM):
+    # The runner deletes the delivery's row with the job's outcome (`queues.acknowledgement`).
+    acknowledged_with_outcome = True
+
     @property
     def fast(self):
         return connections[Conf.ORM].vendor == "postgresql"
 
     def enqueue(self, task, run_after=None, priority=0):
-        key, lock = self.list_key or Conf.CLUSTER_NAME, run_after or timezone.now()
-        if not self.fast:
-            return self.get_connection().create(key=key, payload=task, lock=lock).pk
-        # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
-        with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute(_INSERT, [key, task, lock, priority])
-            return cursor.fetchone()[0]
+        queue = self.list_key or Conf.CLUSTER_NAME
+        return insert_row(queue, task, run_after or timezone.now(), priority)
 
     def dequeue(self):
         rescue_now_and_then(self.list_key)
@@ -202,136 +189,3 @@ class JobBroker(DatabaseHeartbeats, ORM):
         if listener is not None and listener[0] == os.getpid():
             listener[1].close()
         self._listen = None
-
-
-def free_dead_claims(queue):
-    """Hand out again, now, the rows of `queue` claimed by clusters that died. Returns how many."""
-    if not JobBroker(queue).fast:
-        return 0  # SQLite: django-q2's visibility timeout hands them out again
-    with connections[Conf.ORM].cursor() as cursor:
-        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
-        return cursor.rowcount
-
-
-def rows_on_their_way(queue, claimed_since):
-    """Broker rows of `queue` that will still be delivered: waiting their turn, or claimed since
-    `claimed_since` (a row claimed longer ago for a job still waiting was lost in a worker killed
-    before it began the job). SQLite: every row, since claims expire there."""
-    rows = OrmQ.objects.using(Conf.ORM)
-    if not JobBroker(queue).fast:
-        return rows
-    recent = RawSQL(
-        "NULLIF(split_part(key, '@', 3), '')::bigint >= %s",
-        [int(claimed_since.timestamp())],
-        BooleanField(),
-    )
-    return rows.alias(recent=recent).filter(
-        Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
-    )
-
-
-def rescue_now_and_then(queue):
-    """Run the rescuer for `queue` if QUEUE_RESCUE_INTERVAL has passed since this process did."""
-    due = _next_rescue.get(queue, 0.0)
-    if time.monotonic() < due:
-        return
-    _next_rescue[queue] = time.monotonic() + conf.QUEUE_RESCUE_INTERVAL
-    from queues.rescuer import rescue  # the rescuer records outcomes through the runner
-
-    try:
-        rescue(queue)
-    except Exception:
-        logger.exception("Rescue of queue %s failed; trying again later", queue)
-
-
-_next_rescue = {}
-
-
-def broker_in_database():
-    """Whether the configured broker keeps its rows in our database (and joins transactions)."""
-    broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
-    return getattr(broker_class, "joins_transactions", True)
-
-
-def push(job):
-    """Store a broker row that makes a worker of `job.queue` run `job` at `job.run_after`.
-
-    The row carries only the job's id: the data stays in the job record, so scrubbing a job's
-    content never has to decode signed pickles.
-    """
-    broker = get_broker(job.queue)
-    if not getattr(broker, "joins_transactions", True):
-        # A broker outside the database (Redis) gets the row only once the job record commits.
-        payload = _payload(job)
-        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
-        return None
-    # Our database broker, also under a cluster running django-q2's stock broker (the
-    # benchmark's reference), whose `enqueue` knows no `run_after`.
-    return JobBroker(job.queue).enqueue(
-        _payload(job), run_after=job.run_after, priority=_priority(job)
-    )
-
-
-def push_statement(job):
-    """As `push`, as (sql, params, name) for the caller to send as a CTE `name` of its own
-    statement (`queues.statements`), whose RETURNING gives the row's id; PostgreSQL only.
-
-    None on SQLite and when the queue's broker is outside the database: then `push` the job.
-    """
-    if connections[Conf.ORM].vendor != "postgresql" or not broker_in_database():
-        return None
-    return _INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
-
-
-def _priority(job):
-    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share")."""
-    kind = registry.find(job.job_type)
-    return 1 if kind is not None and kind.client_enqueueable else 0
-
-
-def _payload(job):
-    package = {
-        "id": uuid.uuid4().hex,
-        "name": f"{job.job_type}:{job.id}",
-        "func": RUNNER,
-        "args": (str(job.id),),
-        "kwargs": {},
-        "started": timezone.now(),
-        "cluster": job.queue,
-    }
-    return SignedPackage.dumps(package)
-
-
-# The broker row this worker process is running, and whether the runner already deleted it.
-_delivery = {"ack_id": None, "acknowledged": False}
-
-
-def acknowledgement():
-    """Statements deleting the running delivery's broker row, for the caller to send with the
-    job's outcome (`queues.statements`), so both commit together; none outside a JobBroker
-    worker (tests, the stock reference cluster). Once that commits, the monitor skips its own
-    DELETE.
-    """
-    ack_id = _delivery["ack_id"]
-    if ack_id is None:
-        return []
-    transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
-    return [(f"DELETE FROM {TABLE} WHERE id = %s", [ack_id])]
-
-
-def connect_signals():
-    pre_execute.connect(_remember_delivery, dispatch_uid="queues.broker.remember_delivery")
-    post_execute_in_worker.connect(
-        _skip_acknowledged, dispatch_uid="queues.broker.skip_acknowledged"
-    )
-
-
-def _remember_delivery(sender, task, **kwargs):
-    ours = f"{JobBroker.__module__}.{JobBroker.__qualname__}" == Conf.BROKER_CLASS
-    _delivery.update(ack_id=task.get("ack_id") if ours else None, acknowledged=False)
-
-
-def _skip_acknowledged(sender, task, **kwargs):
-    if _delivery["acknowledged"]:
-        task.pop("ack_id", None)  # the monitor acknowledges only tasks that carry one
-    _delivery.update(ack_id=None, acknowledged=False)

@@ -6,11 +6,7 @@ three attempts; an operator's retry gives it a fresh budget, and its next attemp
 touches no data.
 """
 
-from queues import registry
-from queues.errors import TransientJobError
-from queues.registry import RetryPolicy, register
-from queues.schemas import JobData
-from slimy import log_context
+from queues.api import JobData, RetryPolicy, TransientJobError, job_type
 
 DEMO_FAILING_JOB = "demo_fails_until_retried"
 
@@ -19,18 +15,16 @@ class DemoOutage(TransientJobError):
     """The simulated outage of the demo job: transient, so it is retried with backoff."""
 
 
-@register(
+@job_type(
     DEMO_FAILING_JOB,
     queue="database",
     schema=JobData,
     retry=RetryPolicy(attempts=3, backoff_seconds=10.0),
     subject=lambda data, result=None: "demo:failing-job",
 )
-def demo_fails_until_retried(data):
-    # The runner binds the attempt number to the log context of the job it runs.
-    attempt = log_context.current()["attempt"]
-    budget = registry.find(DEMO_FAILING_JOB).retry_policy.attempts
-    if attempt <= budget:
+def demo_fails_until_retried(job):
+    attempt, budget = job.attempt, job.max_attempts
+    if job.retried_at is None:  # the first run, whose budget is `max_attempts`
         raise DemoOutage(
             f"simulated outage (demo) on attempt {attempt} of {budget}: "
             "an operator's retry makes it succeed"

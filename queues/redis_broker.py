@@ -2,7 +2,7 @@
 
 Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues.broker`):
 
-- Redis cannot join the database transaction, so `queues.broker.push` hands the row to Redis only
+- Redis cannot join the database transaction, so `queues.push.push` hands the row to Redis only
   once the job record is committed. A crash between the commit and the push loses the delivery,
   not the job record.
 - Delayed retries wait in a sorted set scored by the time they may run; each `dequeue` first
@@ -25,8 +25,8 @@ from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from queues.broker import rescue_now_and_then
 from queues.heartbeats import DatabaseHeartbeats
+from queues.rescuer import rescue_now_and_then
 
 # Moves up to 100 due tasks from the delayed set (KEYS[1]) to the queue (KEYS[2]).
 _MOVE_DUE = """
@@ -40,7 +40,7 @@ return #due
 
 
 class RedisJobBroker(DatabaseHeartbeats, Redis):
-    # Tells `queues.broker.push` to wait for the transaction's commit.
+    # Tells `queues.push` to wait for the transaction's commit.
     joins_transactions = False
 
     def __init__(self, list_key=None):

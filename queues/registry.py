@@ -10,6 +10,7 @@ from importlib import import_module
 
 from django.utils.module_loading import autodiscover_modules
 
+from queues import handlers
 from queues.conf import conf
 from queues.errors import JobValidationError
 
@@ -33,7 +34,7 @@ class RetryPolicy:
 class JobType:
     name: str
     queue: str
-    handler: object  # callable(data: dict) -> JSON-serializable result
+    handler: object  # callable(data), (data, job) or (job) -> JSON-serializable result
     schema: type  # a DRF Serializer class validating the job's data
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     subject: object = None  # callable(data, result) -> "kind:id", or None
@@ -90,9 +91,10 @@ def register(
     content_fields=(),
     client_enqueueable=False,
 ):
-    """Decorator registering `handler` as job type `name`."""
+    """Decorator registering `handler` as job type `name` (its parameters: `queues.handlers`)."""
 
     def decorator(handler):
+        handlers.wants(handler)  # a handler that fits no calling convention fails here, not later
         if name in _types:
             raise ValueError(f"job type {name!r} is already registered")
         if queue not in conf.QUEUES:

@@ -1,10 +1,10 @@
 """Brings back the jobs that a dead cluster, a dead worker or a lost broker row would strand.
 
 The job record is the truth; the broker only wakes workers. Every cluster's pusher runs
-`rescue(queue)` as it dequeues, at most every `QUEUE_RESCUE_INTERVAL` seconds (one cluster at a
-time per queue on PostgreSQL), and the maintenance schedule once a minute:
+`rescue(queue)` as it dequeues (`rescue_now_and_then`), at most every `QUEUE_RESCUE_INTERVAL`
+seconds (one cluster at a time per queue on PostgreSQL), and the maintenance schedule once a minute:
 
-1. broker rows claimed by a cluster that died are handed out again (`broker.free_dead_claims`);
+1. broker rows claimed by a cluster that died are handed out again (`free_dead_claims`);
 2. a `running` job whose worker is gone (`queues.liveness`) gets a `WorkerLost` attempt and a
    retry (or fails, if that was its last attempt);
 3. a waiting job more than `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
@@ -15,18 +15,21 @@ time per queue on PostgreSQL), and the maintenance schedule once a minute:
 """
 
 import logging
+import time
 from datetime import timedelta
 
-from django.db import connection, transaction
-from django.db.models import BooleanField, Exists, OuterRef
+from django.db import connection, connections, transaction
+from django.db.models import BooleanField, Exists, OuterRef, Q
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
+from django_q.conf import Conf
+from django_q.models import OrmQ
 
 from queues import liveness
-from queues.broker import broker_in_database, free_dead_claims, push, rows_on_their_way
 from queues.conf import conf
 from queues.errors import WorkerLost
 from queues.models import Job
+from queues.push import broker_in_database, push
 from queues.runner import presumed_alive_for, record_failure
 
 logger = logging.getLogger("queues.rescuer")
@@ -34,6 +37,29 @@ logger = logging.getLogger("queues.rescuer")
 BATCH = 1000
 # First key of the lock that lets one cluster at a time rescue a queue ("rscu").
 RESCUE = 0x72736375
+TABLE = OrmQ._meta.db_table
+# Rows claimed (`queues.broker` re-keys them `<queue>@<token>@<claimed at>`) by a pusher whose
+# claims lock nobody holds: that cluster died. The partial index of migration 0010 keeps this a
+# lookup among claimed rows only.
+_FREE_DEAD_CLAIMS = f"""
+UPDATE {TABLE} SET key = %(key)s
+WHERE key LIKE '%%@%%' AND split_part(key, '@', 1) = %(key)s
+AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}
+"""
+_next_rescue = {}
+
+
+def rescue_now_and_then(queue):
+    """Run `rescue(queue)` if QUEUE_RESCUE_INTERVAL has passed since this process did (each
+    broker's `dequeue` calls this)."""
+    due = _next_rescue.get(queue, 0.0)
+    if time.monotonic() < due:
+        return
+    _next_rescue[queue] = time.monotonic() + conf.QUEUE_RESCUE_INTERVAL
+    try:
+        rescue(queue)
+    except Exception:
+        logger.exception("Rescue of queue %s failed; trying again later", queue)
 
 
 def rescue(queue):
@@ -56,6 +82,38 @@ def rescue(queue):
             pushed,
         )
     return freed + lost + pushed
+
+
+def _claims_in_database():
+    """Whether broker rows carry their claim in their key (PostgreSQL); on SQLite django-q2's
+    visibility timeout hands claimed rows out again by itself."""
+    return connections[Conf.ORM].vendor == "postgresql"
+
+
+def free_dead_claims(queue):
+    """Hand out again, now, the rows of `queue` claimed by clusters that died. Returns how many."""
+    if not _claims_in_database():
+        return 0
+    with connections[Conf.ORM].cursor() as cursor:
+        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
+        return cursor.rowcount
+
+
+def rows_on_their_way(queue, claimed_since):
+    """Broker rows of `queue` that will still be delivered: waiting their turn, or claimed since
+    `claimed_since` (a row claimed longer ago for a job still waiting was lost in a worker killed
+    before it began the job). SQLite: every row, since claims expire there."""
+    rows = OrmQ.objects.using(Conf.ORM)
+    if not _claims_in_database():
+        return rows
+    recent = RawSQL(
+        "NULLIF(split_part(key, '@', 3), '')::bigint >= %s",
+        [int(claimed_since.timestamp())],
+        BooleanField(),
+    )
+    return rows.alias(recent=recent).filter(
+        Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
+    )
 
 
 def _take_rescue_lock(queue):

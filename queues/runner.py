@@ -35,8 +35,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
-from queues import counters, liveness, registry, tracing
-from queues.broker import acknowledgement, push
+from queues import counters, handlers, liveness, log_context, registry, tracing
+from queues.acknowledgement import acknowledgement
 from queues.conf import conf
 from queues.errors import (
     JobTimeout,
@@ -47,7 +47,7 @@ from queues.errors import (
     is_transient,
 )
 from queues.models import Job
-from slimy import log_context
+from queues.push import push
 
 logger = logging.getLogger("queues.runner")
 
@@ -338,7 +338,7 @@ def work(job):
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
         with handler_timeout(conf.QUEUES[job.queue]["timeout"]):
-            result = kind.handler(dict(job.data))
+            result = handlers.call(kind.handler, job)
         finished_at = timezone.now()
         outcome = finish_statement(
             job,

@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
+from queues.fields import StrictCharField
 from queues.models import Job
-from slimy.fields import StrictCharField
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -1,5 +1,7 @@
 """Writes on jobs: enqueue one, retry failed ones."""
 
+import uuid
+
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import F
@@ -7,13 +9,11 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from queues import counters, registry, tracing
-from queues.broker import push, push_statement
 from queues.conf import conf
 from queues.errors import TooManyLiveJobs
 from queues.models import Job
+from queues.push import push, push_statement
 from queues.statements import insert_statement
-from slimy import log_context
-from slimy.request_id import new_request_id
 
 
 @transaction.atomic
@@ -37,16 +37,15 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
     """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
 
     The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` must carry
-    `user_id`; `request_id` defaults to the current request's. Unknown queue or type, or data
+    `user_id`; `request_id` names what asked for it (the caller passes its request's id; a new
+    one when it has none), unless `data` carries one. Unknown queue or type, or data
     that does not fit the type's schema, raise `JobValidationError` and store nothing.
     `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
     vouches for it), so validation does not look the user up again.
     """
     kind = registry.get(queue, job_type)
     data = {**data}
-    data.setdefault(
-        "request_id", request_id or log_context.current().get("request_id") or new_request_id()
-    )
+    data.setdefault("request_id", request_id or uuid.uuid4().hex)
     cleaned = dict(kind.validate(data, user_checked=user_checked))
     # No savepoint inside the caller's transaction (two round trips saved): an error here
     # propagates and rolls the caller's transaction back anyway.

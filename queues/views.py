@@ -10,8 +10,8 @@ from queues import selectors, services
 from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job
+from queues.openapi import AUTHENTICATED, WITH_BODY, errors
 from queues.serializers import EnqueueSerializer, JobSerializer, StatsSerializer
-from slimy.openapi import AUTHENTICATED, WITH_BODY, errors
 
 _JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 

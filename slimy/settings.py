@@ -328,12 +328,12 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "slimy.log_context.ContextFilter"}},
+    "filters": {"context": {"()": "queues.log_context.ContextFilter"}},
     "formatters": {
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s%(context)s",
         },
-        "json": {"()": "slimy.log_context.JsonFormatter"},
+        "json": {"()": "queues.log_context.JsonFormatter"},
     },
     "handlers": {
         "console": {

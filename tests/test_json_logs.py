@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from queues.log_context import ContextFilter, JsonFormatter
 from queues.runner import run_job
 from queues.services import enqueue
-from slimy.log_context import ContextFilter, JsonFormatter
 from tests.support.cluster import ROOT
 
 
@@ -46,7 +46,7 @@ def test_job_log_lines_are_json_with_the_job_context(user):
 LOG_ONE_LINE = """
 import logging, django
 django.setup()
-from slimy import log_context
+from queues import log_context
 with log_context.bind(request_id="r-1", job_id="j-1"):
     logging.getLogger("queues.runner").warning("hello")
 """

@@ -10,10 +10,8 @@ import time
 from django.db import OperationalError
 from rest_framework import serializers
 
-from queues.errors import PermanentJobError
-from queues.registry import RetryPolicy, register
-from queues.schemas import JobData
-from slimy import log_context
+from queues.api import JobData, PermanentJobError, RetryPolicy
+from queues.api import job_type as register
 
 
 class TestData(JobData):
@@ -22,9 +20,9 @@ class TestData(JobData):
 
 
 @register("test_flaky", queue="database", schema=TestData)
-def flaky(data):
+def flaky(data, job):
     """Fails with a transient database error on the first `fail_times` attempts."""
-    attempts = log_context.current()["attempt"]
+    attempts = job.attempt
     if attempts <= data["fail_times"]:
         raise OperationalError(f"simulated outage on attempt {attempts}")
     return {"attempt": attempts}
@@ -52,11 +50,11 @@ def sleep(data):
 
 
 @register("test_fails_once", queue="database", schema=TestData)
-def fails_once(data):
+def fails_once(job):
     """Fails for good on its first attempt; succeeds when an operator retries it."""
-    if log_context.current()["attempt"] == 1:
+    if job.attempt == 1:
         raise PermanentJobError("simulated failure that an operator can retry")
-    return {"attempt": log_context.current()["attempt"]}
+    return {"attempt": job.attempt}
 
 
 @register(

@@ -5,9 +5,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from queues import registry, selectors
+from queues.api import enqueue
 from queues.jobs import DEMO_FAILING_JOB
 from queues.models import Job
-from queues.services import enqueue
 
 POLL_SECONDS = 0.5
 
@@ -65,7 +65,7 @@ class Command(BaseCommand):
         kind = registry.find(DEMO_FAILING_JOB)
         policy = kind.retry_policy
         delays = [f"{policy.delay_after(n):g} s" for n in range(1, policy.attempts)]
-        job = enqueue(kind.queue, kind.name, {"user_id": user.pk})
+        job = enqueue(DEMO_FAILING_JOB, {"user_id": user.pk})
         self.stdout.write(
             f"Enqueued demo job {job.pk} ({kind.name}) for {username} on queue {kind.queue!r}.\n"
             f"It fails {policy.attempts} attempts (waiting {', then '.join(delays)} between "

@@ -1,7 +1,8 @@
 """Serializer fields that take JSON strings only.
 
 DRF's CharField turns 5, 1.5 or true into "5", "1.5", "True": a client sending the wrong type
-gets a 400 saying so instead of a stored surprise.
+gets a 400 saying so instead of a stored surprise. The queues app's API uses them; so do the
+project's apps.
 """
 
 from rest_framework import serializers

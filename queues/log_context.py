@@ -1,7 +1,10 @@
 """Context carried into every log line: the request id, and for a job its ids.
 
 Values live in a context variable so web requests and job runs each see their own. Only ids and
-sizes ever go here: never titles or message content.
+sizes ever go here: never titles or message content. The runner binds each job's ids here for its
+own log lines; a project binds its request id (`slimy.request_id`) and puts the filter and the
+JSON formatter in its `LOGGING`. Code never reads values back from here to decide anything: a
+handler gets its job's ids from the job (`queues.api`), `enqueue` its request id from the caller.
 """
 
 import contextvars
@@ -10,7 +13,7 @@ import logging
 import time
 from contextlib import contextmanager
 
-_context = contextvars.ContextVar("slimy_log_context", default=None)
+_context = contextvars.ContextVar("queues_log_context", default=None)
 
 
 def current():

@@ -1,6 +1,8 @@
 """The API's error shape and status codes, declared once for the OpenAPI schema.
 
-`slimy.errors` produces these bodies; views list which statuses each operation can answer with.
+Views list which statuses each operation can answer with. The project's DRF exception handler
+(here `slimy.errors`) produces these bodies; the queues app declares them, so its own views need
+nothing from the project, and the project's views import them from here.
 """
 
 from drf_spectacular.utils import OpenApiResponse

@@ -1,0 +1,100 @@
+"""The queues app's front door: what another app imports to declare job types, enqueue jobs, and
+tell their outcomes apart. Everything else in `queues` is its own business.
+
+Named like `django.contrib.messages.api`: the app's Python API (its REST API is `views.py`).
+
+Declare a job type in your app's `jobs.py` (found at startup, like `admin.py`), with its queue and
+options beside the handler, the way Oban workers and River's `JobArgs` do::
+
+    from queues.api import JobData, RetryPolicy, job_type
+
+    class SendReceiptData(JobData):  # JobData carries `user_id` and `request_id`
+        id = serializers.IntegerField(min_value=1)
+
+    @job_type("send_receipt", queue="database", schema=SendReceiptData,
+              retry=RetryPolicy(attempts=5), subject=lambda data, result: f"order:{data['id']}")
+    def send_receipt(data, job):  # or (data), or (job): see `queues.handlers`
+        ...
+
+then enqueue it by name, in the transaction of the change that asks for it (the queue comes from
+the type)::
+
+    enqueue("send_receipt", {"id": 7, "user_id": user.pk}, request_id=request.request_id)
+
+Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
+Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
+`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
+"""
+
+from queues import registry, selectors, services
+from queues.errors import (
+    JobError,
+    JobTimeout,
+    JobValidationError,
+    PermanentJobError,
+    SubjectGone,
+    TooManyLiveJobs,
+    TransientJobError,
+    WorkerLost,
+)
+from queues.handlers import RunningJob
+from queues.models import Job
+from queues.registry import RetryPolicy
+from queues.schemas import JobData
+
+__all__ = [
+    "Job",
+    "JobData",
+    "JobError",
+    "JobTimeout",
+    "JobValidationError",
+    "PermanentJobError",
+    "RetryPolicy",
+    "RunningJob",
+    "SubjectGone",
+    "TooManyLiveJobs",
+    "TransientJobError",
+    "WorkerLost",
+    "cancel_waiting_jobs",
+    "enqueue",
+    "forget_subject",
+    "job_type",
+    "subjects_with_failed_jobs",
+    "subjects_with_live_jobs",
+    "types_with_content",
+]
+
+
+def job_type(name, *, queue, schema, **options):
+    """Decorator declaring its function as the handler of job type `name` on `queue`.
+
+    `schema`: a `JobData` serializer for the job's data. Options (`queues.registry.register`
+    takes each, and `JobType` stores it): `retry` (a `RetryPolicy`; `settings.JOB_RETRY_POLICIES`
+    may override it), `subject` (`(data, result) -> "kind:id"`, what the job is about, so it can
+    be found and erased), `content_fields` (data fields holding user content: shown to the job's
+    owner only, erased with its subject) and `client_enqueueable` (`POST /api/queues/jobs` takes
+    it).
+    """
+    return registry.register(name, queue=queue, schema=schema, **options)
+
+
+def enqueue(job_type, data, *, request_id=None, user_checked=False):
+    """Validate and store a job of `job_type` on its queue, in the caller's transaction.
+
+    `data` carries `user_id`. `request_id`: what asked for the job (the caller's request id; a
+    new one when it has none). `user_checked`: the caller read `user_id` from a row whose foreign
+    key vouches for the user, so validation does not look the user up. Returns the `Job`.
+    """
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    return services.enqueue(
+        kind.queue, job_type, data, request_id=request_id, user_checked=user_checked
+    )
+
+
+cancel_waiting_jobs = services.cancel_waiting_jobs
+forget_subject = services.forget_subject
+subjects_with_live_jobs = selectors.subjects_with_live_jobs
+subjects_with_failed_jobs = selectors.subjects_with_failed_jobs
+types_with_content = registry.types_with_content

@@ -1,0 +1,91 @@
+"""Pushing a job: the broker row that makes a worker of the job's queue run it.
+
+The row carries only the job's id (`RUNNER` runs it from its record), signed as django-q2 expects.
+On the database broker it is inserted in the caller's transaction with a `NOTIFY` that PostgreSQL
+delivers at commit (`queues.broker` listens); its `lock` column is the time it may run, so a
+waiting retry is a row in the database. A broker outside the database (Redis) gets the row only
+once the job record commits.
+"""
+
+import uuid
+
+from django.db import connections, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from queues import registry
+
+RUNNER = "queues.runner.run_job"
+CHANNEL = "django_q_ormq"
+INSERT = f"""
+INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
+RETURNING id, pg_notify('{CHANNEL}', key)
+"""
+
+
+def insert_row(queue, payload, run_after, priority=0):
+    """Insert a broker row of `queue` due at `run_after`; its id. PostgreSQL wakes pushers."""
+    if connections[Conf.ORM].vendor != "postgresql":
+        return ORM.get_connection().create(key=queue, payload=payload, lock=run_after).pk
+    # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
+    with connections[Conf.ORM].cursor() as cursor:
+        cursor.execute(INSERT, [queue, payload, run_after, priority])
+        return cursor.fetchone()[0]
+
+
+def broker_in_database():
+    """Whether the configured broker keeps its rows in our database (and joins transactions)."""
+    broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
+    return getattr(broker_class, "joins_transactions", True)
+
+
+def push(job):
+    """Store a broker row that makes a worker of `job.queue` run `job` at `job.run_after`.
+
+    The row carries only the job's id: the data stays in the job record, so scrubbing a job's
+    content never has to decode signed pickles. Returns the row's id (None outside the database).
+    """
+    broker = get_broker(job.queue)
+    if not getattr(broker, "joins_transactions", True):
+        # A broker outside the database (Redis) gets the row only once the job record commits.
+        payload = _payload(job)
+        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        return None
+    # Our database broker, also under a cluster running django-q2's stock broker (the
+    # benchmark's reference), whose `enqueue` knows no `run_after`.
+    return insert_row(job.queue, _payload(job), job.run_after, _priority(job))
+
+
+def push_statement(job):
+    """As `push`, as (sql, params, name) for the caller to send as a CTE `name` of its own
+    statement (`queues.statements`), whose RETURNING gives the row's id; PostgreSQL only.
+
+    None on SQLite and when the queue's broker is outside the database: then `push` the job.
+    """
+    if connections[Conf.ORM].vendor != "postgresql" or not broker_in_database():
+        return None
+    return INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
+
+
+def _priority(job):
+    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share")."""
+    kind = registry.find(job.job_type)
+    return 1 if kind is not None and kind.client_enqueueable else 0
+
+
+def _payload(job):
+    package = {
+        "id": uuid.uuid4().hex,
+        "name": f"{job.job_type}:{job.id}",
+        "func": RUNNER,
+        "args": (str(job.id),),
+        "kwargs": {},
+        "started": timezone.now(),
+        "cluster": job.queue,
+    }
+    return SignedPackage.dumps(package)
