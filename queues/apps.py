@@ -8,11 +8,12 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import broker, metrics, registry
+        from queues import broker, metrics, registry, task_backend
 
         broker.connect_signals()
         metrics.register()
         registry.autodiscover()
+        task_backend.register_job_types()
         # However a user is deleted (admin, shell, API), their job records lose their content in
         # the same transaction.
         pre_delete.connect(
