@@ -4,12 +4,14 @@ The first tests enqueue in-process; the others run the tasks through real `qclus
 """
 
 import itertools
+import json
 import re
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
+from django.test import Client
 from django.utils import timezone
 from django_q.models import OrmQ
 from django_tasks import TaskResultStatus, default_task_backend, task
@@ -19,6 +21,7 @@ from rest_framework.test import APIClient
 
 from queues.errors import JobValidationError
 from queues.models import Job
+from queues.runner import run_job
 from queues.services import enqueue
 from queues.task_backend import QueueBackend
 from tests.support import tasks
@@ -184,6 +187,23 @@ def test_get_result_ignores_jobs_that_are_not_tasks(user):
 
 
 @pytest.mark.django_db
+def test_task_arguments_are_content_redacted_for_operators_and_erased_with_a_gone_subject(
+    operator_api,
+):
+    result = tasks.about_nothing.enqueue(secret="marker-1234")
+    shown = operator_api.get(f"/api/queues/jobs/{result.id}").json()["data"]
+    assert (shown["args"], shown["kwargs"]) == ("[2 chars]", "[25 chars]")
+
+    run_job(result.id)
+
+    job = Job.objects.get(pk=result.id)
+    assert job.status == "failed" and "marker-1234" not in json.dumps(job.data)
+    fetched = default_task_backend.get_result(result.id)
+    assert (fetched.status, fetched.args, fetched.kwargs) == (TaskResultStatus.FAILED, [], {})
+    assert fetched.errors[0].exception_class_path == "queues.errors.SubjectGone"
+
+
+@pytest.mark.django_db
 def test_the_apps_own_job_types_still_require_a_user():
     with pytest.raises(JobValidationError, match="user_id"):
         enqueue("database", "test_sleep", {})
@@ -223,6 +243,9 @@ def test_a_task_runs_in_qcluster_and_its_return_value_is_read_back(cluster):
     assert result.enqueued_at <= result.started_at <= result.finished_at
     assert len(result.worker_ids) == 1
     assert finished(later).return_value == 9  # async functions run to completion
+    metrics = Client().get("/metrics").content.decode()
+    labels = '{job_type="django_task.database",queue="database"}'
+    assert f"slimy_jobs_succeeded_total{labels} 2.0" in metrics
     assert signals_in(cluster.clusters[0], result) == [
         ("task_started", "RUNNING", 1),
         ("task_finished", "SUCCESSFUL", 1),
@@ -269,6 +292,14 @@ def test_a_failing_task_is_retried_with_backoff_then_fails(cluster):
         ("task_started", "RUNNING", 3),
         ("task_finished", "FAILED", 3),
     ]
+
+
+@pytest.mark.cluster
+def test_a_task_that_overruns_its_queues_timeout_is_cut_off_and_retried(cluster):
+    cluster.start(timeout=1)
+    result = finished(tasks.sleepy.enqueue(30))
+    assert (result.status, result.attempts) == (TaskResultStatus.FAILED, 3)
+    assert result.errors[0].exception_class_path == "queues.errors.JobTimeout"
 
 
 @pytest.mark.cluster

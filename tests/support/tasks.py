@@ -5,12 +5,13 @@ Workers import this module when they resolve a task's path; its signal receivers
 """
 
 import logging
+import time
 
 from django.db import OperationalError
 from django_tasks import task
 from django_tasks.signals import task_finished, task_started
 
-from queues.errors import PermanentJobError
+from queues.errors import PermanentJobError, SubjectGone
 
 logger = logging.getLogger("tests.tasks")
 
@@ -44,6 +45,17 @@ def fails_once(context):
 @task
 def tagged(tag):
     return tag
+
+
+@task
+def sleepy(seconds):
+    time.sleep(seconds)
+
+
+@task
+def about_nothing(secret):
+    """What it is about is gone: fails at once, and its arguments are erased with the failure."""
+    raise SubjectGone("the task's subject is gone")
 
 
 def not_a_task():
