@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, replace
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 from django.utils.module_loading import import_string
 from django_tasks import DEFAULT_TASK_QUEUE_NAME, TaskContext, TaskResult, TaskResultStatus
@@ -195,10 +195,9 @@ class QueueBackend(BaseTaskBackend):
                 f"TASKS[{alias!r}]: {type(self).__name__} maps task queue names to our queues "
                 'with OPTIONS {"QUEUES": {name: queue}}, not a QUEUES list.'
             )
-        default = {DEFAULT_TASK_QUEUE_NAME: settings.DEFAULT_QUEUE}
         self.queue_map = self.options.get("QUEUES") or {
             **{queue: queue for queue in settings.QUEUES},
-            **default,
+            DEFAULT_TASK_QUEUE_NAME: settings.DEFAULT_QUEUE,
         }
         for name, queue in self.queue_map.items():
             if queue not in settings.QUEUES:
@@ -256,7 +255,7 @@ class QueueBackend(BaseTaskBackend):
 def _is_uuid(value):
     try:
         Job._meta.pk.to_python(value)
-    except Exception:
+    except ValidationError:
         return False
     return True
 
