@@ -8,11 +8,12 @@ class QueuesConfig(AppConfig):
     verbose_name = "Job queues"
 
     def ready(self):
-        from queues import acknowledgement, checks, metrics, registry, schedules
+        from queues import acknowledgement, checks, metrics, registry, schedules, task_backend
 
         acknowledgement.connect_signals()
         metrics.register()
         registry.autodiscover()
+        task_backend.register_job_types()
         checks.register()
         # Periodic tasks follow the declared list (queues.schedules) after every `migrate`.
         post_migrate.connect(

@@ -16,6 +16,8 @@ DEFAULTS = {
     # Queue name -> options over QUEUE_DEFAULTS. Each queue is one django-q2 cluster: its name is
     # `Q_CLUSTER["name"]` or a key of `Q_CLUSTER["ALT_CLUSTERS"]`.
     "QUEUES": {"database": {}},
+    # The queue of job types that name none (queues' demo job, django.tasks' "default" queue).
+    "DEFAULT_QUEUE": "database",
     # Job type name -> fields of its RetryPolicy (attempts, backoff_seconds, jitter) to override.
     "JOB_RETRY_POLICIES": {},
     # Modules that register job types, besides every installed app's `jobs` module.

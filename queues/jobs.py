@@ -7,6 +7,7 @@ touches no data.
 """
 
 from queues.api import JobData, RetryPolicy, TransientJobError, job_type
+from queues.conf import conf
 
 DEMO_FAILING_JOB = "demo_fails_until_retried"
 
@@ -17,7 +18,7 @@ class DemoOutage(TransientJobError):
 
 @job_type(
     DEMO_FAILING_JOB,
-    queue="database",
+    queue=conf.DEFAULT_QUEUE,
     schema=JobData,
     retry=RetryPolicy(attempts=3, backoff_seconds=10.0),
     subject=lambda data, result=None: "demo:failing-job",

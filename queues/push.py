@@ -73,9 +73,10 @@ def push_statement(job):
 
 
 def _priority(job):
-    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share")."""
+    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share");
+    a type may rank its jobs itself (django.tasks' priority: queues.task_backend)."""
     kind = registry.find(job.job_type)
-    return 1 if kind is not None and kind.client_enqueueable else 0
+    return kind.broker_priority(job.data) if kind is not None else 0
 
 
 def _payload(job):

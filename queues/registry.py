@@ -4,6 +4,7 @@ Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup 
 modules are; `settings.JOB_TYPE_MODULES` names extra ones.
 """
 
+import json
 import random
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -44,6 +45,14 @@ class JobType:
     # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
     # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
     client_enqueueable: bool = False
+    # callable(data) -> the broker row's claim rank (lower is claimed first), or None: the app's
+    # own types rank 0, client-enqueueable ones 1 (docs/job-queue.md, "Fair share").
+    priority: object = None
+
+    def broker_priority(self, data):
+        if self.priority is not None:
+            return self.priority(data)
+        return 1 if self.client_enqueueable else 0
 
     def without_content(self, data):
         return {k: v for k, v in data.items() if k not in self.content_fields}
@@ -51,7 +60,9 @@ class JobType:
     def redacted(self, data):
         """`data` with each content field replaced by its size, e.g. "[1,204 chars]"."""
         return {
-            k: f"[{len(v) if isinstance(v, str) else 0:,} chars]" if k in self.content_fields else v
+            k: f"[{len(v if isinstance(v, str) else json.dumps(v)):,} chars]"
+            if k in self.content_fields
+            else v
             for k, v in data.items()
         }
 
@@ -90,6 +101,7 @@ def register(
     subject=None,
     content_fields=(),
     client_enqueueable=False,
+    priority=None,
 ):
     """Decorator registering `handler` as job type `name` (its parameters: `queues.handlers`)."""
 
@@ -108,6 +120,7 @@ def register(
             subject,
             tuple(content_fields),
             client_enqueueable,
+            priority,
         )
         return handler
 

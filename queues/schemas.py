@@ -16,3 +16,9 @@ class JobData(serializers.Serializer):
         if not get_user_model().objects.filter(pk=value).exists():
             raise serializers.ValidationError(f"user {value} does not exist")
         return value
+
+
+class UserlessJobData(JobData):
+    """For jobs the app enqueues on nobody's behalf (django.tasks tasks): `user_id` optional."""
+
+    user_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1, required=False)

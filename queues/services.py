@@ -33,13 +33,15 @@ def enqueue_for_client(user, queue, job_type, data, *, request_id=None):
     return enqueue(queue, job_type, {**data, "user_id": user.pk}, request_id=request_id)
 
 
-def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
+def enqueue(queue, job_type, data, *, request_id=None, user_checked=False, run_after=None):
     """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
 
-    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` must carry
-    `user_id`; `request_id` names what asked for it (the caller passes its request's id; a new
-    one when it has none), unless `data` carries one. Unknown queue or type, or data
-    that does not fit the type's schema, raise `JobValidationError` and store nothing.
+    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` carries
+    `user_id` (optional only for types whose schema says so, e.g. `UserlessJobData`);
+    `request_id` names what asked for it (the caller passes its request's id; a new one when it
+    has none), unless `data` carries one; `run_after` defers the first attempt. Unknown queue or
+    type, or data that does not fit the type's schema, raise `JobValidationError` and store
+    nothing.
     `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
     vouches for it), so validation does not look the user up again.
     """
@@ -54,10 +56,11 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False):
         job_type=job_type,
         data=cleaned,
         subject=kind.subject_of(cleaned),
-        user_id=cleaned["user_id"],
+        user_id=cleaned.get("user_id"),
         request_id=cleaned["request_id"],
         max_attempts=kind.retry_policy.attempts,
         trace_context=tracing.capture(),
+        run_after=run_after or timezone.now(),
     )
     with transaction.atomic(savepoint=False):
         broker_row = push_statement(job)

@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     # Before django_q: its `qcluster` command runs our cluster (queues/cluster.py).
     "queues",
     "django_q",
+    "django_tasks",
     "django_prometheus",
     "drf_spectacular",
     # Swagger UI's assets served from our own static files: the docs page needs no internet.
@@ -223,6 +224,9 @@ QUEUES = {
     "database": dict(QUEUE_DEFAULTS),
 }
 DEFAULT_QUEUE = "database"
+# `django.tasks` (the django-tasks backport): `@task` functions run as jobs of our queues
+# (queues.task_backend, docs/tasks.md); task queue "default" is DEFAULT_QUEUE.
+TASKS = {"default": {"BACKEND": "queues.task_backend.QueueBackend"}}
 # Per job type overrides of the registered retry policy, e.g.
 # {"delete_conversation": {"attempts": 5, "backoff_seconds": 1.0, "jitter": 0.1}}.
 JOB_RETRY_POLICIES = {}
