@@ -1,9 +1,8 @@
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
+from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
 from tests.support.web import WebServerFactory
 
@@ -52,12 +51,6 @@ def other_user(make_user):
 @pytest.fixture
 def staff_user(make_user):
     return make_user("staff", is_staff=True)
-
-
-def token_client(user):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
 
 
 @pytest.fixture

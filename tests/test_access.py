@@ -12,7 +12,7 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 
 pytestmark = pytest.mark.django_db
 

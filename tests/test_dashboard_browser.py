@@ -11,7 +11,7 @@ from django.core.management import call_command
 from queues.jobs import DEMO_FAILING_JOB
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]

@@ -15,7 +15,7 @@ from django.test import Client
 from chat.models import Conversation
 from queues.models import Job
 from queues.runner import run_job
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]

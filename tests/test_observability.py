@@ -15,7 +15,7 @@ from queues.maintenance import prune_finished_jobs
 from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 
 

@@ -12,7 +12,7 @@ from queues.models import Job
 from queues.operators import OPERATOR_GROUP
 from queues.runner import run_job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 
 pytestmark = pytest.mark.django_db
 

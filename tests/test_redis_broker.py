@@ -15,7 +15,7 @@ from chat.models import Conversation, Message
 from queues.maintenance import redeliver_stranded_jobs
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]

@@ -7,7 +7,7 @@ from rest_framework.settings import api_settings
 from chat.models import Conversation
 from queues.models import Job
 from queues.views import EnqueueRateThrottle
-from tests.conftest import token_client
+from tests.support.clients import token_client
 
 pytestmark = pytest.mark.django_db
 

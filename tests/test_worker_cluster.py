@@ -15,7 +15,7 @@ from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import database_session, wait_for
 from tests.support.data import orphan_message_count
 
