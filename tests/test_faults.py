@@ -20,6 +20,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.support.cluster import wait_for
 from tests.support.data import orphan_message_count
+from tests.support.jobs import wait_for_job, wait_for_jobs
 from tests.support.pg_server import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -47,15 +48,6 @@ def succeeded(job_ids):
     return Job.objects.filter(pk__in=job_ids, status="succeeded").count()
 
 
-def wait_all_finished(job_ids, timeout):
-    wait_for(
-        lambda: not Job.objects.filter(pk__in=job_ids).exclude(status__in=Job.FINISHED).exists(),
-        timeout,
-        interval=0.5,
-        message=f"{len(job_ids)} jobs to finish",
-    )
-
-
 def assert_everything_deleted_exactly_once(conversation_ids, job_ids):
     assert not Conversation.objects.filter(pk__in=conversation_ids).exists()
     assert not Message.objects.filter(conversation_id__in=conversation_ids).exists()
@@ -72,7 +64,7 @@ def test_sigkill_of_a_worker_in_the_middle_of_200_deletions_loses_nothing(cluste
     wait_for(lambda: succeeded(job_ids) >= 40, 60, message="40 deletions")
     assert succeeded(job_ids) < 200, "the kill came too late to be mid-run"
     os.kill(qcluster.worker_pids()[0], signal.SIGKILL)
-    wait_all_finished(job_ids, 90)
+    wait_for_jobs(job_ids, timeout=90, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
     assert succeeded(job_ids) == 200
 
@@ -111,7 +103,7 @@ def test_postgresql_restart_in_the_middle_of_500_deletions_loses_nothing(
     on_throwaway_server.restart()
     connection.close()  # ours died with the server; the next query opens a fresh one
     assert succeeded(job_ids) < 500, "the restart came too late to be mid-run"
-    wait_all_finished(job_ids, 120)
+    wait_for_jobs(job_ids, timeout=120, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
 
@@ -126,7 +118,7 @@ def test_every_worker_connection_terminated_mid_run_loses_nothing(cluster, user)
         )
         assert cursor.fetchone()[0] >= 4
     assert succeeded(job_ids) < 300, "the fault came too late to be mid-run"
-    wait_all_finished(job_ids, 120)
+    wait_for_jobs(job_ids, timeout=120, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
 
@@ -140,18 +132,18 @@ def test_sigterm_of_the_whole_cluster_mid_run_then_a_restart_loses_nothing(clust
     assert time.monotonic() - started < 30
     assert succeeded(job_ids) < 300, "the stop came too late to be mid-run"
     cluster.start(workers=4, timeout=5, extra_env=FAST_RECOVERY)
-    wait_all_finished(job_ids, 120)
+    wait_for_jobs(job_ids, timeout=120, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
 
 def test_a_hanging_handler_is_cut_off_by_the_timeout_and_retried(cluster, user):
     cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
     job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 60})
-    wait_all_finished([job.pk], 60)
+    wait_for_job(job.pk, timeout=60)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 3, "JobTimeout")
     follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
-    wait_all_finished([follow_up.pk], 20)
+    wait_for_job(follow_up.pk, timeout=20)
     assert succeeded([follow_up.pk]) == 1
 
 
@@ -159,10 +151,10 @@ def test_a_handler_stuck_out_of_reach_of_the_timeout_has_its_worker_replaced(clu
     qcluster = cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
     workers_before = set(qcluster.worker_pids())
     job = enqueue("database", "test_stuck", {"user_id": user.pk, "seconds": 60})
-    wait_all_finished([job.pk], 60)
+    wait_for_job(job.pk, timeout=60)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 2, "WorkerLost")
     assert set(qcluster.worker_pids()) - workers_before, "the guard started a new worker"
     follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
-    wait_all_finished([follow_up.pk], 20)
+    wait_for_job(follow_up.pk, timeout=20)
     assert succeeded([follow_up.pk]) == 1

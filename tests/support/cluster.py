@@ -15,14 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`.
+
+    `message` says what was awaited; a callable is asked at the timeout, so it can tell how far
+    things got."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            awaited = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {awaited}")
         time.sleep(interval)
 
 
