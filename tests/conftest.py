@@ -4,6 +4,7 @@ from django.core.cache import cache
 
 from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
+from tests.support.redis_queue import REDIS_URL
 from tests.support.web import WebServerFactory
 
 
@@ -86,6 +87,21 @@ def operator_api(operator_user):
 @pytest.fixture
 def staff_api(staff_user):
     return token_client(staff_user)
+
+
+@pytest.fixture
+def redis_queue(monkeypatch):
+    """This process enqueues on Redis too (`tests/support/redis_queue.py`); the queue's keys are
+    empty before and after."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
+    monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
+    broker = get_broker("database")
+    broker.delete_queue()
+    yield broker
+    broker.delete_queue()
 
 
 @pytest.fixture

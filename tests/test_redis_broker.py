@@ -7,7 +7,6 @@ import pytest
 import redis
 from django.db import transaction
 from django.utils import timezone
-from django_q.brokers import get_broker
 from django_q.conf import Conf
 
 from chat import services
@@ -18,23 +17,9 @@ from queues.services import enqueue
 from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 from tests.support.jobs import wait_for_job
+from tests.support.redis_queue import ON_REDIS, REDIS_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
-
-# A database number of its own, so the tests touch nobody else's keys.
-REDIS_URL = "redis://127.0.0.1:6379/13"
-ON_REDIS = {"QUEUE_BROKER": "redis", "REDIS_URL": REDIS_URL, "QUEUE_REDELIVERY_GRACE": "2"}
-
-
-@pytest.fixture
-def redis_queue(monkeypatch):
-    """This process enqueues on Redis too; the queue's keys are empty before and after."""
-    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
-    monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
-    broker = get_broker("database")
-    broker.delete_queue()
-    yield broker
-    broker.delete_queue()
 
 
 def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):

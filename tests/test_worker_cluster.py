@@ -16,13 +16,11 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
 from tests.support.clients import token_client
-from tests.support.cluster import database_session, wait_for
+from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
 from tests.support.data import orphan_message_count
 from tests.support.jobs import wait_for_job, wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
-
-FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
 
 
 def job_state(job_id):
@@ -139,9 +137,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_3_attempts(cluster, 
 def test_two_clusters_share_1000_jobs_none_lost_or_doubled(cluster, user):
     """Two worker hosts on one PostgreSQL, as two clusters of this machine."""
     jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(1000)]
-    keep_all = {"JOB_KEEP_SUCCEEDED": "1000"}  # retention would prune the records checked below
-    one = cluster.start(workers=4, extra_env=keep_all)
-    two = cluster.start(workers=4, extra_env=keep_all)
+    one = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
+    two = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
     wait_for_jobs([j.pk for j in jobs], timeout=180, interval=0.5)
     finished = Job.objects.filter(pk__in=[j.pk for j in jobs])
     assert finished.filter(status="succeeded", attempts=1).count() == 1000

@@ -39,3 +39,8 @@ def wait_for_jobs(job_ids=None, *, until=Job.FINISHED, timeout=60, interval=0.1)
 def wait_for_job(job_id, *, until=Job.FINISHED, timeout=60, interval=0.05):
     """`wait_for_jobs` for one job: the job, once its status is in `until`."""
     return wait_for_jobs([job_id], until=until, timeout=timeout, interval=interval)[0]
+
+
+def succeeded(job_ids):
+    """How many of `job_ids` have succeeded so far."""
+    return Job.objects.filter(pk__in=job_ids, status="succeeded").count()
