@@ -4,6 +4,7 @@ from django.core.cache import cache
 
 from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
+from tests.support.data import make_conversation
 from tests.support.redis_queue import REDIS_URL
 from tests.support.web import WebServerFactory
 
@@ -52,6 +53,12 @@ def other_user(make_user):
 @pytest.fixture
 def staff_user(make_user):
     return make_user("staff", is_staff=True)
+
+
+@pytest.fixture
+def conversation(user):
+    """Alice's conversation "Chat" holding three messages, m0 to m2."""
+    return make_conversation(user)
 
 
 @pytest.fixture

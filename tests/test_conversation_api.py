@@ -11,13 +11,6 @@ from queues.models import Job
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def conversation(user):
-    conversation = Conversation.objects.create(owner=user, title="Mine")
-    Message.objects.create(conversation=conversation, role="user", content="hello")
-    return conversation
-
-
 def test_token_endpoint_trades_credentials_for_a_token(client, user):
     response = client.post(
         "/api/auth/token",
@@ -118,8 +111,8 @@ def test_messages_are_listed_oldest_first_and_appended(api, conversation):
     created = api.post(url, {"role": "assistant", "content": "hi there\n"}, format="json")
     assert created.status_code == 201
     body = api.get(url).json()
-    assert [m["content"] for m in body["results"]] == ["hello", "hi there\n"]
-    assert body["count"] == 2
+    assert [m["content"] for m in body["results"]] == ["m0", "m1", "m2", "hi there\n"]
+    assert body["count"] == 4
 
 
 def test_message_with_unknown_role_gets_a_400(api, conversation):

@@ -15,17 +15,9 @@ from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
 from queues.models import Job
+from tests.support.data import make_conversation
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def conversation(user):
-    conversation = Conversation.objects.create(owner=user, title="Doomed")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(3)
-    )
-    return conversation
 
 
 def test_delete_answers_ok_with_the_job_id_and_hides_the_conversation(api, conversation):
@@ -154,10 +146,7 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
 
 
 def _queries_to_delete(user, messages):
-    conversation = Conversation.objects.create(owner=user, title="Sized")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content="x") for _ in range(messages)
-    )
+    conversation = make_conversation(user, title="Sized", messages=messages)
     with CaptureQueriesContext(connection) as queries:
         services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     return [q["sql"] for q in queries.captured_queries]

@@ -12,17 +12,13 @@ pytestmark = pytest.mark.django_db
 CONVERSATIONS = "/api/chat/conversations"
 
 
-@pytest.fixture
-def conversation(user):
-    return Conversation.objects.create(owner=user, title="Mine")
-
-
 def _nothing_stored(conversation=None):
+    """No job stored, and no conversation; or, given one, no message added to it."""
     assert Job.objects.count() == 0
     if conversation is None:
         assert Conversation.objects.count() == 0
     else:
-        assert not Message.objects.filter(conversation=conversation).exists()
+        assert conversation.messages.count() == 3  # the three the fixture made
 
 
 def test_a_body_over_the_size_limit_gets_a_413(api, settings):
@@ -129,7 +125,7 @@ def test_unicode_beyond_ascii_is_stored_as_sent(api, conversation):
         format="json",
     )
     assert posted.status_code == 201
-    assert Message.objects.get().content == content
+    assert Message.objects.get(pk=posted.json()["id"]).content == content
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.support.clients import token_client
 from tests.support.cluster import wait_for
+from tests.support.data import make_conversation
 from tests.support.jobs import wait_for_job
 from tests.support.redis_queue import ON_REDIS, REDIS_URL
 
@@ -23,10 +24,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(t
 
 
 def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
-    conversation = Conversation.objects.create(owner=user, title="On Redis")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(20)
-    )
+    conversation = make_conversation(user, title="On Redis", messages=20)
     cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
     response = token_client(user).delete(f"/api/chat/conversations/{conversation.pk}")
     job = wait_for_job(response.json()["job_id"], timeout=30)

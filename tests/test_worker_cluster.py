@@ -17,7 +17,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.support.clients import token_client
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
-from tests.support.data import orphan_message_count
+from tests.support.data import make_conversation, orphan_message_count
 from tests.support.jobs import wait_for_job, wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -25,14 +25,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(t
 
 def job_state(job_id):
     return Job.objects.get(pk=job_id)
-
-
-def make_conversation(owner, messages=3, title="Chat"):
-    conversation = Conversation.objects.create(owner=owner, title=title)
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
-    )
-    return conversation
 
 
 def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, other_user):

@@ -7,6 +7,15 @@ from chat.models import Conversation, Message
 from queues.models import Job
 
 
+def make_conversation(owner, *, title="Chat", messages=3):
+    """A conversation of `owner` holding `messages` user messages, "m0", "m1", ..."""
+    conversation = Conversation.objects.create(owner=owner, title=title, message_count=messages)
+    Message.objects.bulk_create(
+        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
+    )
+    return conversation
+
+
 def request_deletions(owner, count, messages=3):
     """`count` conversations of `owner` whose deletion is requested: (conversation ids, job ids)."""
     conversations = Conversation.objects.bulk_create(
