@@ -92,11 +92,6 @@ def operator_api(operator_user):
 
 
 @pytest.fixture
-def staff_api(staff_user):
-    return token_client(staff_user)
-
-
-@pytest.fixture
 def redis_queue(monkeypatch):
     """This process enqueues on Redis too (`tests/support/redis_queue.py`); the queue's keys are
     empty before and after."""

@@ -8,7 +8,6 @@ from django.db import connection
 from django.db.models.signals import post_delete, pre_delete
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
-from rest_framework.test import APIClient
 
 from chat import services
 from chat.apps import _conversation_deleted
@@ -64,25 +63,6 @@ def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conve
     assert conversation.deletion_requested_at is None
     assert Job.objects.count() == 0
     assert OrmQ.objects.count() == 0
-
-
-def test_session_authenticated_delete_without_csrf_token_is_refused(user, conversation):
-    client = APIClient(enforce_csrf_checks=True)
-    client.force_login(user)
-    response = client.delete(f"/api/chat/conversations/{conversation.pk}")
-    assert response.status_code == 403
-    assert response.json()["error"] == "permission_denied"
-    assert "CSRF" in response.json()["detail"]
-    assert Job.objects.count() == 0
-
-
-def test_session_authenticated_delete_with_csrf_token_works(user, conversation):
-    client = APIClient(enforce_csrf_checks=True)
-    client.force_login(user)
-    client.get("/admin/login/")  # sets the CSRF cookie
-    token = client.cookies["csrftoken"].value
-    response = client.delete(f"/api/chat/conversations/{conversation.pk}", HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 200
 
 
 def test_delete_service_removes_conversation_and_messages_only(user, other_user, conversation):
