@@ -92,6 +92,18 @@ def operator_api(operator_user):
 
 
 @pytest.fixture
+def failed_job(user):
+    """A job of Alice's that failed for good on its first attempt."""
+    from queues.models import Job
+    from queues.runner import run_job
+    from queues.services import enqueue
+
+    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    run_job(job.id)
+    return Job.objects.get(pk=job.pk)
+
+
+@pytest.fixture
 def redis_queue(monkeypatch):
     """This process enqueues on Redis too (`tests/support/redis_queue.py`); the queue's keys are
     empty before and after."""

@@ -18,13 +18,6 @@ from queues.services import enqueue
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def failed_job(user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
-    run_job(job.id)
-    return Job.objects.get(pk=job.pk)
-
-
 def test_job_status_shows_its_owner_the_outcome_but_not_the_traceback(api, failed_job):
     """Who else may see it: tests/test_access.py; odd job ids: tests/test_hostile_input.py."""
     mine = api.get(f"/api/queues/jobs/{failed_job.pk}")
