@@ -1,10 +1,11 @@
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
+from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
+from tests.support.data import make_conversation
+from tests.support.redis_queue import REDIS_URL
 from tests.support.web import WebServerFactory
 
 
@@ -54,10 +55,10 @@ def staff_user(make_user):
     return make_user("staff", is_staff=True)
 
 
-def token_client(user):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
+@pytest.fixture
+def conversation(user):
+    """Alice's conversation "Chat" holding three messages, m0 to m2."""
+    return make_conversation(user)
 
 
 @pytest.fixture
@@ -91,8 +92,30 @@ def operator_api(operator_user):
 
 
 @pytest.fixture
-def staff_api(staff_user):
-    return token_client(staff_user)
+def failed_job(user):
+    """A job of Alice's that failed for good on its first attempt."""
+    from queues.models import Job
+    from queues.runner import run_job
+    from queues.services import enqueue
+
+    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    run_job(job.id)
+    return Job.objects.get(pk=job.pk)
+
+
+@pytest.fixture
+def redis_queue(monkeypatch):
+    """This process enqueues on Redis too (`tests/support/redis_queue.py`); the queue's keys are
+    empty before and after."""
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
+    monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
+    broker = get_broker("database")
+    broker.delete_queue()
+    yield broker
+    broker.delete_queue()
 
 
 @pytest.fixture

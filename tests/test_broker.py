@@ -14,7 +14,7 @@ from queues.broker import CHANNEL, JobBroker
 from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
-from tests.support.cluster import wait_for
+from tests.support.jobs import wait_for_job
 
 
 def raw_connection():
@@ -123,11 +123,7 @@ def test_an_idle_cluster_starts_each_new_job_at_once_without_polling(cluster, us
     delays = []
     for _ in range(4):
         job = enqueue("database", "test_sleep", {"user_id": user.pk})
-        done = wait_for(
-            lambda job=job: (current := Job.objects.get(pk=job.pk)).is_finished and current,
-            10,
-            message="job",
-        )
+        done = wait_for_job(job.pk, timeout=10)
         delays.append((done.started_at - job.created_at).total_seconds())
         time.sleep(1)  # idle: the pusher waits on LISTEN (up to 5 s) rather than polling
     delays.pop(0)  # the first job may have met workers still starting

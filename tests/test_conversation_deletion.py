@@ -8,24 +8,15 @@ from django.db import connection
 from django.db.models.signals import post_delete, pre_delete
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
-from rest_framework.test import APIClient
 
 from chat import services
 from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
 from queues.models import Job
+from tests.support.data import make_conversation
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def conversation(user):
-    conversation = Conversation.objects.create(owner=user, title="Doomed")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(3)
-    )
-    return conversation
 
 
 def test_delete_answers_ok_with_the_job_id_and_hides_the_conversation(api, conversation):
@@ -72,25 +63,6 @@ def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conve
     assert conversation.deletion_requested_at is None
     assert Job.objects.count() == 0
     assert OrmQ.objects.count() == 0
-
-
-def test_session_authenticated_delete_without_csrf_token_is_refused(user, conversation):
-    client = APIClient(enforce_csrf_checks=True)
-    client.force_login(user)
-    response = client.delete(f"/api/chat/conversations/{conversation.pk}")
-    assert response.status_code == 403
-    assert response.json()["error"] == "permission_denied"
-    assert "CSRF" in response.json()["detail"]
-    assert Job.objects.count() == 0
-
-
-def test_session_authenticated_delete_with_csrf_token_works(user, conversation):
-    client = APIClient(enforce_csrf_checks=True)
-    client.force_login(user)
-    client.get("/admin/login/")  # sets the CSRF cookie
-    token = client.cookies["csrftoken"].value
-    response = client.delete(f"/api/chat/conversations/{conversation.pk}", HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 200
 
 
 def test_delete_service_removes_conversation_and_messages_only(user, other_user, conversation):
@@ -154,10 +126,7 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
 
 
 def _queries_to_delete(user, messages):
-    conversation = Conversation.objects.create(owner=user, title="Sized")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content="x") for _ in range(messages)
-    )
+    conversation = make_conversation(user, title="Sized", messages=messages)
     with CaptureQueriesContext(connection) as queries:
         services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     return [q["sql"] for q in queries.captured_queries]

@@ -11,8 +11,9 @@ from django.core.management import call_command
 from queues.jobs import DEMO_FAILING_JOB
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
+from tests.support.jobs import wait_for_job, wait_for_jobs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -55,7 +56,7 @@ def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
     for _ in range(3):
         enqueue("database", "test_sleep", {"user_id": user.pk})
     failing = enqueue("database", "test_fails_once", {"user_id": user.pk})
-    wait_for(lambda: not Job.objects.exclude(status__in=Job.FINISHED).exists(), 30, message="jobs")
+    wait_for_jobs(timeout=30)
     assert Job.objects.get(pk=failing.pk).status == "failed"
 
     client.force_login(operator_user)
@@ -77,11 +78,7 @@ def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"]')
     row.find_element(By.CSS_SELECTOR, "button.retry").click()
     wait_for(lambda: "sent back to its queue" in browser.page_source, 10, message="retry message")
-    retried = wait_for(
-        lambda: (job := Job.objects.get(pk=failing.pk)).status == "succeeded" and job,
-        30,
-        message="the retried job to run",
-    )
+    retried = wait_for_job(failing.pk, until="succeeded", timeout=30)
     assert (retried.attempts, retried.retried_by) == (2, operator_user)
 
     browser.get(f"{live_server.url}/dashboard/queues")
@@ -152,10 +149,6 @@ def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard
     browser.save_screenshot(str(tmp_path / "operator-admin-retry.png"))
 
     for job in (from_dashboard, from_admin):
-        retried = wait_for(
-            lambda job=job: (j := Job.objects.get(pk=job.pk)).status == "succeeded" and j,
-            30,
-            message="the retried job to run",
-        )
+        retried = wait_for_job(job.pk, until="succeeded", timeout=30)
         assert (retried.attempts, retried.retried_by.username) == (2, "operator")
         assert not retried.retried_by.is_superuser

@@ -15,20 +15,12 @@ from django.test import Client
 from chat.models import Conversation
 from queues.models import Job
 from queues.runner import run_job
-from tests.conftest import token_client
-from tests.support.cluster import wait_for
+from tests.support.clients import token_client
+from tests.support.jobs import wait_for_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 VERBOSE_LOGS = {"LOG_LEVEL": "DEBUG", "DJANGO_Q_LOG_LEVEL": "DEBUG"}
-
-
-def wait_status(job_id, *statuses):
-    return wait_for(
-        lambda: (job := Job.objects.get(pk=job_id)).status in statuses and job,
-        60,
-        message=f"job {job_id} to be {statuses}",
-    )
 
 
 def enqueue_via_api(client, job_type, data):
@@ -94,7 +86,7 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
     first = cluster.start(extra_env=VERBOSE_LOGS)
 
     created = enqueue_via_api(api, "create_conversation", {"title": f"Secret {marker}"})
-    conversation_id = wait_status(created, "succeeded").result["conversation_id"]
+    conversation_id = wait_for_job(created, until="succeeded").result["conversation_id"]
     messages_url = f"/api/chat/conversations/{conversation_id}/messages"
     sent = api.post(messages_url, {"role": "user", "content": f"api {marker}"}, format="json")
     assert sent.status_code == 201
@@ -103,13 +95,13 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
         "save_message",
         {"conversation_id": conversation_id, "role": "assistant", "content": f"job {marker}"},
     )
-    wait_status(saved, "succeeded")
+    wait_for_job(saved, until="succeeded")
     refused = enqueue_via_api(
         stranger,
         "save_message",
         {"conversation_id": conversation_id, "role": "user", "content": f"foreign {marker}"},
     )
-    assert wait_status(refused, "failed").last_error_class == "ConversationGone"
+    assert wait_for_job(refused, until="failed").last_error_class == "ConversationGone"
 
     staff_user.is_superuser = True
     staff_user.save()
@@ -132,7 +124,7 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
     assert deleted.status_code == 200
     assert Job.objects.get(pk=waiting).status == "cancelled"
     second = cluster.start(extra_env=VERBOSE_LOGS)
-    wait_status(deleted.json()["job_id"], "succeeded")
+    wait_for_job(deleted.json()["job_id"], until="succeeded")
 
     assert not Conversation.objects.filter(pk=conversation_id).exists()
     kept_failure = Job.objects.get(pk=refused)

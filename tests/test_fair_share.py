@@ -7,7 +7,7 @@ import pytest
 from chat.models import Conversation
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 
 pytestmark = [

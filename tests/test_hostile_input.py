@@ -1,4 +1,5 @@
-"""Hostile input gets a clear 4xx JSON error and stores nothing."""
+"""Bad and hostile input gets a clear 4xx JSON error and stores nothing: bodies, fields, ids,
+page numbers. (Who may do what: tests/test_access.py.)"""
 
 import json
 
@@ -12,17 +13,13 @@ pytestmark = pytest.mark.django_db
 CONVERSATIONS = "/api/chat/conversations"
 
 
-@pytest.fixture
-def conversation(user):
-    return Conversation.objects.create(owner=user, title="Mine")
-
-
 def _nothing_stored(conversation=None):
+    """No job stored, and no conversation; or, given one, no message added to it."""
     assert Job.objects.count() == 0
     if conversation is None:
         assert Conversation.objects.count() == 0
     else:
-        assert not Message.objects.filter(conversation=conversation).exists()
+        assert conversation.messages.count() == 3  # the three the fixture made
 
 
 def test_a_body_over_the_size_limit_gets_a_413(api, settings):
@@ -55,9 +52,10 @@ def test_bodies_that_are_not_json_get_a_415(api, content_type, body):
         "[" * 100_000 + "]" * 100_000,  # deeper than the decoder's recursion limit
         '{"title": NaN}',
         '{"title": "a"',
+        "{not json",
         b'{"title": "\xff\xfe"}',  # not UTF-8
     ],
-    ids=["deeply-nested", "nan", "truncated", "bad-utf8"],
+    ids=["deeply-nested", "nan", "truncated", "not-json", "bad-utf8"],
 )
 def test_json_that_cannot_be_parsed_gets_a_400(api, body):
     response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
@@ -83,23 +81,27 @@ def test_deeply_nested_values_in_fields_get_a_400_naming_the_field(api):
 
 
 @pytest.mark.parametrize(
-    "title",
+    "body",
     [
-        "nul\x00byte",
-        "escape\x1b[31m",
-        "bell\x07",
-        "c1\x85control",
-        "lone\ud800surrogate",
-        "",
-        "invoice\u202egpj.exe",
-        "isolate\u2067x\u2069",
-        "mark\u200f",
+        {},
+        {"title": ""},
+        {"title": "x" * 201},
+        {"title": "nul\x00byte"},
+        {"title": "escape\x1b[31m"},
+        {"title": "bell\x07"},
+        {"title": "c1\x85control"},
+        {"title": "lone\ud800surrogate"},
+        {"title": "invoice\u202egpj.exe"},
+        {"title": "isolate\u2067x\u2069"},
+        {"title": "mark\u200f"},
     ],
 )
-def test_titles_with_control_or_bidi_characters_or_lone_surrogates_get_a_400(api, title):
-    body = json.dumps({"title": title})  # \ud800 travels as an escape, as a hostile client sends it
-    response = api.generic("POST", CONVERSATIONS, body, content_type="application/json")
+def test_invalid_titles_get_a_400_naming_the_field(api, body):
+    """Missing, empty, too long, control or bidi characters, lone surrogates."""
+    raw = json.dumps(body)  # \ud800 travels as an escape, as a hostile client sends it
+    response = api.generic("POST", CONVERSATIONS, raw, content_type="application/json")
     assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
     assert list(response.json()["fields"]) == ["title"]
     _nothing_stored()
 
@@ -129,7 +131,7 @@ def test_unicode_beyond_ascii_is_stored_as_sent(api, conversation):
         format="json",
     )
     assert posted.status_code == 201
-    assert Message.objects.get().content == content
+    assert Message.objects.get(pk=posted.json()["id"]).content == content
 
 
 @pytest.mark.parametrize(
@@ -138,10 +140,12 @@ def test_unicode_beyond_ascii_is_stored_as_sent(api, conversation):
         "0",
         "-1",
         "99999999999999999999999999",
+        "9" * 40,
         "9223372036854775808",
         "abc",
         "1e3",
         "1.0",
+        "1.5",
         "%00",
         "%F0%9F%90%8C",
         "1%20",
@@ -154,20 +158,26 @@ def test_odd_ids_get_the_same_404_as_a_missing_conversation(api, conversation, r
         response = getattr(api, method)(f"{CONVERSATIONS}/{raw_id}", {"title": "t"}, format="json")
         assert response.status_code == 404, (method, raw_id)
         assert response.content == missing.content
-    messages = api.get(f"{CONVERSATIONS}/{raw_id}/messages")
-    assert messages.status_code == 404 and messages.content == missing.content
+    messages_url = f"{CONVERSATIONS}/{raw_id}/messages"
+    for response in (
+        api.get(messages_url),
+        api.post(messages_url, {"role": "user", "content": "x"}, format="json"),
+    ):
+        assert response.status_code == 404 and response.content == missing.content
     _nothing_stored(conversation)
 
 
-@pytest.mark.parametrize("raw_id", ["abc", "-1", "0" * 200, "%00", "{}"])
-def test_odd_job_ids_get_a_404(api, raw_id):
+@pytest.mark.parametrize("raw_id", ["abc", "not-a-uuid", "-1", "0" * 200, "%00", "{}"])
+def test_odd_job_ids_get_the_same_404_as_a_missing_job(api, raw_id):
+    missing = api.get("/api/queues/jobs/00000000-0000-0000-0000-000000000000")
     response = api.get(f"/api/queues/jobs/{raw_id}")
     assert response.status_code == 404
     assert response.json() == {"error": "job_not_found", "detail": "Job not found."}
+    assert response.content == missing.content
 
 
-@pytest.mark.parametrize("page", ["-1", "0", "abc", "999999999999999999999"])
-def test_odd_page_numbers_get_a_404(api, page):
+@pytest.mark.parametrize("page", ["", "-1", "0", "1.5", "abc", "999999999999999999999"])
+def test_odd_page_numbers_get_a_404_not_page_one(api, conversation, page):
     response = api.get(CONVERSATIONS, {"page": page})
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"

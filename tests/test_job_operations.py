@@ -18,31 +18,13 @@ from queues.services import enqueue
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def failed_job(user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
-    run_job(job.id)
-    return Job.objects.get(pk=job.pk)
-
-
-def test_job_status_is_shown_to_its_owner_and_holders_of_view_job_only(
-    api, other_api, staff_api, operator_api, client, failed_job
-):
-    url = f"/api/queues/jobs/{failed_job.pk}"
-    mine = api.get(url)
+def test_job_status_shows_its_owner_the_outcome_but_not_the_traceback(api, failed_job):
+    """Who else may see it: tests/test_access.py; odd job ids: tests/test_hostile_input.py."""
+    mine = api.get(f"/api/queues/jobs/{failed_job.pk}")
     assert mine.status_code == 200
     assert mine.json()["status"] == "failed"
     assert mine.json()["last_error"] == "simulated bad data"
     assert "traceback" not in mine.json()
-    assert operator_api.get(url).status_code == 200
-    assert staff_api.get(url).status_code == 404  # is_staff alone is no permission
-    assert client.get(url).status_code == 401
-    foreign = other_api.get(url)
-    missing = other_api.get("/api/queues/jobs/00000000-0000-0000-0000-000000000000")
-    malformed = other_api.get("/api/queues/jobs/not-a-uuid")
-    assert foreign.status_code == missing.status_code == malformed.status_code == 404
-    assert foreign.content == missing.content == malformed.content
-    assert foreign.json()["error"] == "job_not_found"
 
 
 def test_jobs_can_be_enqueued_through_the_api_as_yourself(api, user, other_user):
@@ -75,20 +57,6 @@ def test_bad_jobs_from_the_api_get_a_400_and_store_nothing(api, body):
     response = api.post("/api/queues/jobs", body, format="json")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid"
-    assert Job.objects.count() == 0
-
-
-def test_a_job_cannot_be_enqueued_for_another_user(api, other_user):
-    response = api.post(
-        "/api/queues/jobs",
-        {
-            "queue": "database",
-            "type": "save_message",
-            "data": {"conversation_id": 1, "user_id": other_user.pk},
-        },
-        format="json",
-    )
-    assert response.status_code == 400
     assert Job.objects.count() == 0
 
 

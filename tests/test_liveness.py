@@ -26,15 +26,13 @@ from queues.rescuer import rescue
 from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
 from queues.services import enqueue
 from tests.support.cluster import database_session, wait_for
+from tests.support.data import make_conversation
 
 postgres_only = pytest.mark.postgres
 
 
 def doomed_conversation(user, messages=3):
-    conversation = Conversation.objects.create(owner=user, title="Doomed")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
-    )
+    conversation = make_conversation(user, title="Doomed", messages=messages)
     job = services.request_conversation_deletion(conversation, request_id="liveness")
     return conversation, job
 

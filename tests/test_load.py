@@ -9,7 +9,7 @@ from rest_framework.authtoken.models import Token
 
 from chat.models import Conversation
 from queues.models import Job
-from tests.support.cluster import wait_for
+from tests.support.jobs import wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -79,12 +79,7 @@ def test_20_clients_x_300_mixed_requests_get_no_5xx_and_every_deletion_completes
     assert not [code for code in statuses if code >= 500]
     assert statuses.total() == CLIENTS * REQUESTS_EACH
     assert len(deletion_jobs) == CLIENTS * (REQUESTS_EACH // 6)
-    wait_for(
-        lambda: not Job.objects.filter(pk__in=deletion_jobs).exclude(status="succeeded").exists(),
-        120,
-        interval=0.5,
-        message="every deletion",
-    )
+    wait_for_jobs(deletion_jobs, until="succeeded", timeout=120, interval=0.5)
     # The job records agree with what the clients were told: one deletion job per DELETE.
     deletions = Job.objects.filter(job_type="delete_conversation")
     assert deletions.count() == len(deletion_jobs) == deletions.filter(status="succeeded").count()

@@ -8,11 +8,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from queues.models import Job
 from queues.operators import OPERATOR_GROUP
-from queues.runner import run_job
-from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -27,13 +24,6 @@ def make_operator(username="operator", password="operator-password"):
 def operator():
     make_operator()
     return get_user_model().objects.get(username="operator")
-
-
-@pytest.fixture
-def failed_job(user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
-    run_job(job.id)
-    return Job.objects.get(pk=job.pk)
 
 
 def test_the_command_makes_a_staff_operator_whose_access_comes_from_its_group(operator):

@@ -18,20 +18,12 @@ from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
-from tests import test_redis_broker
-from tests.support.cluster import database_session, wait_for
-from tests.test_faults import (
-    assert_everything_deleted_exactly_once,
-    request_deletions,
-    succeeded,
-    wait_all_finished,
-)
+from tests.support.cluster import KEEP_ALL_JOBS, database_session, wait_for
+from tests.support.data import assert_everything_deleted_exactly_once, request_deletions
+from tests.support.jobs import succeeded, wait_for_job, wait_for_jobs
+from tests.support.redis_queue import ON_REDIS
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
-
-KEEP_ALL = {"JOB_KEEP_SUCCEEDED": "1000"}
-ON_REDIS = test_redis_broker.ON_REDIS
-redis_queue = test_redis_broker.redis_queue  # the fixture: this process enqueues on Redis too
 
 
 def copy_broker_rows(copies):
@@ -55,8 +47,8 @@ def test_duplicated_broker_rows_never_look_like_dead_workers(cluster, user, copi
     conversation_ids, job_ids = request_deletions(user, count)
     copy_broker_rows(copies)
     assert OrmQ.objects.count() == copies * count
-    qcluster = cluster.start(workers=4, extra_env=KEEP_ALL)
-    wait_all_finished(job_ids, 120)
+    qcluster = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
+    wait_for_jobs(job_ids, timeout=120, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
     jobs = Job.objects.filter(pk__in=job_ids)
     assert set(jobs.values_list("attempts", flat=True)) == {1}
@@ -70,7 +62,7 @@ def test_a_sigkilled_cluster_s_claimed_jobs_run_within_15s_of_a_new_cluster(clus
         enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)
     ]
     job_ids = [j.pk for j in jobs]
-    first = cluster.start(workers=3, extra_env=KEEP_ALL)
+    first = cluster.start(workers=3, extra_env=KEEP_ALL_JOBS)
     wait_for(
         lambda: (
             len(job_ids_of_claimed_rows()) == 12
@@ -83,9 +75,9 @@ def test_a_sigkilled_cluster_s_claimed_jobs_run_within_15s_of_a_new_cluster(clus
     running = set(map(str, Job.objects.filter(status="running").values_list("pk", flat=True)))
     assert succeeded(job_ids) == 0 and len(running) == 3
 
-    cluster.start(workers=3, extra_env=KEEP_ALL)
+    cluster.start(workers=3, extra_env=KEEP_ALL_JOBS)
     started = time.monotonic()
-    wait_all_finished(job_ids, 15)
+    wait_for_jobs(job_ids, timeout=15, interval=0.5)
     # Not QUEUE_TIMEOUT + QUEUE_REDELIVERY_GRACE (40 s here) as with visibility timeouts.
     assert time.monotonic() - started < 15
     assert succeeded(job_ids) == 12
@@ -97,11 +89,9 @@ def test_a_sigkilled_cluster_s_claimed_jobs_run_within_15s_of_a_new_cluster(clus
 
 
 def test_a_worker_sigkilled_mid_job_is_recorded_lost_and_retried_promptly(cluster, user):
-    cluster.start(workers=2, extra_env=KEEP_ALL)
+    cluster.start(workers=2, extra_env=KEEP_ALL_JOBS)
     job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 3})
-    running = wait_for(
-        lambda: Job.objects.filter(pk=job.pk, status="running").first(), 30, message="running"
-    )
+    running = wait_for_job(job.pk, until="running", timeout=30)
     os.kill(int(running.worker.rsplit(":", 1)[1]), signal.SIGKILL)
     killed = time.monotonic()
     wait_for(
@@ -112,18 +102,18 @@ def test_a_worker_sigkilled_mid_job_is_recorded_lost_and_retried_promptly(cluste
     )
     # Rescue interval (5 s) plus the first retry's backoff (2 s), not timeout + grace (40 s).
     assert time.monotonic() - killed < 10
-    wait_all_finished([job.pk], 30)
+    wait_for_job(job.pk, timeout=30)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 2, "WorkerLost")
 
 
 def test_a_long_job_of_a_live_worker_is_never_rescued(cluster, user):
     """Two clusters rescuing every second, no visibility timeout to speak of: one attempt."""
-    eager = {**KEEP_ALL, "QUEUE_RESCUE_INTERVAL": "1", "QUEUE_REDELIVERY_GRACE": "0"}
+    eager = {**KEEP_ALL_JOBS, "QUEUE_RESCUE_INTERVAL": "1", "QUEUE_REDELIVERY_GRACE": "0"}
     cluster.start(workers=2, timeout=10, extra_env=eager)
     cluster.start(workers=2, timeout=10, extra_env=eager)
     job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 8})
-    wait_all_finished([job.pk], 30)
+    wait_for_job(job.pk, timeout=30)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 1, "")
 
@@ -131,9 +121,9 @@ def test_a_long_job_of_a_live_worker_is_never_rescued(cluster, user):
 def test_jobs_whose_broker_rows_were_deleted_are_pushed_again(cluster, user):
     conversation_ids, job_ids = request_deletions(user, 5)
     OrmQ.objects.all().delete()  # e.g. by hand in django-q2's "Queued tasks" admin
-    quick = {**KEEP_ALL, "QUEUE_STRANDED_AFTER": "1", "QUEUE_RESCUE_INTERVAL": "1"}
+    quick = {**KEEP_ALL_JOBS, "QUEUE_STRANDED_AFTER": "1", "QUEUE_RESCUE_INTERVAL": "1"}
     cluster.start(workers=2, extra_env=quick)
-    wait_all_finished(job_ids, 20)
+    wait_for_jobs(job_ids, timeout=20, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
 
@@ -152,7 +142,7 @@ def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
         "SELECT id FROM chat_message WHERE conversation_id = %s LIMIT 1 FOR SHARE",
         [conversation.pk],
     )
-    cluster.start(workers=2, timeout=2, extra_env=KEEP_ALL)
+    cluster.start(workers=2, timeout=2, extra_env=KEEP_ALL_JOBS)
     job_id = services.request_conversation_deletion(conversation, request_id="huge").pk
     attempt = wait_for(
         lambda: Job.objects.filter(pk=job_id, last_error_class="JobTimeout").first(),
@@ -175,7 +165,7 @@ def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
         assert cursor.fetchone()[0] == 0, "the cancelled DELETE holds no locks"
     blocker.rollback()
     blocker.close()
-    wait_all_finished([job_id], 60)
+    wait_for_job(job_id, timeout=60)
     assert (Job.objects.get(pk=job_id).status, Message.objects.count()) == ("succeeded", 0)
 
 
@@ -185,7 +175,7 @@ def test_on_redis_a_sigkilled_cluster_s_jobs_run_again_within_60s(redis_queue, c
         enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)
     ]
     job_ids = [j.pk for j in jobs]
-    first = cluster.start(workers=3, extra_env={**KEEP_ALL, **ON_REDIS})
+    first = cluster.start(workers=3, extra_env={**KEEP_ALL_JOBS, **ON_REDIS})
     wait_for(
         lambda: Job.objects.filter(status="running").count() == 3,
         30,
@@ -195,7 +185,7 @@ def test_on_redis_a_sigkilled_cluster_s_jobs_run_again_within_60s(redis_queue, c
     killed = time.monotonic()
     assert succeeded(job_ids) == 0 and redis_queue.queue_size() < 12, "tasks lost with it"
 
-    cluster.start(workers=3, extra_env={**KEEP_ALL, **ON_REDIS})
-    wait_all_finished(job_ids, 75)
+    cluster.start(workers=3, extra_env={**KEEP_ALL_JOBS, **ON_REDIS})
+    wait_for_jobs(job_ids, timeout=75, interval=0.5)
     assert time.monotonic() - killed < 60
     assert succeeded(job_ids) == 12

@@ -7,7 +7,6 @@ import pytest
 import redis
 from django.db import transaction
 from django.utils import timezone
-from django_q.brokers import get_broker
 from django_q.conf import Conf
 
 from chat import services
@@ -15,41 +14,20 @@ from chat.models import Conversation, Message
 from queues.maintenance import redeliver_stranded_jobs
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
+from tests.support.clients import token_client
 from tests.support.cluster import wait_for
+from tests.support.data import make_conversation
+from tests.support.jobs import wait_for_job
+from tests.support.redis_queue import ON_REDIS, REDIS_URL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
-# A database number of its own, so the tests touch nobody else's keys.
-REDIS_URL = "redis://127.0.0.1:6379/13"
-ON_REDIS = {"QUEUE_BROKER": "redis", "REDIS_URL": REDIS_URL, "QUEUE_REDELIVERY_GRACE": "2"}
-
-
-@pytest.fixture
-def redis_queue(monkeypatch):
-    """This process enqueues on Redis too; the queue's keys are empty before and after."""
-    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
-    monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
-    broker = get_broker("database")
-    broker.delete_queue()
-    yield broker
-    broker.delete_queue()
-
-
-def finished(job_id, timeout=30):
-    return wait_for(
-        lambda: (job := Job.objects.get(pk=job_id)).is_finished and job, timeout, message="job"
-    )
-
 
 def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
-    conversation = Conversation.objects.create(owner=user, title="On Redis")
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(20)
-    )
+    conversation = make_conversation(user, title="On Redis", messages=20)
     cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
     response = token_client(user).delete(f"/api/chat/conversations/{conversation.pk}")
-    job = finished(response.json()["job_id"])
+    job = wait_for_job(response.json()["job_id"], timeout=30)
     assert (job.status, job.attempts) == ("succeeded", 1)
     assert job.result == {"deleted": True, "conversation_id": conversation.pk, "messages": 20}
     assert not Message.objects.filter(conversation_id=conversation.pk).exists()
@@ -97,7 +75,7 @@ def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user
         10,
         message="the retry in the delayed set",
     )
-    final = finished(job.pk)
+    final = wait_for_job(job.pk, timeout=30)
     assert (final.status, final.attempts) == ("succeeded", 2)
     assert (final.finished_at - final.created_at).total_seconds() >= 2  # the 2s backoff
 
@@ -130,9 +108,9 @@ def test_deliveries_redis_lost_are_pushed_again_by_the_maintenance_task(
     assert redeliver_stranded_jobs() == 2
     assert redeliver_stranded_jobs() == 0  # each job's clock was reset
     cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
-    assert finished(lost_push.pk).status == "succeeded"
+    assert wait_for_job(lost_push.pk, timeout=30).status == "succeeded"
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
-    worker_job = finished(lost_worker.pk)
+    worker_job = wait_for_job(lost_worker.pk, timeout=30)
     assert (worker_job.status, worker_job.attempts) == ("succeeded", 2)
     assert worker_job.last_error_class == "WorkerLost"
 

@@ -7,7 +7,7 @@ from rest_framework.settings import api_settings
 from chat.models import Conversation
 from queues.models import Job
 from queues.views import EnqueueRateThrottle
-from tests.conftest import token_client
+from tests.support.clients import token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -16,6 +16,18 @@ WRONG = {"username": "alice", "password": "wrong"}
 
 def guess(client, **headers):
     return client.post("/api/auth/token", WRONG, content_type="application/json", **headers)
+
+
+def test_the_token_endpoint_is_throttled_with_a_json_429(client, user):
+    assert [guess(client).status_code for _ in range(11)] == [400] * 10 + [429]
+    refused = client.post(
+        "/api/auth/token",
+        {"username": "alice", "password": "pw-for-tests-123"},
+        content_type="application/json",
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "throttled"
+    assert "Retry-After" in refused.headers
 
 
 def test_a_client_cannot_dodge_the_login_throttle_with_x_forwarded_for(client, user):

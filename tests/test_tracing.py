@@ -22,6 +22,7 @@ from queues.services import enqueue
 from slimy.telemetry import QueriesInTracesOnly
 from tests.support.cluster import test_database_url as database_url
 from tests.support.cluster import wait_for
+from tests.support.jobs import wait_for_job
 from tests.support.otlp import OtlpReceiver
 
 SECRET = "a title nobody else may read"
@@ -219,8 +220,8 @@ def test_one_trace_from_a_delete_request_through_a_retried_job_in_a_real_cluster
             workers=2,
             extra_env={**otel, "OTEL_SERVICE_NAME": "slimy-worker", "DATABASE_URL": worker_db},
         )
-        wait_for(lambda: Job.objects.filter(pk=job.pk, status="retrying").exists(), 30, 0.1)
-    wait_for(lambda: Job.objects.filter(pk=job.pk, status="succeeded").exists(), 30, 0.1)
+        wait_for_job(job.pk, until="retrying", timeout=30, interval=0.1)
+    wait_for_job(job.pk, until="succeeded", timeout=30, interval=0.1)
     cluster.stop_all()  # workers flush their spans on the way out
     web.stop_all()
 

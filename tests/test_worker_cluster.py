@@ -15,31 +15,16 @@ from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
 from queues.services import enqueue
-from tests.conftest import token_client
-from tests.support.cluster import database_session, wait_for
-from tests.support.data import orphan_message_count
+from tests.support.clients import token_client
+from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
+from tests.support.data import make_conversation, orphan_message_count
+from tests.support.jobs import wait_for_job, wait_for_jobs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
-
-FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
 
 
 def job_state(job_id):
     return Job.objects.get(pk=job_id)
-
-
-def wait_finished(job_id, timeout=60):
-    return wait_for(
-        lambda: (job := job_state(job_id)).is_finished and job, timeout, message=f"job {job_id}"
-    )
-
-
-def make_conversation(owner, messages=3, title="Chat"):
-    conversation = Conversation.objects.create(owner=owner, title=title)
-    Message.objects.bulk_create(
-        Message(conversation=conversation, role="user", content=f"m{i}") for i in range(messages)
-    )
-    return conversation
 
 
 def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, other_user):
@@ -49,7 +34,7 @@ def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, o
     cluster.start()
 
     response = token_client(user).delete(f"/api/chat/conversations/{doomed.pk}")
-    job = wait_finished(response.json()["job_id"])
+    job = wait_for_job(response.json()["job_id"])
 
     assert (job.status, job.attempts) == ("succeeded", 1)
     assert job.result == {"deleted": True, "conversation_id": doomed.pk, "messages": 50}
@@ -87,13 +72,13 @@ def test_retries_back_off_2s_then_4s(cluster, user):
 def test_a_waiting_retry_survives_a_full_restart_of_the_cluster(cluster, user):
     first = cluster.start()
     job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
-    wait_for(lambda: job_state(job.id).status == "retrying", 20, message="first failure")
+    wait_for_job(job.id, until="retrying", timeout=20)
     first.stop()
     assert first.process.returncode is not None
     time.sleep(2.5)  # the retry falls due while no worker runs
     assert job_state(job.id).status == "retrying"
     cluster.start()
-    final = wait_finished(job.id, 20)
+    final = wait_for_job(job.id, timeout=20)
     assert (final.status, final.attempts) == ("succeeded", 2)
 
 
@@ -124,7 +109,7 @@ def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster
     blocker.rollback()
     blocker.close()
 
-    final = wait_finished(job_id, 60)
+    final = wait_for_job(job_id)
     assert (final.status, final.attempts) == ("succeeded", 2)
     assert not Conversation.objects.filter(pk=doomed.pk).exists()
     assert not Message.objects.filter(conversation_id=doomed.pk).exists()
@@ -134,20 +119,19 @@ def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster
 def test_a_job_that_kills_its_worker_every_time_fails_after_3_attempts(cluster, user):
     cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
     job = enqueue("database", "test_poison", {"user_id": user.pk})
-    final = wait_finished(job.id, 60)
+    final = wait_for_job(job.id)
     assert (final.status, final.attempts, final.last_error_class) == ("failed", 3, "WorkerLost")
     # The cluster replaced its workers and still works.
     follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
-    assert wait_finished(follow_up.id, 20).status == "succeeded"
+    assert wait_for_job(follow_up.id, timeout=20).status == "succeeded"
 
 
 def test_two_clusters_share_1000_jobs_none_lost_or_doubled(cluster, user):
     """Two worker hosts on one PostgreSQL, as two clusters of this machine."""
     jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(1000)]
-    keep_all = {"JOB_KEEP_SUCCEEDED": "1000"}  # retention would prune the records checked below
-    one = cluster.start(workers=4, extra_env=keep_all)
-    two = cluster.start(workers=4, extra_env=keep_all)
-    wait_for(lambda: not Job.objects.exclude(status="succeeded").exists(), 180, message="1000 jobs")
+    one = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
+    two = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
+    wait_for_jobs([j.pk for j in jobs], timeout=180, interval=0.5)
     finished = Job.objects.filter(pk__in=[j.pk for j in jobs])
     assert finished.filter(status="succeeded", attempts=1).count() == 1000
     pids_by_cluster = [set(c.worker_pids()) for c in (one, two)]
@@ -174,8 +158,7 @@ def test_save_message_racing_delete_never_leaves_an_orphan_message(cluster, user
                 )
             )
         jobs.append(services.request_conversation_deletion(conversation, request_id="race"))
-    for job in jobs:
-        wait_finished(job.id)
+    wait_for_jobs([job.id for job in jobs])
     ids = [c.pk for c in conversations]
     assert not Conversation.objects.filter(pk__in=ids).exists()
     assert not Message.objects.filter(conversation_id__in=ids).exists()

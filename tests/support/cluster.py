@@ -13,16 +13,26 @@ from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Settings for `ClusterFactory.start(extra_env=...)`, named for why a test wants them.
+# A lost worker's job is delivered again 2 s after its timeout rather than 30 s: recovery is quick.
+FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
+# Retention keeps 50 succeeded records by default; a test checking every job of a batch keeps all.
+KEEP_ALL_JOBS = {"JOB_KEEP_SUCCEEDED": "1000"}
+
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`.
+
+    `message` says what was awaited; a callable is asked at the timeout, so it can tell how far
+    things got."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            awaited = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {awaited}")
         time.sleep(interval)
 
 

@@ -7,14 +7,16 @@ Faults such as a server restart are tried here, never on a server the tests did 
         server.restart()
 
 As root (CI, containers) the server runs as the `postgres` OS user, which PostgreSQL requires;
-otherwise as the current user. Binaries come from /usr/lib/postgresql/<newest version>/bin (Debian
-and Ubuntu), else from PATH. Trust authentication on 127.0.0.1 only, no fsync: it holds test data.
-No Django here, so the benchmark and the chaos harness can use it too.
+otherwise as the current user. Binaries come from `PG_BIN`, else /usr/lib/postgresql/<newest
+version>/bin (Debian and Ubuntu), else from PATH. Trust authentication on 127.0.0.1 only, and no
+fsync unless asked to be `durable`: it holds test data. No Django here, so the benchmark
+(bench/pg_server.py) and the chaos harness (bench/chaos.py) start theirs with it too.
 """
 
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -22,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 OS_USER = "postgres"
+# Test data need not survive a crash of the machine: without flushes a commit costs next to nothing.
+NOT_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
 def free_port():
@@ -31,6 +35,8 @@ def free_port():
 
 
 def bin_dir():
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
     versions = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     if versions:
         newest = max(versions, key=lambda path: int(Path(path).parts[-3]))
@@ -42,7 +48,10 @@ def bin_dir():
 
 
 class PostgresServer:
-    def __init__(self, port=None):
+    """`settings` are server settings (`{"max_connections": "200"}`); `durable` keeps fsync on,
+    as on a production server, for a measurement whose commits must cost what they cost there."""
+
+    def __init__(self, port=None, *, durable=False, settings=None):
         self.port = port or free_port()
         self.bin = bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="slimy-pg-"))
@@ -55,6 +64,13 @@ class PostgresServer:
         self._run(
             "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"
         )
+        self.settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.dir),
+            **({} if durable else NOT_DURABLE),
+            **(settings or {}),
+        }
         self.running = False
 
     def url(self, dbname="postgres"):
@@ -74,6 +90,11 @@ class PostgresServer:
         """A fast restart: every session is cut off, the server is back when this returns."""
         self._pg_ctl("restart", "-m", "fast", *self._server_options())
         self.running = True
+
+    @property
+    def postmaster_pid(self):
+        """The server's main process, of which every backend is a child (while it runs)."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
 
     def create_database(self, name):
         self._run(
@@ -105,9 +126,9 @@ class PostgresServer:
 
     def _server_options(self):
         # The log file too: a server writing to pg_ctl's inherited stdout would keep it open.
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        # pg_ctl hands the options to a shell, hence the quoting (`log_line_prefix` may hold `|`).
+        options = " ".join(
+            f"-c {shlex.quote(f'{name}={value}')}" for name, value in self.settings.items()
         )
         return ["-l", self.log, "-o", options]
 

@@ -1,19 +1,13 @@
 """Real gunicorn processes for tests, on a free loopback port, pointed at the test database."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import requests
 
 from tests.support.cluster import ROOT, test_database_url, wait_for
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.pg_server import free_port
 
 
 class WebServer:
