@@ -78,18 +78,24 @@ def job_type(name, *, queue, schema, **options):
     return registry.register(name, queue=queue, schema=schema, **options)
 
 
-def enqueue(job_type, data, *, request_id=None, user_checked=False):
+def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=None):
     """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
     `data` carries `user_id`. `request_id`: what asked for the job (the caller's request id; a
     new one when it has none). `user_checked`: the caller read `user_id` from a row whose foreign
-    key vouches for the user, so validation does not look the user up. Returns the `Job`.
+    key vouches for the user, so validation does not look the user up. `run_after` defers its
+    first attempt. Returns the `Job`.
     """
     kind = registry.find(job_type)
     if kind is None:
         raise JobValidationError(f"unknown job type {job_type!r}")
     return services.enqueue(
-        kind.queue, job_type, data, request_id=request_id, user_checked=user_checked
+        kind.queue,
+        job_type,
+        data,
+        request_id=request_id,
+        user_checked=user_checked,
+        run_after=run_after,
     )
 
 
