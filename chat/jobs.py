@@ -8,6 +8,7 @@ from rest_framework import serializers
 from chat import services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
+from queues.cancellation import raise_if_stop_requested
 from queues.registry import register
 from queues.schemas import JobData
 
@@ -42,9 +43,13 @@ class SaveMessageData(JobData, MessageSerializer):
     subject=conversation_subject,
 )
 def delete_conversation(data):
-    return services.delete_conversation(
+    result = services.delete_conversation(
         conversation_id=data["conversation_id"], user_id=data["user_id"]
     )
+    # A stop asked while the DELETE ran rolls it back whole; the job is recorded cancelled and
+    # the sweeper queues the deletion again later, since it was requested.
+    raise_if_stop_requested()
+    return result
 
 
 @register(

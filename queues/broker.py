@@ -42,7 +42,7 @@ from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 from django_q.signing import SignedPackage
 
-from queues import liveness, registry
+from queues import liveness, pausing, registry
 from queues.heartbeats import DatabaseHeartbeats
 
 RUNNER = "queues.runner.run_job"
@@ -56,7 +56,7 @@ TABLE = OrmQ._meta.db_table
 _CLAIM = f"""
 WITH due AS (
     SELECT id, lock FROM {TABLE}
-    WHERE key = %(key)s AND lock <= %(now)s
+    WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
     ORDER BY priority, lock, id
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
@@ -98,7 +98,7 @@ class JobBroker(DatabaseHeartbeats, ORM):
     def dequeue(self):
         rescue_now_and_then(self.list_key)
         if not self.fast:
-            return super().dequeue()
+            return None if pausing.wait_if_paused(self.list_key) else super().dequeue()
         try:
             tasks, next_due = self._claim()
             if not tasks:

@@ -7,10 +7,10 @@ from django.db.models import F
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from queues import counters, registry, tracing
+from queues import counters, history, registry, tracing
 from queues.broker import push, push_statement
 from queues.errors import TooManyLiveJobs
-from queues.models import Job
+from queues.models import Job, JobEvent
 from queues.statements import insert_statement
 from slimy import log_context
 from slimy.request_id import new_request_id
@@ -97,6 +97,7 @@ def retry_jobs(jobs, *, by=None):
         job.save()
         job.refresh_from_db(fields=["max_attempts"])
         counters.retried_by_operator(job)
+        history.record([job], JobEvent.Action.RETRIED, by=by)
         count += 1
     return count
 

@@ -10,6 +10,8 @@ import time
 from django.db import OperationalError
 from rest_framework import serializers
 
+from chat.models import Conversation
+from queues.cancellation import raise_if_stop_requested
 from queues.errors import PermanentJobError
 from queues.registry import RetryPolicy, register
 from queues.schemas import JobData
@@ -72,4 +74,17 @@ def stuck(data):
         time.sleep(data["seconds"])
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return {"slept": data["seconds"]}
+
+
+@register("test_stoppable", queue="database", schema=TestData)
+def stoppable(data):
+    """Writes a conversation, then works for `seconds`, checking for a stop request as it goes:
+    a stopped run leaves no conversation behind."""
+    Conversation.objects.create(owner_id=data["user_id"], title="written by test_stoppable")
+    deadline = time.monotonic() + data["seconds"]
+    while time.monotonic() < deadline:
+        raise_if_stop_requested()
+        time.sleep(0.02)
+    raise_if_stop_requested()
     return {"slept": data["seconds"]}
