@@ -90,7 +90,9 @@ class QueueCollector:
             labels=["queue"],
         )
         paused = GaugeMetricFamily(
-            "slimy_queue_paused", "1 while the queue is paused (no job of it starts).", ["queue"]
+            "slimy_queue_paused",
+            "1 while the queue is paused (no job of it starts).",
+            labels=["queue"],
         )
         live = selectors.live_cluster_counts()
         paused_queues = pausing.paused_queues()
