@@ -28,6 +28,9 @@ class JobEventInline(admin.TabularInline):
     can_delete = False
     verbose_name_plural = "History"
 
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("queues.view_job")  # whoever may see the job
+
     def has_add_permission(self, request, obj=None):
         return False
 
