@@ -1,5 +1,6 @@
-"""Cancel, stop and pause with real `qcluster` processes on PostgreSQL: nothing lost, nothing run
-twice, no false failure; a paused queue honoured by every cluster within a second.
+"""Cancel, stop and pause with real `qcluster` processes (PostgreSQL, and SQLite where marked):
+nothing lost, nothing run twice, no false failure; a paused queue honoured by every cluster
+within a second.
 
 `-s` prints the measured latencies."""
 
@@ -17,7 +18,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.support.cluster import wait_for
 
-pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 KEEP_ALL = {"JOB_KEEP_SUCCEEDED": "1000", "JOB_KEEP_CANCELLED": "1000"}
 
@@ -26,6 +27,7 @@ def statuses(job_ids):
     return dict(Job.objects.filter(pk__in=job_ids).values_list("pk", "status"))
 
 
+@pytest.mark.postgres
 def test_two_clusters_start_nothing_within_a_second_of_a_pause_and_lose_nothing(cluster, user):
     for _ in range(2):
         cluster.start(workers=2, extra_env=KEEP_ALL)
@@ -83,6 +85,7 @@ def test_two_clusters_start_nothing_within_a_second_of_a_pause_and_lose_nothing(
     assert not jobs.filter(status="cancelled").exclude(attempts=0).exists()  # never run
 
 
+@pytest.mark.postgres
 def test_a_running_job_stops_at_its_next_check_one_that_ignores_it_finishes(
     cluster, user, operator_api, operator_user
 ):
@@ -128,6 +131,7 @@ def conversation_with_messages(owner, count):
     return conversation
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("delay", [0.0, 0.0, 0.05, 0.1, 5.0])
 def test_a_deletion_asked_to_stop_is_either_done_or_untouched_never_half(
     cluster, user, operator_user, delay
@@ -152,3 +156,21 @@ def test_a_deletion_asked_to_stop_is_either_done_or_untouched_never_half(
     assert job.attempts == 1
     if delay >= 5:
         assert job.status == "succeeded"  # a finished job is left alone
+
+
+def test_a_paused_queue_holds_and_resumes_within_a_second_on_any_database(cluster, user):
+    """SQLite's pusher polls the pause (every 0.5 s); PostgreSQL's is woken by the resume."""
+    cluster.start(workers=2)
+    pausing.pause("database")
+    job_ids = [enqueue("database", "test_sleep", {"user_id": user.pk}).pk for _ in range(4)]
+    time.sleep(2)
+    assert set(statuses(job_ids).values()) == {"queued"}
+
+    pausing.resume("database")
+    resumed_at = timezone.now()
+
+    wait_for(lambda: set(statuses(job_ids).values()) == {"succeeded"}, 30, interval=0.01)
+    first_start = min(Job.objects.filter(pk__in=job_ids).values_list("started_at", flat=True))
+    print(f"\n{connection.vendor}: first start {(first_start - resumed_at).total_seconds():.3f} s")
+    assert first_start - resumed_at < timezone.timedelta(seconds=1)
+    assert not Job.objects.filter(pk__in=job_ids).exclude(attempts=1).exists()
