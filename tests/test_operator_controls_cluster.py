@@ -16,10 +16,13 @@ from queues import pausing
 from queues.cancellation import cancel_jobs
 from queues.models import Job
 from queues.services import enqueue
+from tests import test_redis_broker
 from tests.support.cluster import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
+ON_REDIS = test_redis_broker.ON_REDIS
+redis_queue = test_redis_broker.redis_queue  # the fixture: this process enqueues on Redis too
 KEEP_ALL = {"JOB_KEEP_SUCCEEDED": "1000", "JOB_KEEP_CANCELLED": "1000"}
 
 
@@ -160,7 +163,17 @@ def test_a_deletion_asked_to_stop_is_either_done_or_untouched_never_half(
 
 def test_a_paused_queue_holds_and_resumes_within_a_second_on_any_database(cluster, user):
     """SQLite's pusher polls the pause (every 0.5 s); PostgreSQL's is woken by the resume."""
-    cluster.start(workers=2)
+    assert_pause_holds_and_resume_starts_within_a_second(cluster, user)
+
+
+@pytest.mark.postgres
+def test_a_paused_queue_holds_and_resumes_within_a_second_on_redis(redis_queue, cluster, user):
+    """Redis' pusher polls the pause (every 0.5 s)."""
+    assert_pause_holds_and_resume_starts_within_a_second(cluster, user, ON_REDIS)
+
+
+def assert_pause_holds_and_resume_starts_within_a_second(cluster, user, extra_env=None):
+    cluster.start(workers=2, extra_env=extra_env)
     pausing.pause("database")
     job_ids = [enqueue("database", "test_sleep", {"user_id": user.pk}).pk for _ in range(4)]
     time.sleep(2)
@@ -171,6 +184,7 @@ def test_a_paused_queue_holds_and_resumes_within_a_second_on_any_database(cluste
 
     wait_for(lambda: set(statuses(job_ids).values()) == {"succeeded"}, 30, interval=0.01)
     first_start = min(Job.objects.filter(pk__in=job_ids).values_list("started_at", flat=True))
-    print(f"\n{connection.vendor}: first start {(first_start - resumed_at).total_seconds():.3f} s")
+    broker = "redis" if extra_env else connection.vendor
+    print(f"\n{broker}: first start {(first_start - resumed_at).total_seconds():.3f} s")
     assert first_start - resumed_at < timezone.timedelta(seconds=1)
     assert not Job.objects.filter(pk__in=job_ids).exclude(attempts=1).exists()
