@@ -64,6 +64,19 @@ def test_staff_status_alone_cancels_nothing(staff_api, client, staff_user, user)
     assert Job.objects.get(pk=job.pk).status == "queued"
 
 
+def test_a_viewer_of_others_jobs_may_not_cancel_them(make_user, user):
+    from django.contrib.auth.models import Permission
+
+    from tests.conftest import token_client
+
+    viewer = make_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    response = token_client(viewer).post(cancel_url(job))
+    assert response.status_code == 403 and response.json()["error"]
+    assert Job.objects.get(pk=job.pk).status == "queued"
+
+
 def test_a_finished_job_is_a_409(api, user):
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
     run_job(job.pk)
