@@ -8,7 +8,7 @@ from rest_framework import serializers
 from chat import services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.api import JobData, job_type
+from queues.api import JobData, job_type, raise_if_stop_requested
 
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
 # Every chat job type runs on the app's own queue; enqueueing names the type only.
@@ -43,9 +43,13 @@ class SaveMessageData(JobData, MessageSerializer):
     subject=conversation_subject,
 )
 def delete_conversation(data):
-    return services.delete_conversation(
+    result = services.delete_conversation(
         conversation_id=data["conversation_id"], user_id=data["user_id"]
     )
+    # A stop asked while the DELETE ran rolls it back whole; the job is recorded cancelled and
+    # the sweeper queues the deletion again later, since it was requested.
+    raise_if_stop_requested()
+    return result
 
 
 @job_type(

@@ -1,8 +1,12 @@
+from django import forms
 from django.contrib import admin, messages
 from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages before we prune)
 from django_q import models as q_models
 
-from queues.models import Job
+from queues import pausing
+from queues.cancellation import cancel_jobs
+from queues.conf import conf
+from queues.models import Job, JobEvent, QueueEvent, QueuePause
 from queues.services import retry_jobs
 
 # Our job records are the source of truth for outcomes. django-q2 stores no successes here and
@@ -11,6 +15,26 @@ from queues.services import retry_jobs
 for model in (q_models.Success, q_models.Failure):
     if admin.site.is_registered(model):
         admin.site.unregister(model)
+
+
+class JobEventInline(admin.TabularInline):
+    """The job's history: who cancelled, asked to stop or retried it, and when."""
+
+    model = JobEvent
+    fields = ["action", "by", "at", "detail"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "History"
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("queues.view_job")  # whoever may see the job
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Job)
@@ -34,7 +58,8 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ["subject", "request_id", "user__username"]
     search_help_text = "A subject (e.g. conversation:42) or its id, a request id or a username."
     list_select_related = ["user"]
-    actions = ["retry_selected"]
+    actions = ["retry_selected", "cancel_selected"]
+    inlines = [JobEventInline]
     readonly_fields = [field.name for field in Job._meta.fields]
     fieldsets = [
         (None, {"fields": ["id", "queue", "job_type", "status", "subject", "user", "request_id"]}),
@@ -45,6 +70,7 @@ class JobAdmin(admin.ModelAdmin):
         ("Error", {"fields": ["last_error_class", "last_error", "traceback"]}),
         ("Times", {"fields": ["created_at", "started_at", "finished_at"]}),
         ("Operator retry", {"fields": ["retried_by", "retried_at"]}),
+        ("Cancellation", {"fields": ["cancel_requested_by", "cancel_requested_at"]}),
     ]
 
     def get_object(self, request, object_id, from_field=None):
@@ -74,5 +100,103 @@ class JobAdmin(admin.ModelAdmin):
                 request, f"{skipped} job(s) were not failed and were left alone.", messages.WARNING
             )
 
+    @admin.action(
+        description="Cancel selected jobs (ask running ones to stop)", permissions=["retry"]
+    )
+    def cancel_selected(self, request, queryset):
+        selected = queryset.count()
+        cancelled, stopping = cancel_jobs(queryset, by=request.user)
+        self.message_user(request, f"{cancelled} waiting job(s) cancelled.", messages.SUCCESS)
+        if stopping:
+            self.message_user(
+                request,
+                f"{stopping} running job(s) asked to stop: each stops at its next check or "
+                "finishes normally.",
+                messages.SUCCESS,
+            )
+        if skipped := selected - cancelled - stopping:
+            self.message_user(
+                request,
+                f"{skipped} job(s) had finished or were already asked to stop; left alone.",
+                messages.WARNING,
+            )
+
     def has_retry_permission(self, request):
+        """Retry and cancel: `queues.change_job`, never staff status alone."""
         return request.user.has_perm("queues.change_job")
+
+
+class PauseForm(forms.ModelForm):
+    queue = forms.ChoiceField(choices=[])
+
+    class Meta:
+        model = QueuePause
+        fields = ["queue"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["queue"].choices = [(queue, queue) for queue in conf.QUEUES]
+
+
+@admin.register(QueuePause)
+class QueuePauseAdmin(admin.ModelAdmin):
+    """Add one to pause a queue; delete it (or "Resume selected queues") to resume. Both go
+    through `queues.pausing`, which records who and when (`QueueEvent`)."""
+
+    form = PauseForm
+    list_display = ["queue", "paused_by", "paused_at"]
+    actions = ["resume_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["queue", "paused_by", "paused_at"] if obj else []
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # resuming is an action of its own
+        return actions
+
+    def save_model(self, request, obj, form, change):
+        pausing.pause(obj.queue, by=request.user)
+
+    def delete_model(self, request, obj):
+        pausing.resume(obj.queue, by=request.user)
+
+    @admin.action(description="Resume selected queues", permissions=["pause"])
+    def resume_selected(self, request, queryset):
+        resumed = [queue for queue in queryset.values_list("queue", flat=True)]
+        for queue in resumed:
+            pausing.resume(queue, by=request.user)
+        self.message_user(request, f"Resumed: {', '.join(resumed)}.", messages.SUCCESS)
+
+    def has_pause_permission(self, request, obj=None):
+        return request.user.has_perm("queues.pause_queue")
+
+    has_add_permission = has_delete_permission = has_pause_permission
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_pause_permission(request) or super().has_view_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(QueueEvent)
+class QueueEventAdmin(admin.ModelAdmin):
+    """Every pause and resume: which queue, by whom, when."""
+
+    list_display = ["queue", "action", "by", "detail", "at"]
+    list_filter = ["queue", "action"]
+    readonly_fields = list_display
+
+    def has_view_permission(self, request, obj=None):
+        pauser = request.user.has_perm("queues.pause_queue")
+        return pauser or super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

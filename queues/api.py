@@ -24,10 +24,14 @@ the type)::
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
 Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
 `PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
+A long handler calls `raise_if_stop_requested()` where stopping is safe: an operator's stop
+request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
 """
 
 from queues import registry, selectors, services
+from queues.cancellation import raise_if_stop_requested
 from queues.errors import (
+    JobCancelled,
     JobError,
     JobTimeout,
     JobValidationError,
@@ -44,6 +48,7 @@ from queues.schemas import JobData
 
 __all__ = [
     "Job",
+    "JobCancelled",
     "JobData",
     "JobError",
     "JobTimeout",
@@ -59,6 +64,7 @@ __all__ = [
     "enqueue",
     "forget_subject",
     "job_type",
+    "raise_if_stop_requested",
     "subjects_with_failed_jobs",
     "subjects_with_live_jobs",
     "types_with_content",

@@ -40,7 +40,7 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
 from django_q.models import OrmQ
 
-from queues import liveness
+from queues import liveness, pausing
 from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
 from queues.push import CHANNEL, insert_row
@@ -56,7 +56,7 @@ TABLE = OrmQ._meta.db_table
 _CLAIM = f"""
 WITH due AS (
     SELECT id, lock FROM {TABLE}
-    WHERE key = %(key)s AND lock <= %(now)s
+    WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
     ORDER BY priority, lock, id
     LIMIT %(bulk)s
     FOR UPDATE SKIP LOCKED
@@ -85,7 +85,7 @@ class JobBroker(DatabaseHeartbeats, ORM):
     def dequeue(self):
         rescue_now_and_then(self.list_key)
         if not self.fast:
-            return super().dequeue()
+            return None if pausing.wait_if_paused(self.list_key) else super().dequeue()
         try:
             tasks, next_due = self._claim()
             if not tasks:

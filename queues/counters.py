@@ -89,6 +89,11 @@ def attempt_failed(job, seconds, *, retry, also=()):
     return _add(job, {"failed": 1, "run_seconds": seconds}, also, **deltas)
 
 
+def attempt_cancelled(job, also=()):
+    """A running job's handler stopped at a stop request (`queues.cancellation`)."""
+    return _add(job, also=also, cancelled=1, running=-1)
+
+
 def jobs_cancelled(queue, job_type, count):
     if count:
         _add_for(queue, job_type, cancelled=count, waiting=-count)

@@ -5,11 +5,13 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from queues import selectors
+from queues import pausing, selectors
+from queues.cancellation import cancel_jobs
 from queues.conf import conf
 from queues.heartbeats import live_clusters
 from queues.models import Job
@@ -77,6 +79,7 @@ def queue_dashboard(request):
     now = timezone.now()
     stats = selectors.queue_stats(conf.QUEUES)
     totals = selectors.counter_totals()
+    paused = pausing.paused_queues()
     cards = []
     for queue, queue_stats in stats.items():
         buckets, _, _ = selectors.histogram(totals, queue, "run_seconds")
@@ -86,12 +89,14 @@ def queue_dashboard(request):
                 "stats": queue_stats,
                 "throughput": minute_bars(queue_stats["per_minute"], now),
                 "percentiles": percentile_bars(buckets),
+                "pause": paused.get(queue),
             }
         )
     context = {
         "cards": cards,
         "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT},
         "retrying_jobs": retrying_jobs(now),
+        "running_jobs": Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")[:20],
         "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
         "clusters": live_clusters().order_by("queue", "host", "pid"),
         "refresh_seconds": 5,
@@ -109,4 +114,35 @@ def retry_job(request, job_id):
         messages.success(request, f"Job {job.pk} sent back to its queue.")
     else:
         messages.warning(request, f"Job {job.pk} is not failed; nothing to retry.")
+    return redirect("queue-dashboard")
+
+
+@staff_member_required
+@permission_required("queues.change_job", raise_exception=True)
+@require_POST
+def cancel_job(request, job_id):
+    """Cancel a waiting job, or ask a running one to stop."""
+    job = get_object_or_404(Job, pk=job_id)
+    cancelled, stopping = cancel_jobs(Job.objects.filter(pk=job.pk), by=request.user)
+    if cancelled:
+        messages.success(request, f"Job {job.pk} cancelled.")
+    elif stopping:
+        messages.success(request, f"Job {job.pk} asked to stop; it stops at its next check.")
+    else:
+        messages.warning(request, f"Job {job.pk} has finished or was already asked to stop.")
+    return redirect("queue-dashboard")
+
+
+@staff_member_required
+@permission_required("queues.pause_queue", raise_exception=True)
+@require_POST
+def pause_queue(request, queue):
+    if queue not in conf.QUEUES:
+        raise Http404("No such queue.")
+    if request.POST.get("action") == "resume":
+        pausing.resume(queue, by=request.user)
+        messages.success(request, f"Queue {queue} resumed.")
+    else:
+        pausing.pause(queue, by=request.user)
+        messages.success(request, f"Queue {queue} paused: running jobs finish, no job starts.")
     return redirect("queue-dashboard")

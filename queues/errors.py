@@ -53,3 +53,8 @@ def is_transient(exc):
     if isinstance(exc, TRANSIENT):
         return True
     return isinstance(exc, DatabaseError) and exc.__class__ is DatabaseError
+
+
+class JobCancelled(JobError):
+    """Raised by a handler's check (`queues.cancellation.raise_if_stop_requested`) once a stop of
+    its job was requested: the work rolls back and the job is recorded `cancelled`."""

@@ -8,6 +8,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from queues.conf import conf
+from queues.history import prune_orphaned_events
 from queues.models import Job, JobMinute
 from queues.rescuer import rescue
 
@@ -50,7 +51,7 @@ def prune_minute_stats(keep=timedelta(hours=2)):
 
 def prune():
     """Everything the maintenance schedule does, once a minute."""
-    return prune_finished_jobs() + prune_minute_stats()
+    return prune_finished_jobs() + prune_orphaned_events() + prune_minute_stats()
 
 
 def redeliver_stranded_jobs():

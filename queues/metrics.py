@@ -6,7 +6,7 @@ pruned. Counters kept in `JobCounter`, updated in the same transaction as each j
 (`queues.counters`), give the same numbers from whichever process Prometheus scrapes, survive
 restarts and pruning, and never double count: a job failing all its attempts is one
 `jobs_failed` and three `job_attempts_failed`. A scrape costs a fixed handful of indexed queries
-(counters, oldest due job per queue, live clusters), however many jobs exist.
+(counters, oldest due job per queue, live clusters, paused queues), however many jobs exist.
 """
 
 import math
@@ -18,7 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import REGISTRY
 
-from queues import selectors
+from queues import pausing, selectors
 from queues.conf import conf
 
 COUNTERS = {
@@ -53,6 +53,7 @@ class QueueCollector:
             yield HistogramMetricFamily(metric, help_text, labels=labels)
         yield GaugeMetricFamily("slimy_queue_oldest_waiting_seconds", "", labels=["queue"])
         yield GaugeMetricFamily("slimy_queue_live_clusters", "", labels=["queue"])
+        yield GaugeMetricFamily("slimy_queue_paused", "", labels=["queue"])
 
     def collect(self):
         totals = selectors.counter_totals()
@@ -80,7 +81,7 @@ class QueueCollector:
             yield family
         oldest = GaugeMetricFamily(
             "slimy_queue_oldest_waiting_seconds",
-            "How long the longest-due waiting job has been due.",
+            "How long the longest-due waiting job has been due (0 while the queue is paused).",
             labels=["queue"],
         )
         clusters = GaugeMetricFamily(
@@ -88,14 +89,23 @@ class QueueCollector:
             "qcluster processes seen in the last 30 s.",
             labels=["queue"],
         )
+        paused = GaugeMetricFamily(
+            "slimy_queue_paused",
+            "1 while the queue is paused (no job of it starts).",
+            labels=["queue"],
+        )
         live = selectors.live_cluster_counts()
+        paused_queues = pausing.paused_queues()
         for queue in conf.QUEUES:
-            job = selectors.oldest_due_job(queue)
+            # A paused queue's jobs wait on purpose: not a backlog.
+            job = None if queue in paused_queues else selectors.oldest_due_job(queue)
             age = (selectors.timezone.now() - job.run_after).total_seconds() if job else 0.0
             oldest.add_metric([queue], age)
             clusters.add_metric([queue], live.get(queue, 0))
+            paused.add_metric([queue], 1 if queue in paused_queues else 0)
         yield oldest
         yield clusters
+        yield paused
 
 
 _collector = None

@@ -63,6 +63,12 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     retried_at = models.DateTimeField(null=True, blank=True)
+    # A stop asked of the job while it ran (queues.cancellation); a waiting job is cancelled at
+    # once and keeps who asked here too. The handler sees it at its next check.
+    cancel_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -175,3 +181,72 @@ class DeclaredSchedule(models.Model):
 
     def __str__(self):
         return str(self.schedule_id)
+
+
+class JobEvent(models.Model):
+    """One thing an operator or a user did to a job (cancel, stop request, retry): who and when.
+
+    Written in the transaction of the action itself (`queues.history`). No database constraint on
+    `job`: pruning deletes job records in one statement, and `prune` drops their events after.
+    """
+
+    class Action(models.TextChoices):
+        CANCELLED = "cancelled"
+        CANCEL_REQUESTED = "cancel_requested"
+        STOPPED = "stopped"  # the handler honoured a stop request; the job is cancelled
+        RETRIED = "retried"
+
+    job = models.ForeignKey(
+        Job, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events"
+    )
+    action = models.CharField(max_length=32, choices=Action.choices)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    detail = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self):
+        return f"{self.action} by {self.by or 'the system'} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class QueuePause(models.Model):
+    """A paused queue: while its row exists no cluster starts a job of it (`queues.pausing`)."""
+
+    queue = models.CharField(max_length=64, primary_key=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    paused_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "paused queue"
+        permissions = [("pause_queue", "Can pause and resume queues")]
+
+    def __str__(self):
+        return f"{self.queue} (paused)"
+
+
+class QueueEvent(models.Model):
+    """A queue paused or resumed: by whom (none from `manage.py`, see `detail`), when."""
+
+    class Action(models.TextChoices):
+        PAUSED = "paused"
+        RESUMED = "resumed"
+
+    queue = models.CharField(max_length=64)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    detail = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self):
+        return f"{self.queue} {self.action} by {self.by or self.detail or '?'}"

@@ -1,4 +1,5 @@
-"""The queue operators' group: the permissions that watch and retry jobs, and nothing else.
+"""The queue operators' group: the permissions that watch, retry and cancel jobs and pause
+queues, and nothing else.
 
 Access follows Django permissions, not `is_staff`: staff status only lets an account into the
 admin site, and this group decides what it sees there (the Jobs pages and their Retry action),
@@ -11,8 +12,9 @@ from django.db import transaction
 
 OPERATOR_GROUP = "Queue operators"
 # view_job: every user's job records (admin Jobs pages, dashboard, jobs API);
-# change_job: send failed jobs back to their queue (admin action, dashboard, API).
-OPERATOR_PERMISSIONS = ("queues.view_job", "queues.change_job")
+# change_job: send failed jobs back to their queue, cancel jobs, ask running ones to stop
+# (admin actions, dashboard, API); pause_queue: pause and resume queues (admin, dashboard).
+OPERATOR_PERMISSIONS = ("queues.view_job", "queues.change_job", "queues.pause_queue")
 
 
 def operator_group():

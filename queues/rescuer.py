@@ -7,7 +7,8 @@ seconds (one cluster at a time per queue on PostgreSQL), and the maintenance sch
 1. broker rows claimed by a cluster that died are handed out again (`free_dead_claims`);
 2. a `running` job whose worker is gone (`queues.liveness`) gets a `WorkerLost` attempt and a
    retry (or fails, if that was its last attempt);
-3. a waiting job more than `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
+3. unless the queue is paused (its jobs wait on purpose), a waiting job more than
+   `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
    or was claimed longer ago than that (lost in a worker killed before it began the job) on the
    database broker, or any such job on Redis (which cannot be asked), is pushed again and its
    `run_after` moved to now, so it is pushed at most once per `QUEUE_STRANDED_AFTER`. A spare
@@ -25,7 +26,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from queues import liveness
+from queues import liveness, pausing
 from queues.conf import conf
 from queues.errors import WorkerLost
 from queues.models import Job
@@ -71,7 +72,7 @@ def rescue(queue):
         lost = sum(
             record_failure(job, lost_worker(job), own_attempt=False) for job in lost_attempts(queue)
         )
-        pushed = push_stranded(queue)
+        pushed = 0 if pausing.is_paused(queue) else push_stranded(queue)
     if freed or lost or pushed:
         logger.warning(
             "rescued queue %s: %d claim(s) of dead clusters, %d attempt(s) of dead workers, "

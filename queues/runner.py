@@ -35,10 +35,21 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.pq import TransactionStatus
 
-from queues import counters, handlers, liveness, log_context, registry, tracing
+from queues import (
+    cancellation,
+    counters,
+    handlers,
+    history,
+    liveness,
+    log_context,
+    pausing,
+    registry,
+    tracing,
+)
 from queues.acknowledgement import acknowledgement
 from queues.conf import conf
 from queues.errors import (
+    JobCancelled,
     JobTimeout,
     PermanentJobError,
     SubjectGone,
@@ -46,7 +57,7 @@ from queues.errors import (
     WorkerLost,
     is_transient,
 )
-from queues.models import Job
+from queues.models import Job, JobEvent
 from queues.push import push
 
 logger = logging.getLogger("queues.runner")
@@ -93,6 +104,7 @@ WITH attempt_lock AS MATERIALIZED (
     SET status = %(running)s, attempts = j.attempts + 1, started_at = %(now)s, worker = %(worker)s
     FROM job
     WHERE j.id = job.id AND job.status = ANY(%(waiting)s) AND job.run_after <= %(due)s
+    AND NOT {pausing.paused_sql("j.queue")}
     RETURNING j.*
 ), counted AS ({counted})
 SELECT attempt_lock.held, begun.* FROM attempt_lock LEFT JOIN begun ON true
@@ -119,6 +131,9 @@ def run_job(job_id):
                 "attempt %s was taken over by a newer one; nothing recorded", job.attempts
             )
             release_if_held(job)
+            return None
+        except JobCancelled:
+            record_stopped(job)
             return None
         except Exception as exc:  # every failure is recorded, then retried or failed
             if isinstance(exc, JobTimeout):
@@ -217,6 +232,11 @@ def begin_attempt(job_id):
         if job.status in Job.WAITING and job.run_after > now + EARLY_TOLERANCE:
             release_if_held(job)
             return None  # a stale copy; the job's own broker row comes later
+        if job.status in Job.WAITING and pausing.is_paused(job.queue):
+            # Claimed before the pause: a new row waits in the paused queue, in its place.
+            Job.objects.filter(pk=job.pk).update(broker_row=push(job))
+            release_if_held(job)
+            return None
         if job.status == Job.Status.RUNNING:
             # Its worker is provably gone (PostgreSQL) or long overdue (SQLite).
             if count_lost_attempt(job, now):
@@ -337,7 +357,7 @@ def work(job):
     if kind is None:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     with transaction.atomic():
-        with handler_timeout(conf.QUEUES[job.queue]["timeout"]):
+        with handler_timeout(conf.QUEUES[job.queue]["timeout"]), cancellation.checking(job):
             result = handlers.call(kind.handler, job)
         finished_at = timezone.now()
         outcome = finish_statement(
@@ -357,6 +377,23 @@ def work(job):
             raise AttemptSuperseded()  # rolls the work back, counters and acknowledgement too
     logger.info("job succeeded")
     return result
+
+
+def record_stopped(job):
+    """The handler stopped at a stop request (`JobCancelled`); its work has rolled back. The job
+    is recorded `cancelled`, by whoever asked, fenced and acknowledged like any outcome."""
+    with transaction.atomic():
+        outcome = finish_statement(job, status=Job.Status.CANCELLED, finished_at=timezone.now())
+        recorded = counters.attempt_cancelled(job, also=[outcome, *acknowledgement()])
+        if not recorded:
+            transaction.set_rollback(True)
+        else:
+            job.refresh_from_db(fields=["cancel_requested_by"])
+            history.record([job], JobEvent.Action.STOPPED, by=job.cancel_requested_by)
+    if not recorded:
+        release_if_held(job)
+        return
+    logger.warning("job stopped by its handler at a stop request; cancelled")
 
 
 def record_failure(job, exc, own_attempt=True):

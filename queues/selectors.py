@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from queues.counters import BUCKETS, bucket_name
 from queues.heartbeats import live_clusters
-from queues.models import Job, JobCounter, JobMinute
+from queues.models import Job, JobCounter, JobMinute, QueuePause
 
 
 def jobs_visible_to(user):
@@ -17,11 +17,16 @@ def jobs_visible_to(user):
 
 def subjects_with_live_jobs(job_type, subjects):
     """Those of `subjects` with a job of `job_type` on its way: running, or waiting and not
-    overdue (`Job.OVERDUE_AFTER`: its delivery is lost)."""
+    overdue (`Job.OVERDUE_AFTER`: its delivery is lost), or waiting in a paused queue."""
     on_time = timezone.now() - Job.OVERDUE_AFTER
+    paused = QueuePause.objects.values("queue")
     return set(
         Job.objects.filter(job_type=job_type, subject__in=subjects)
-        .filter(Q(status=Job.Status.RUNNING) | Q(status__in=Job.WAITING, run_after__gte=on_time))
+        .filter(
+            Q(status=Job.Status.RUNNING)
+            | Q(status__in=Job.WAITING, run_after__gte=on_time)
+            | Q(status__in=Job.WAITING, queue__in=paused)
+        )
         .values_list("subject", flat=True)
     )
 
@@ -104,6 +109,7 @@ def queue_stats(queues):
     totals = counter_totals()
     clusters = live_cluster_counts()
     minutes = list(minutes_since(now - timedelta(minutes=61)))
+    paused = QueuePause.objects.in_bulk()
     stats = {}
     for queue in queues:
 
@@ -112,7 +118,8 @@ def queue_stats(queues):
 
         succeeded, failed = total("succeeded"), total("failed")
         buckets, run_sum, run_count = histogram(totals, queue, "run_seconds")
-        oldest = oldest_due_job(queue)
+        # A paused queue's jobs wait on purpose: not a backlog.
+        oldest = None if queue in paused else oldest_due_job(queue)
         throughput = {}
         for window in (1, 5, 60):
             # Every minute bucket that overlaps the window, the oldest one in full.
@@ -140,6 +147,8 @@ def queue_stats(queues):
                 round((now - oldest.run_after).total_seconds(), 3) if oldest else 0.0
             ),
             "live_clusters": clusters.get(queue, 0),
+            "paused": queue in paused,
+            "paused_at": paused[queue].paused_at if queue in paused else None,
             "per_minute": [
                 {"minute": m["minute"], "succeeded": m["succeeded"], "failed": m["failed"]}
                 for m in minutes

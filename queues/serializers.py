@@ -1,19 +1,51 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from queues import history
 from queues.fields import StrictCharField
-from queues.models import Job
+from queues.models import Job, JobEvent
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    """One action on the job. `by`: the user's name, shown to holders of `queues.view_job` and to
+    the user who acted; null otherwise (an operator) and for the system."""
+
+    by = serializers.SerializerMethodField()
+
+    def get_by(self, event) -> str | None:
+        viewer = self.context.get("viewer")
+        if event.by is None or viewer is None:
+            return None
+        if event.by_id == viewer.pk or viewer.has_perm("queues.view_job"):
+            return event.by.get_username()
+        return None
+
+    class Meta:
+        model = JobEvent
+        fields = ["action", "by", "at", "detail"]
+        read_only_fields = fields
 
 
 class JobSerializer(serializers.ModelSerializer):
-    """A job record: everything but the traceback, content fields for the job's owner only."""
+    """A job record: everything but the traceback, content fields for the job's owner only, and
+    its history (who cancelled or retried it, when)."""
 
     type = serializers.CharField(source="job_type")
     user_id = serializers.IntegerField(allow_null=True)
     data = serializers.SerializerMethodField()
+    history = serializers.SerializerMethodField()
 
     def get_data(self, job) -> dict:
         request = self.context.get("request")
         return job.data_for(request.user if request else None)
+
+    @extend_schema_field(JobEventSerializer(many=True))
+    def get_history(self, job):
+        request = self.context.get("request")
+        viewer = request.user if request else None
+        return JobEventSerializer(
+            history.events_of(job), many=True, context={"viewer": viewer}
+        ).data
 
     class Meta:
         model = Job
@@ -34,6 +66,8 @@ class JobSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+            "cancel_requested_at",
+            "history",
         ]
         read_only_fields = fields
 
@@ -65,8 +99,10 @@ class QueueStatsSerializer(serializers.Serializer):
     throughput_per_minute = serializers.DictField(
         child=serializers.FloatField(), help_text='Jobs per minute over the last "1m", "5m", "60m".'
     )
-    oldest_waiting_seconds = serializers.FloatField()
+    oldest_waiting_seconds = serializers.FloatField(help_text="0 while the queue is paused.")
     live_clusters = serializers.IntegerField()
+    paused = serializers.BooleanField(help_text="Paused: no job of the queue starts.")
+    paused_at = serializers.DateTimeField(allow_null=True)
     per_minute = MinuteStatsSerializer(many=True)
 
 

@@ -8,10 +8,10 @@ from django.db.models import F
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from queues import counters, registry, tracing
+from queues import counters, history, registry, tracing
 from queues.conf import conf
 from queues.errors import TooManyLiveJobs
-from queues.models import Job
+from queues.models import Job, JobEvent
 from queues.push import push, push_statement
 from queues.statements import insert_statement
 
@@ -99,6 +99,7 @@ def retry_jobs(jobs, *, by=None):
         job.save()
         job.refresh_from_db(fields=["max_attempts"])
         counters.retried_by_operator(job)
+        history.record([job], JobEvent.Action.RETRIED, by=by)
         count += 1
     return count
 

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 
 from queues import selectors, services
+from queues.cancellation import cancel_jobs
 from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job
@@ -27,6 +28,18 @@ class JobNotFailed(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "Only a failed job can be retried."
     default_code = "job_not_failed"
+
+
+class JobFinished(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The job has finished; there is nothing to cancel."
+    default_code = "job_finished"
+
+
+class JobRunning(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The job is running; only an operator can ask it to stop."
+    default_code = "job_running"
 
 
 class TooManyJobs(exceptions.Throttled):
@@ -94,6 +107,40 @@ class JobRetryView(generics.GenericAPIView):
             raise JobNotFailed()
         job.refresh_from_db()
         return Response(self.get_serializer(job).data)
+
+
+class JobCancelView(generics.GenericAPIView):
+    """`POST /api/queues/jobs/{id}/cancel`: cancel a waiting (queued or retrying) job, as its
+    owner or with `queues.change_job`. With `queues.change_job`, a running job is asked to stop
+    (202): its handler stops at its next check, or it finishes normally."""
+
+    serializer_class = JobSerializer
+
+    @extend_schema(
+        parameters=[_JOB_ID],
+        request=None,
+        responses={
+            200: JobSerializer,
+            202: JobSerializer,
+            **errors(*AUTHENTICATED, 404, 409),
+        },
+    )
+    def post(self, request, job_id):
+        job = _job_from_url(request, job_id)
+        operator = request.user.has_perm("queues.change_job")
+        if not operator and job.user_id != request.user.pk:
+            raise exceptions.PermissionDenied()  # sees others' jobs (view_job), may not act
+        cancelled, _ = cancel_jobs(
+            Job.objects.filter(pk=job.pk), by=request.user, stop_running=operator
+        )
+        job.refresh_from_db()
+        stop_pending = job.status == Job.Status.RUNNING and job.cancel_requested_at is not None
+        if not cancelled and not (operator and stop_pending):
+            raise JobRunning() if job.status == Job.Status.RUNNING else JobFinished()
+        return Response(
+            self.get_serializer(job).data,
+            status=status.HTTP_200_OK if cancelled else status.HTTP_202_ACCEPTED,
+        )
 
 
 class JobCreateView(generics.GenericAPIView):

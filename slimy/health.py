@@ -8,7 +8,7 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from queues import registry, selectors
+from queues import pausing, registry, selectors
 
 _migrated = False  # once true, stays true for this process
 
@@ -44,15 +44,20 @@ def _clusters():
 
 def _backlog():
     """How late the app's own jobs (deletions) are. Client-enqueued jobs are left out: they wait
-    behind the app's own, so one user's backlog of them says nothing about this web tier."""
+    behind the app's own, so one user's backlog of them says nothing about this web tier. So are
+    paused queues, whose jobs wait on an operator's decision: shown as paused."""
     limit = settings.READY_MAX_BACKLOG_SECONDS
     worst = 0.0
     own_types = [name for name, kind in registry.all_types().items() if not kind.client_enqueueable]
+    paused = pausing.paused_queues()
     for queue in settings.QUEUES:
-        job = selectors.oldest_due_job(queue, own_types)
+        job = None if queue in paused else selectors.oldest_due_job(queue, own_types)
         if job is not None:
             worst = max(worst, (selectors.timezone.now() - job.run_after).total_seconds())
-    return worst <= limit, f"oldest due job waited {worst:.1f}s (limit {limit}s)"
+    detail = f"oldest due job waited {worst:.1f}s (limit {limit}s)"
+    if paused:
+        detail += f"; paused: {', '.join(sorted(paused))}"
+    return worst <= limit, detail
 
 
 CHECKS = {

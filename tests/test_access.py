@@ -84,6 +84,25 @@ TABLE = [
         {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 302},
     ),
     (
+        "post",
+        "/api/queues/jobs/{job}/cancel",
+        None,
+        {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 200},
+    ),
+    (
+        "post",
+        "/dashboard/queues/jobs/{job}/cancel",
+        None,
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 302},
+    ),
+    (
+        "post",
+        "/dashboard/queues/database/pause",
+        None,
+        # Pausing takes queues.pause_queue, which this operator (view + change) lacks.
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 403},
+    ),
+    (
         "get",
         "/api/queues/stats",
         None,

@@ -34,7 +34,7 @@ def wsgi_app(settings):
 
 
 def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_user, wsgi_app):
-    """600 requests generated from the schema, valid and not, across the 12 operations."""
+    """650 requests generated from the schema, valid and not, across the 13 operations."""
     # A few real conversations, so generated small ids sometimes find one.
     for n in range(3):
         conversation = Conversation.objects.create(owner=user, title=f"Seed {n}")
@@ -44,7 +44,7 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_
     staff_headers = {"Authorization": f"Token {Token.objects.create(user=operator_user).key}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 12
+    assert len(operations) == 13
 
     for operation in operations:
 
@@ -81,6 +81,7 @@ def test_schema_documents_every_endpoint_and_its_error_statuses(client):
         "/api/queues/jobs/",
         "/api/queues/jobs/{job_id}/",
         "/api/queues/jobs/{job_id}/retry/",
+        "/api/queues/jobs/{job_id}/cancel/",
         "/api/queues/stats/",
     }
     token = paths["/api/auth/token/"]["post"]["responses"]

@@ -2,6 +2,7 @@
 
 import shutil
 import tempfile
+import time
 from io import StringIO
 
 import pytest
@@ -152,3 +153,44 @@ def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard
         retried = wait_for_job(job.pk, until="succeeded", timeout=30)
         assert (retried.attempts, retried.retried_by.username) == (2, "operator")
         assert not retried.retried_by.is_superuser
+
+
+def test_the_operator_pauses_a_queue_cancels_a_job_in_it_and_resumes_it_in_the_browser(
+    browser, live_server, cluster, user, tmp_path
+):
+    """As `scripts/run`'s operator: the Pause button holds jobs back on a real cluster, Cancel
+    withdraws one of them, Resume runs the rest; the job's admin page shows who cancelled it."""
+    from selenium.webdriver.common.by import By
+
+    call_command("queue_operator", stdout=StringIO())
+    cluster.start()
+    browser.get(f"{live_server.url}/dashboard/queues")
+    browser.find_element(By.ID, "id_username").send_keys("operator")
+    browser.find_element(By.ID, "id_password").send_keys("operator-password")
+    browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
+    wait_for(lambda: browser.current_url.endswith("/dashboard/queues"), 10, message="dashboard")
+
+    card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
+    card.find_element(By.CSS_SELECTOR, "button.pause").click()
+    wait_for(lambda: "Queue database paused" in browser.page_source, 10, message="paused")
+    card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
+    assert card.find_element(By.CSS_SELECTOR, "[data-paused]").text == "paused"
+    assert "by operator" in card.text
+    kept, withdrawn = (enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(2))
+    Job.objects.filter(pk=withdrawn.pk).update(status="retrying")  # listed with a Cancel button
+    time.sleep(2)
+    assert Job.objects.get(pk=kept.pk).status == "queued"  # the cluster starts nothing
+
+    browser.get(f"{live_server.url}/dashboard/queues")
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-retrying-job="{withdrawn.pk}"]')
+    row.find_element(By.CSS_SELECTOR, "button.cancel").click()
+    wait_for(lambda: f"Job {withdrawn.pk} cancelled." in browser.page_source, 10, message="cancel")
+    browser.save_screenshot(str(tmp_path / "dashboard-paused.png"))
+    browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"] button.resume').click()
+    wait_for(lambda: "Queue database resumed." in browser.page_source, 10, message="resumed")
+
+    wait_for(lambda: Job.objects.get(pk=kept.pk).status == "succeeded", 10, message="the job")
+    assert Job.objects.get(pk=withdrawn.pk).status == "cancelled"
+    browser.get(f"{live_server.url}/admin/queues/job/{withdrawn.pk}/change/")
+    history = browser.find_element(By.CSS_SELECTOR, "#events-group").text
+    assert "cancelled" in history and "operator" in history

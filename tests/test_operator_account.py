@@ -32,7 +32,7 @@ def test_the_command_makes_a_staff_operator_whose_access_comes_from_its_group(op
     assert [g.name for g in operator.groups.all()] == [OPERATOR_GROUP]
     group = Group.objects.get(name=OPERATOR_GROUP)
     granted = {f"{p.content_type.app_label}.{p.codename}" for p in group.permissions.all()}
-    assert granted == {"queues.view_job", "queues.change_job"}
+    assert granted == {"queues.view_job", "queues.change_job", "queues.pause_queue"}
     assert operator.get_all_permissions() == granted
 
 
@@ -46,7 +46,7 @@ def test_the_command_is_idempotent_and_repairs_the_group(operator):
 
     operator.refresh_from_db()
     assert operator.is_staff and operator.check_password("operator-password")
-    assert group.permissions.count() == 2
+    assert group.permissions.count() == 3
     assert Group.objects.filter(name=OPERATOR_GROUP).count() == 1
     assert operator.groups.count() == 1
     assert "operator (its own password)" in out

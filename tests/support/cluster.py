@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A lost worker's job is delivered again 2 s after its timeout rather than 30 s: recovery is quick.
 FAST_RECOVERY = {"QUEUE_REDELIVERY_GRACE": "2"}
 # Retention keeps 50 succeeded records by default; a test checking every job of a batch keeps all.
-KEEP_ALL_JOBS = {"JOB_KEEP_SUCCEEDED": "1000"}
+KEEP_ALL_JOBS = {"JOB_KEEP_SUCCEEDED": "1000", "JOB_KEEP_CANCELLED": "1000"}
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):

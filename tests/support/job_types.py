@@ -10,7 +10,8 @@ import time
 from django.db import OperationalError
 from rest_framework import serializers
 
-from queues.api import JobData, PermanentJobError, RetryPolicy
+from chat.models import Conversation
+from queues.api import JobData, PermanentJobError, RetryPolicy, raise_if_stop_requested
 from queues.api import job_type as register
 
 
@@ -70,4 +71,17 @@ def stuck(data):
         time.sleep(data["seconds"])
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return {"slept": data["seconds"]}
+
+
+@register("test_stoppable", queue="database", schema=TestData)
+def stoppable(data):
+    """Writes a conversation, then works for `seconds`, checking for a stop request as it goes:
+    a stopped run leaves no conversation behind."""
+    Conversation.objects.create(owner_id=data["user_id"], title="written by test_stoppable")
+    deadline = time.monotonic() + data["seconds"]
+    while time.monotonic() < deadline:
+        raise_if_stop_requested()
+        time.sleep(0.02)
+    raise_if_stop_requested()
     return {"slept": data["seconds"]}
