@@ -8,7 +8,7 @@ from rest_framework import serializers
 from chat import services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.registry import register
+from queues.registry import Unique, register
 from queues.schemas import JobData
 
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
@@ -40,6 +40,9 @@ class SaveMessageData(JobData, MessageSerializer):
     queue="database",
     schema=DeleteConversationData,
     subject=conversation_subject,
+    # One live deletion per conversation: the sweeper or an operator asking again while one waits
+    # or runs gets that one back.
+    unique=Unique(fields=["conversation_id"]),
 )
 def delete_conversation(data):
     return services.delete_conversation(

@@ -11,7 +11,7 @@ from django.db import OperationalError
 from rest_framework import serializers
 
 from queues.errors import PermanentJobError
-from queues.registry import RetryPolicy, register
+from queues.registry import RetryPolicy, Unique, register
 from queues.schemas import JobData
 from slimy import log_context
 
@@ -73,3 +73,31 @@ def stuck(data):
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     return {"slept": data["seconds"]}
+
+
+class NamedTestData(TestData):
+    name = serializers.CharField(max_length=100)
+
+
+@register(
+    "test_unique",
+    queue="database",
+    schema=NamedTestData,
+    client_enqueueable=True,
+    unique=Unique(fields=["name"]),
+)
+def unique(data):
+    """One live job per `name`."""
+    time.sleep(data["seconds"])
+    return {"name": data["name"]}
+
+
+@register(
+    "test_debounced",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], states=["queued"]),
+)
+def debounced(data):
+    """One job per `name` waiting to start; another may wait while one runs."""
+    return {"name": data["name"]}
