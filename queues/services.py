@@ -98,10 +98,17 @@ def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priori
         raise JobValidationError(f"unknown job type {job_type!r}")
     if not isinstance(items, list) or not items:
         raise JobValidationError(f"{job_type}: items must be a non-empty list")
+    # The items' users are looked up in one query, not once per item; an unknown one is left
+    # to the item's validation, which names it.
+    user_ids = {data.get("user_id") for data in items if isinstance(data, dict)}
+    ids = [pk for pk in user_ids if type(pk) is int and 0 < pk < 2**63] if not user_checked else []
+    users = get_user_model().objects.filter(pk__in=ids)
+    known = set(users.values_list("pk", flat=True)) if ids else set()
     jobs = []
     for index, data in enumerate(items):
+        checked = user_checked or (isinstance(data, dict) and data.get("user_id") in known)
         try:
-            jobs.append(_new_job(kind, data, request_id, user_checked, priority))
+            jobs.append(_new_job(kind, data, request_id, checked, priority))
         except (JobValidationError, TypeError) as exc:
             fields = getattr(exc, "fields", None) or [str(exc)]
             raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None

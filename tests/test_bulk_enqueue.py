@@ -121,3 +121,16 @@ def test_each_bulk_item_counts_towards_the_enqueue_rate(api, monkeypatch):
     statuses = [api.post("/api/queues/jobs", one, format="json").status_code for _ in range(3)]
     assert statuses == [202, 202, 429]  # the budget is shared with the single endpoint
     assert Job.objects.count() == 5
+
+
+def test_the_items_users_are_looked_up_once_and_an_unknown_one_is_named(user, other_user):
+    items = [{"user_id": pk} for pk in [user.pk, other_user.pk] * 50]
+    with CaptureQueriesContext(connection) as queries:
+        enqueue_many("test_sleep", items)
+    assert Job.objects.count() == 100
+    user_lookups = [q["sql"] for q in queries if "auth_user" in q["sql"]]
+    assert len(user_lookups) == 1, user_lookups
+
+    with pytest.raises(JobValidationError, match=r"item 2: .*user_id"):
+        enqueue_many("test_sleep", [*items[:2], {"user_id": 424242}, {"user_id": 2**70}])
+    assert Job.objects.count() == 100
