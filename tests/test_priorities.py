@@ -87,6 +87,12 @@ def test_a_client_may_only_let_its_jobs_wait(api, settings):
     assert relaxed.status_code == 202 and relaxed.json()["priority"] == 5
     out_of_range = api.post("/api/queues/jobs", {**body, "priority": -1}, format="json")
     assert out_of_range.status_code == 400 and "priority" in out_of_range.json()["fields"]
+    # test_unique is declared priority 2: a client may not pass it to 1.
+    unique = {"queue": "database", "type": "test_unique", "data": {"name": "n"}}
+    passing = api.post("/api/queues/jobs", {**unique, "priority": 1}, format="json")
+    assert passing.status_code == 400 and "priority" in passing.json()["fields"]
+    assert api.post("/api/queues/jobs", unique, format="json").json()["priority"] == 2
+    assert Job.objects.count() == 2
 
 
 JOB_SECONDS = 0.02

@@ -84,10 +84,11 @@ class NamedTestData(TestData):
     queue="database",
     schema=NamedTestData,
     client_enqueueable=True,
+    priority=2,
     unique=Unique(fields=["name"]),
 )
 def unique(data):
-    """One live job per `name`."""
+    """One live job per `name`; claimed after priorities 0 and 1."""
     time.sleep(data["seconds"])
     return {"name": data["name"]}
 
