@@ -5,6 +5,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
 from chat.models import Conversation
@@ -129,3 +130,16 @@ def test_50_concurrent_enqueues_from_separate_connections_make_exactly_one_job(u
     assert Job.objects.filter(job_type="test_unique").count() == 1
     assert OrmQ.objects.count() == 1
     assert enqueued_count("test_unique") == 1
+
+
+@pytest.mark.postgres
+def test_enqueue_stays_one_round_trip_but_for_a_duplicate(user):
+    def statements(job_type, **data):
+        with CaptureQueriesContext(connection) as queries:
+            enqueue("database", job_type, {"user_id": user.pk, **data}, user_checked=True)
+        return len(queries)
+
+    connection.ensure_connection()
+    assert statements("test_sleep") == 1
+    assert statements("test_unique", name="new") == 1
+    assert statements("test_unique", name="new") == 2  # the skipped INSERT, the holder's read
