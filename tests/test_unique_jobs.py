@@ -11,6 +11,7 @@ from django_q.models import OrmQ
 from chat.models import Conversation
 from chat.services import enqueue_deletion
 from chat.sweeper import sweep_deletions
+from queues import batch
 from queues.models import Job
 from queues.registry import Unique, register
 from queues.runner import run_job
@@ -143,3 +144,17 @@ def test_enqueue_stays_one_round_trip_but_for_a_duplicate(user):
     assert statements("test_sleep") == 1
     assert statements("test_unique", name="new") == 1
     assert statements("test_unique", name="new") == 2  # the skipped INSERT, the holder's read
+
+
+def test_a_holder_that_finishes_before_it_is_read_frees_the_key_for_this_enqueue(user, monkeypatch):
+    holder = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    read_holders = batch._holders
+
+    def finishing_first(keys):
+        Job.objects.filter(pk=holder.pk).update(status="succeeded")  # between INSERT and read
+        return read_holders(keys)
+
+    monkeypatch.setattr(batch, "_holders", finishing_first)
+    job = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    assert job.pk != holder.pk and not job.deduplicated
+    assert Job.objects.get(pk=job.pk).status == "queued"
