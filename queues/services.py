@@ -66,10 +66,12 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False, prior
     returned instead, with `deduplicated` set.
     """
     kind = registry.get(queue, job_type)
-    job = _new_job(kind, data, request_id, user_checked, priority)
+    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
     if kind.unique:
         (job,) = batch.store(kind, [job])
         return job
+    # No savepoint inside the caller's transaction (two round trips saved): an error here
+    # propagates and rolls the caller's transaction back anyway.
     with transaction.atomic(savepoint=False):
         broker_row = push_statement(job)
         if broker_row is None:  # SQLite, or a broker outside the database (Redis)
@@ -98,6 +100,7 @@ def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priori
         raise JobValidationError(f"unknown job type {job_type!r}")
     if not isinstance(items, list) or not items:
         raise JobValidationError(f"{job_type}: items must be a non-empty list")
+    priority = _priority(kind, priority)
     # The items' users are looked up in one query, not once per item; an unknown one is left
     # to the item's validation, which names it.
     user_ids = {data.get("user_id") for data in items if isinstance(data, dict)}
@@ -115,12 +118,17 @@ def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priori
     return batch.store(kind, jobs)
 
 
+def _priority(kind, priority):
+    """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
+    if priority is None:
+        return kind.priority
+    if type(priority) is not int or priority not in registry.PRIORITIES:
+        raise JobValidationError(f"priority must be an integer from 0 to {registry.PRIORITIES[-1]}")
+    return priority
+
+
 def _new_job(kind, data, request_id, user_checked, priority):
     """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
-    if priority is None:
-        priority = kind.priority
-    elif priority not in registry.PRIORITIES:
-        raise JobValidationError(f"priority must be an integer from 0 to {registry.PRIORITIES[-1]}")
     data = {**data}
     data.setdefault(
         "request_id", request_id or log_context.current().get("request_id") or new_request_id()

@@ -78,6 +78,8 @@ def test_a_job_takes_its_types_priority_unless_the_enqueue_sets_one(user):
     assert (default.priority, urgent.priority, many[0].priority) == (0, HIGH, LOW)
     with pytest.raises(JobValidationError, match="priority"):
         enqueue("database", "test_sleep", {"user_id": user.pk}, priority=10)
+    with pytest.raises(JobValidationError, match=r"^priority"):
+        enqueue_many("test_sleep", [{"user_id": user.pk}], priority=True)
 
 
 @pytest.mark.django_db
