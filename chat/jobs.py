@@ -8,7 +8,7 @@ from rest_framework import serializers
 from chat import services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.api import JobData, job_type, raise_if_stop_requested
+from queues.api import JobData, Unique, job_type, raise_if_stop_requested
 
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
 # Every chat job type runs on the app's own queue; enqueueing names the type only.
@@ -41,6 +41,9 @@ class SaveMessageData(JobData, MessageSerializer):
     queue=QUEUE,
     schema=DeleteConversationData,
     subject=conversation_subject,
+    # One live deletion per conversation: the sweeper or an operator asking again while one waits
+    # or runs gets that one back.
+    unique=Unique(fields=["conversation_id"]),
 )
 def delete_conversation(data):
     result = services.delete_conversation(

@@ -66,7 +66,7 @@ class JobAdmin(admin.ModelAdmin):
         # The trace id of the request that enqueued the job and of its last failed attempt.
         ("Trace", {"fields": ["trace_context"], "classes": ["collapse"]}),
         ("Data and result", {"fields": ["data", "result"]}),
-        ("Attempts", {"fields": ["attempts", "max_attempts", "run_after", "worker"]}),
+        ("Attempts", {"fields": ["attempts", "max_attempts", "priority", "run_after", "worker"]}),
         ("Error", {"fields": ["last_error_class", "last_error", "traceback"]}),
         ("Times", {"fields": ["created_at", "started_at", "finished_at"]}),
         ("Operator retry", {"fields": ["retried_by", "retried_at"]}),

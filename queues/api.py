@@ -43,7 +43,7 @@ from queues.errors import (
 )
 from queues.handlers import RunningJob
 from queues.models import Job
-from queues.registry import RetryPolicy
+from queues.registry import RetryPolicy, Unique
 from queues.schemas import JobData
 
 __all__ = [
@@ -59,9 +59,11 @@ __all__ = [
     "SubjectGone",
     "TooManyLiveJobs",
     "TransientJobError",
+    "Unique",
     "WorkerLost",
     "cancel_waiting_jobs",
     "enqueue",
+    "enqueue_many",
     "forget_subject",
     "job_type",
     "raise_if_stop_requested",
@@ -78,19 +80,21 @@ def job_type(name, *, queue, schema, **options):
     takes each, and `JobType` stores it): `retry` (a `RetryPolicy`; `settings.JOB_RETRY_POLICIES`
     may override it), `subject` (`(data, result) -> "kind:id"`, what the job is about, so it can
     be found and erased), `content_fields` (data fields holding user content: shown to the job's
-    owner only, erased with its subject) and `client_enqueueable` (`POST /api/queues/jobs` takes
-    it).
+    owner only, erased with its subject), `client_enqueueable` (`POST /api/queues/jobs` takes
+    it), `priority` (0, claimed first, to 9) and `unique` (a `Unique`: at most one job per value
+    of some data fields among jobs in some states).
     """
     return registry.register(name, queue=queue, schema=schema, **options)
 
 
-def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=None):
+def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None):
     """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
     `data` carries `user_id`. `request_id`: what asked for the job (the caller's request id; a
     new one when it has none). `user_checked`: the caller read `user_id` from a row whose foreign
     key vouches for the user, so validation does not look the user up. `run_after` defers its
-    first attempt. Returns the `Job`.
+    first attempt; `priority` (0 first, to 9) overrides the type's. Returns the `Job`; for a
+    unique type's duplicate, the job already holding its key (`job.deduplicated` is set).
     """
     kind = registry.find(job_type)
     if kind is None:
@@ -102,7 +106,11 @@ def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=No
         request_id=request_id,
         user_checked=user_checked,
         run_after=run_after,
+        priority=priority,
     )
+
+
+enqueue_many = services.enqueue_many
 
 
 cancel_waiting_jobs = services.cancel_waiting_jobs

@@ -12,8 +12,9 @@ Plugged in through `Q_CLUSTER["broker_class"]`, so it stays django-q2's cluster,
 `qcluster`.
 
 On PostgreSQL (see docs/job-queue.md, "The broker"):
-- one statement claims up to `bulk` due rows, the app's own jobs first, then oldest first, with
-  `FOR UPDATE SKIP LOCKED` on the (key, priority, lock, id) index, and tells when the next row
+- one statement claims up to `bulk` due rows, by priority (the app's own jobs first within one),
+  then oldest first, with `FOR UPDATE SKIP LOCKED` on the (key, priority, lock, id) index, one
+  row in every OLDEST_EVERY oldest first whatever its priority, and tells when the next row
   falls due;
 - a claimed row's key becomes `<queue>@<token>@<claimed at, epoch s>`, the token of a lock the
   pusher's connection holds (`queues.liveness`), which hides it from other claims; its `lock`
@@ -52,14 +53,27 @@ from queues.rescuer import rescue_now_and_then
 IDLE_WAIT = 5.0
 TABLE = OrmQ._meta.db_table
 
+# One claimed row in every OLDEST_EVERY is the queue's oldest due row, whatever its priority,
+# so a flood of urgent jobs slows the others down but never stops them (docs/job-queue.md,
+# "Priorities"). The rest go by priority, then oldest first. Each part is one index scan.
+OLDEST_EVERY = 4
 # A claim re-keys its rows `<queue>@<token>@<claimed at, epoch s>`; the rescuer reads that key.
 _CLAIM = f"""
-WITH due AS (
+WITH urgent AS (
     SELECT id, lock FROM {TABLE}
     WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
     ORDER BY priority, lock, id
-    LIMIT %(bulk)s
+    LIMIT %(by_priority)s
     FOR UPDATE SKIP LOCKED
+), oldest AS (
+    SELECT id, lock FROM {TABLE}
+    WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
+    AND id NOT IN (SELECT id FROM urgent)
+    ORDER BY lock, id
+    LIMIT %(oldest)s
+    FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id, lock FROM urgent UNION ALL SELECT id, lock FROM oldest
 ), claimed AS (
     UPDATE {TABLE} q SET key = %(claimed)s FROM due WHERE q.id = due.id
     RETURNING q.id, q.payload, due.lock
@@ -106,16 +120,22 @@ class JobBroker(DatabaseHeartbeats, ORM):
         `SELECT 1` each time; `dequeue` reconnects after an error instead.
         """
         now = timezone.now()
+        # Rows this pusher claimed so far: the slots numbered OLDEST_EVERY, 2 * OLDEST_EVERY, ...
+        # take the oldest due rows.
+        done = getattr(self, "_claimed_so_far", 0)
+        oldest = (done + Conf.BULK) // OLDEST_EVERY - done // OLDEST_EVERY
         params = {
             "key": self.list_key,
             "now": now,
-            "bulk": Conf.BULK,
+            "by_priority": Conf.BULK - oldest,
+            "oldest": oldest,
             "claimed": f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}",
         }
         with connections[Conf.ORM].cursor() as cursor:
             cursor.execute(_CLAIM, params)
             rows = cursor.fetchall()
         claimed = sorted((due, row_id, payload) for row_id, payload, due in rows if row_id)
+        self._claimed_so_far = done + len(claimed)
         next_due = next((due for row_id, _, due in rows if row_id is None), None)
         return [(row_id, payload) for _, row_id, payload in claimed], next_due
 

@@ -28,6 +28,20 @@ def job_enqueued(job, also=()):
     return _add(job, also=also, enqueued=1, waiting=1)
 
 
+def jobs_enqueued_sql(queue, job_type, source):
+    """(sql, params): what `job_enqueued` adds, once for each row of the CTE `source` (the jobs
+    an INSERT ... ON CONFLICT DO NOTHING actually stored; nothing when it stored none)."""
+    table = connection.ops.quote_name(JobCounter._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
+        " SELECT %s, %s, n.name, %s, count(*)::float8"
+        f" FROM {source} CROSS JOIN (VALUES ('enqueued'), ('waiting')) n(name) GROUP BY n.name"
+        f" ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
+        " + excluded.value"
+    )
+    return sql, [queue, job_type, os.getpid() % SHARDS]
+
+
 def attempt_started(job):
     """`job` as it waited: its `run_after` is when it became due (enqueue, backoff, operator)."""
     deltas = {"waiting": -1, "running": 1}

@@ -52,6 +52,12 @@ class Job(models.Model):
     last_error_class = models.CharField(max_length=128, blank=True)
     traceback = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
+    # 0 is claimed first; the type's unless the enqueue chose another (docs/job-queue.md).
+    priority = models.PositiveSmallIntegerField(default=0)
+    # A unique job type's key (`queues.uniqueness`): one job per key among those whose status is
+    # in `unique_states` (a bit mask), enforced by the partial unique index of migration 0016.
+    unique_key = models.CharField(max_length=64, blank=True, default="", editable=False)
+    unique_states = models.PositiveSmallIntegerField(default=0, editable=False)
     # The database broker's row of the job's last push; the rescuer re-pushes a waiting job whose
     # row is gone. Null on Redis, where the broker is not in the database.
     broker_row = models.BigIntegerField(null=True, blank=True, editable=False)
@@ -83,6 +89,9 @@ class Job(models.Model):
             # How late the app's own job types are (/readyz), past any client backlog.
             models.Index(fields=["job_type", "status", "run_after"], name="job_type_due_idx"),
         ]
+
+    # Set on the job `enqueue` returns when it was already there (a unique type's duplicate).
+    deduplicated = False
 
     def __str__(self):
         return f"{self.job_type} {self.id} ({self.status})"

@@ -21,6 +21,7 @@ from django.db import connection, transaction
 
 from queues.conf import conf
 from queues.models import QueueEvent, QueuePause
+from queues.push import CHANNEL
 
 # How long a SQLite or Redis pusher sleeps between two looks at a paused queue (seconds).
 POLL = 0.5
@@ -79,8 +80,6 @@ def _check(queue):
 
 
 def _wake_pushers(queue):
-    from queues.broker import CHANNEL  # the broker imports this module for its claim
-
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])

@@ -72,11 +72,32 @@ def push_statement(job):
     return INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
 
 
+def push_many_statement(jobs, stored):
+    """As `push_statement`, for those of `jobs` that the CTE `stored` returns (its `id` and
+    `broker_row`, the id each job's row takes): the batch and unique enqueue, where a duplicate
+    gets no row. PostgreSQL, database broker only."""
+    rows = ", ".join(["(%s::uuid, %s, %s, %s::timestamptz, %s::smallint)"] * len(jobs))
+    sql = (
+        f"INSERT INTO {OrmQ._meta.db_table} (id, key, payload, lock, priority)"
+        " SELECT s.broker_row, p.key, p.payload, p.lock, p.priority"
+        f" FROM {stored} s JOIN (VALUES {rows}) p(job_id, key, payload, lock, priority)"
+        f" ON p.job_id = s.id RETURNING pg_notify('{CHANNEL}', key)"
+    )
+    params = [
+        v for job in jobs for v in (job.pk, job.queue, _payload(job), job.run_after, _priority(job))
+    ]
+    return sql, params
+
+
+def next_row_id_sql():
+    """SQL taking the id of a broker row to be inserted later in the same statement."""
+    return f"nextval(pg_get_serial_sequence('{OrmQ._meta.db_table}', 'id'))"
+
+
 def _priority(job):
-    """Client-enqueued jobs are claimed after the app's own (docs/job-queue.md, "Fair share");
-    a type may rank its jobs itself (django.tasks' priority: queues.task_backend)."""
+    """The broker row's claim rank (lower first): `JobType.broker_rank`."""
     kind = registry.find(job.job_type)
-    return kind.broker_priority(job.data) if kind is not None else 0
+    return kind.broker_rank(job) if kind is not None else 2 * job.priority
 
 
 def _payload(job):

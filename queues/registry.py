@@ -1,4 +1,5 @@
-"""Job types, registered in one place: each with its queue, handler, data schema and retry policy.
+"""Job types, registered in one place: each with its queue, handler, data schema, retry policy,
+priority and uniqueness.
 
 Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup like admin
 modules are; `settings.JOB_TYPE_MODULES` names extra ones.
@@ -31,6 +32,44 @@ class RetryPolicy:
         return max(delay, 0.0)
 
 
+# Statuses a job passes through by itself, each with the statuses it can come from (the
+# operator's retry, failed -> queued, is checked where it happens, `services.retry_jobs`).
+_COMES_FROM = {
+    "queued": (),
+    "running": ("queued", "retrying"),
+    "retrying": ("running",),
+    "succeeded": ("running",),
+    "failed": ("queued", "running", "retrying"),
+    "cancelled": ("queued", "running", "retrying"),
+}
+PRIORITIES = range(10)  # 0 is claimed first (docs/job-queue.md, "Priorities")
+
+
+@dataclass(frozen=True)
+class Unique:
+    """At most one job of the type per value of `fields` (in its data) among the jobs whose
+    status is in `states`; enqueueing another returns that one (docs/job-queue.md, "Unique jobs").
+
+    `states` must hold every status a job can reach them from on its own (e.g. with `running`,
+    also `queued` and `retrying`): the database refuses a second job entering them, and no
+    worker could act on that refusal.
+    """
+
+    fields: tuple
+    states: tuple = ("queued", "running", "retrying")
+
+    def __post_init__(self):
+        object.__setattr__(self, "fields", tuple(self.fields))
+        object.__setattr__(self, "states", tuple(self.states))
+        unknown = set(self.states) - set(_COMES_FROM)
+        if unknown or not self.fields or not self.states:
+            raise ValueError(f"unique jobs need fields and known states, not {self}")
+        for state in self.states:
+            missing = set(_COMES_FROM[state]) - set(self.states)
+            if missing:
+                raise ValueError(f"unique in {state!r} needs {sorted(missing)} too")
+
+
 @dataclass(frozen=True)
 class JobType:
     name: str
@@ -45,14 +84,19 @@ class JobType:
     # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
     # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
     client_enqueueable: bool = False
-    # callable(data) -> the broker row's claim rank (lower is claimed first), or None: the app's
-    # own types rank 0, client-enqueueable ones 1 (docs/job-queue.md, "Fair share").
-    priority: object = None
+    # Claimed before waiting jobs of a higher number, within the anti-starvation share.
+    priority: int = 0
+    unique: Unique = None
+    # callable(data) -> the broker row's claim rank, replacing the one from `priority`
+    # (django.tasks' own priorities: queues.task_backend), or None.
+    rank: object = None
 
-    def broker_priority(self, data):
-        if self.priority is not None:
-            return self.priority(data)
-        return 1 if self.client_enqueueable else 0
+    def broker_rank(self, job):
+        """Lower is claimed first: the job's priority, and within one priority the app's own jobs
+        before client-enqueued ones (docs/job-queue.md, "Fair share" and "Priorities")."""
+        if self.rank is not None:
+            return self.rank(job.data)
+        return 2 * job.priority + (1 if self.client_enqueueable else 0)
 
     def without_content(self, data):
         return {k: v for k, v in data.items() if k not in self.content_fields}
@@ -101,7 +145,9 @@ def register(
     subject=None,
     content_fields=(),
     client_enqueueable=False,
-    priority=None,
+    priority=0,
+    unique=None,
+    rank=None,
 ):
     """Decorator registering `handler` as job type `name` (its parameters: `queues.handlers`)."""
 
@@ -111,6 +157,10 @@ def register(
             raise ValueError(f"job type {name!r} is already registered")
         if queue not in conf.QUEUES:
             raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
+        if priority not in PRIORITIES:
+            raise ValueError(f"job type {name!r}: priority must be in {PRIORITIES}")
+        if unique is not None and set(unique.fields) - set(schema().fields):
+            raise ValueError(f"job type {name!r}: unique fields {unique.fields} not in its data")
         _types[name] = JobType(
             name,
             queue,
@@ -121,6 +171,8 @@ def register(
             tuple(content_fields),
             client_enqueueable,
             priority,
+            unique,
+            rank,
         )
         return handler
 

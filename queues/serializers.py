@@ -56,6 +56,7 @@ class JobSerializer(serializers.ModelSerializer):
             "data",
             "user_id",
             "request_id",
+            "priority",
             "status",
             "attempts",
             "max_attempts",
@@ -72,10 +73,35 @@ class JobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# Items of one `POST /api/queues/jobs/bulk`: one statement's worth (queues.batch).
+BULK_MAX_ITEMS = 500
+
+
 class EnqueueSerializer(serializers.Serializer):
     queue = StrictCharField(max_length=64)
     type = StrictCharField(max_length=64, help_text="A client-enqueueable job type.")
     data = serializers.DictField()
+    priority = serializers.IntegerField(
+        min_value=0,
+        max_value=9,
+        required=False,
+        help_text="0 is claimed first; at least the type's own (a client may only let its jobs"
+        " wait). The type's by default.",
+    )
+
+
+class BulkEnqueueSerializer(EnqueueSerializer):
+    data = None
+    items = serializers.ListField(
+        child=serializers.DictField(),
+        min_length=1,
+        max_length=BULK_MAX_ITEMS,
+        help_text="The data of each job.",
+    )
+
+
+class JobListSerializer(serializers.Serializer):
+    jobs = JobSerializer(many=True)
 
 
 class MinuteStatsSerializer(serializers.Serializer):

@@ -1,39 +1,62 @@
-"""Writes on jobs: enqueue one, retry failed ones."""
+"""Writes on jobs: enqueue one or many, retry failed ones."""
 
 import uuid
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.db.models import F
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from queues import counters, history, registry, tracing
+from queues import batch, counters, history, registry, tracing
 from queues.conf import conf
-from queues.errors import TooManyLiveJobs
+from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job, JobEvent
 from queues.push import push, push_statement
 from queues.statements import insert_statement
 
 
 @transaction.atomic
-def enqueue_for_client(user, queue, job_type, data, *, request_id=None):
-    """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs.
+def enqueue_for_client(user, queue, job_type, data, *, request_id=None, priority=None):
+    """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
+    _admit_client_jobs(user, queue, job_type, 1, priority)
+    return enqueue(
+        queue, job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority
+    )
+
+
+@transaction.atomic
+def enqueue_many_for_client(user, queue, job_type, items, *, request_id=None, priority=None):
+    """`enqueue_many` on behalf of an API client, each item counting towards the cap."""
+    _admit_client_jobs(user, queue, job_type, len(items), priority)
+    items = [{**data, "user_id": user.pk} if isinstance(data, dict) else data for data in items]
+    return enqueue_many(job_type, items, request_id=request_id, priority=priority)
+
+
+def _admit_client_jobs(user, queue, job_type, count, priority):
+    """Refuse `count` more jobs of a client: types it may not enqueue, a priority more urgent
+    than its type's (a client may only let its own jobs wait), or more live jobs than its cap.
 
     The user's row is locked while counting, so concurrent requests of one user cannot all pass
     the cap together; other users never wait on it.
     """
-    registry.get(queue, job_type, client=True)
+    kind = registry.get(queue, job_type, client=True)
+    if priority is not None and priority < kind.priority:
+        raise JobValidationError(
+            f"priority must be at least {kind.priority} for {job_type}",
+            {"priority": [f"Must be at least {kind.priority} for {job_type}."]},
+        )
     get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
     cap = conf.CLIENT_LIVE_JOBS_PER_USER
-    client_types = [name for name, kind in registry.all_types().items() if kind.client_enqueueable]
+    client_types = [name for name, t in registry.all_types().items() if t.client_enqueueable]
     live = Job.objects.filter(user=user, status__in=Job.LIVE, job_type__in=client_types)
-    if live.count() >= cap:
+    if live.count() + count > cap:
         raise TooManyLiveJobs(f"{cap} of your jobs are still waiting or running")
-    return enqueue(queue, job_type, {**data, "user_id": user.pk}, request_id=request_id)
 
 
-def enqueue(queue, job_type, data, *, request_id=None, user_checked=False, run_after=None):
+def enqueue(
+    queue, job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None
+):
     """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
 
     The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` carries
@@ -43,25 +66,17 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False, run_a
     type, or data that does not fit the type's schema, raise `JobValidationError` and store
     nothing.
     `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
-    vouches for it), so validation does not look the user up again.
+    vouches for it), so validation does not look the user up again. `priority`: 0 (first) to 9,
+    the type's by default. A unique type's duplicate is not stored: the job holding its key is
+    returned instead, with `deduplicated` set.
     """
     kind = registry.get(queue, job_type)
-    data = {**data}
-    data.setdefault("request_id", request_id or uuid.uuid4().hex)
-    cleaned = dict(kind.validate(data, user_checked=user_checked))
+    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
+    if kind.unique:
+        (job,) = batch.store(kind, [job])
+        return job
     # No savepoint inside the caller's transaction (two round trips saved): an error here
     # propagates and rolls the caller's transaction back anyway.
-    job = Job(
-        queue=queue,
-        job_type=job_type,
-        data=cleaned,
-        subject=kind.subject_of(cleaned),
-        user_id=cleaned.get("user_id"),
-        request_id=cleaned["request_id"],
-        max_attempts=kind.retry_policy.attempts,
-        trace_context=tracing.capture(),
-        run_after=run_after or timezone.now(),
-    )
     with transaction.atomic(savepoint=False):
         broker_row = push_statement(job)
         if broker_row is None:  # SQLite, or a broker outside the database (Redis)
@@ -79,9 +94,68 @@ def enqueue(queue, job_type, data, *, request_id=None, user_checked=False, run_a
     return job
 
 
+def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priority=None):
+    """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
+
+    Any invalid item raises `JobValidationError` naming its index, and stores nothing. Returns
+    the jobs in the order of `items` (a unique type's duplicates as in `enqueue`).
+    """
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    if not isinstance(items, list) or not items:
+        raise JobValidationError(f"{job_type}: items must be a non-empty list")
+    priority = _priority(kind, priority)
+    # The items' users are looked up in one query, not once per item; an unknown one is left
+    # to the item's validation, which names it.
+    user_ids = {data.get("user_id") for data in items if isinstance(data, dict)}
+    ids = [pk for pk in user_ids if type(pk) is int and 0 < pk < 2**63] if not user_checked else []
+    users = get_user_model().objects.filter(pk__in=ids)
+    known = set(users.values_list("pk", flat=True)) if ids else set()
+    jobs = []
+    for index, data in enumerate(items):
+        checked = user_checked or (isinstance(data, dict) and data.get("user_id") in known)
+        try:
+            jobs.append(_new_job(kind, data, request_id, checked, priority))
+        except (JobValidationError, TypeError) as exc:
+            fields = getattr(exc, "fields", None) or [str(exc)]
+            raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None
+    return batch.store(kind, jobs)
+
+
+def _priority(kind, priority):
+    """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
+    if priority is None:
+        return kind.priority
+    if type(priority) is not int or priority not in registry.PRIORITIES:
+        raise JobValidationError(f"priority must be an integer from 0 to {registry.PRIORITIES[-1]}")
+    return priority
+
+
+def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
+    """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
+    data = {**data}
+    data.setdefault("request_id", request_id or uuid.uuid4().hex)
+    cleaned = dict(kind.validate(data, user_checked=user_checked))
+    return Job(
+        queue=kind.queue,
+        job_type=kind.name,
+        data=cleaned,
+        subject=kind.subject_of(cleaned),
+        user_id=cleaned.get("user_id"),
+        request_id=cleaned["request_id"],
+        max_attempts=kind.retry_policy.attempts,
+        trace_context=tracing.capture(),
+        priority=priority,
+        run_after=run_after or timezone.now(),
+    )
+
+
 @transaction.atomic
 def retry_jobs(jobs, *, by=None):
-    """Send failed jobs back to their queue with a fresh attempt budget. Returns how many."""
+    """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
+
+    A unique type's job whose key another live job holds now is left failed, not counted."""
     now = timezone.now()
     count = 0
     failed = Job.objects.select_for_update().filter(
@@ -95,8 +169,12 @@ def retry_jobs(jobs, *, by=None):
         job.finished_at = None
         job.retried_by = by
         job.retried_at = now
-        job.broker_row = push(job)
-        job.save()
+        try:
+            with transaction.atomic():  # a newer job may hold its unique key: that one stays
+                job.broker_row = push(job)
+                job.save()
+        except IntegrityError:
+            continue
         job.refresh_from_db(fields=["max_attempts"])
         counters.retried_by_operator(job)
         history.record([job], JobEvent.Action.RETRIED, by=by)

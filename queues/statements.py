@@ -36,9 +36,15 @@ def insert_statement(instance, returning=None):
     For a model whose primary key is set in Python (a UUID): nothing needs reading back but the
     column named by `returning`, if any (a value an expression computed in the database).
     """
-    query = InsertQuery(type(instance))
-    query.insert_values(instance._meta.local_concrete_fields, [instance])
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    sql, params = insert_rows_statement([instance])
     if returning:
         sql += f" RETURNING {connection.ops.quote_name(returning)}"
+    return sql, params
+
+
+def insert_rows_statement(instances):
+    """(sql, params) inserting model instances of one model in one multi-row INSERT."""
+    query = InsertQuery(type(instances[0]))
+    query.insert_values(instances[0]._meta.local_concrete_fields, instances)
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
     return sql, params

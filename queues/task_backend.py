@@ -310,5 +310,5 @@ def register_job_types():
             subject=lambda data, result=None: f"task:{data['task']}"[:128],
             # Arguments may carry anything: shown to nobody but code, erased like content.
             content_fields=("args", "kwargs"),
-            priority=lambda data: broker_priority(data["priority"]),
+            rank=lambda data: broker_priority(data["priority"]),
         )(run_task)

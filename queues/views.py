@@ -12,7 +12,13 @@ from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job
 from queues.openapi import AUTHENTICATED, WITH_BODY, errors
-from queues.serializers import EnqueueSerializer, JobSerializer, StatsSerializer
+from queues.serializers import (
+    BulkEnqueueSerializer,
+    EnqueueSerializer,
+    JobListSerializer,
+    JobSerializer,
+    StatsSerializer,
+)
 
 _JOB_ID = OpenApiParameter("job_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 
@@ -65,6 +71,22 @@ class EnqueueRateThrottle(UserRateThrottle):
     def get_rate(self):
         # The project's REST_FRAMEWORK "enqueue" rate, else the app's default.
         return self.THROTTLE_RATES.get(self.scope, DEFAULT_ENQUEUE_RATE)
+
+
+class BulkEnqueueRateThrottle(EnqueueRateThrottle):
+    """The single enqueue's budget (the same counts), each item of a bulk request counting."""
+
+    def allow_request(self, request, view):
+        items = request.data.get("items") if isinstance(request.data, dict) else None
+        self.cost = len(items) if isinstance(items, list) and items else 1
+        return super().allow_request(request, view)
+
+    def throttle_success(self):
+        if len(self.history) + self.cost > self.num_requests:
+            return self.throttle_failure()
+        self.history[:0] = [self.now] * self.cost
+        self.cache.set(self.key, self.history, self.duration)
+        return True
 
 
 def _job_from_url(request, raw_id):
@@ -144,34 +166,102 @@ class JobCancelView(generics.GenericAPIView):
 
 
 class JobCreateView(generics.GenericAPIView):
-    """`POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller."""
+    """`POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller.
+
+    202 with the new job; 200 with the existing one when a unique type's job with the same key
+    is already there (nothing stored)."""
 
     serializer_class = EnqueueSerializer
     throttle_classes = [EnqueueRateThrottle]
 
-    @extend_schema(responses={202: JobSerializer, **errors(*AUTHENTICATED, *WITH_BODY, 429)})
+    @extend_schema(
+        responses={
+            202: JobSerializer,
+            200: JobSerializer,
+            **errors(*AUTHENTICATED, *WITH_BODY, 429),
+        }
+    )
     def post(self, request):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data["data"])
-        if data.setdefault("user_id", request.user.pk) != request.user.pk:
-            raise exceptions.ValidationError({"data": {"user_id": ["Must be your own user id."]}})
         try:
             job = services.enqueue_for_client(
                 request.user,
                 serializer.validated_data["queue"],
                 serializer.validated_data["type"],
-                data,
+                _own_data(request, serializer.validated_data["data"]),
                 request_id=request.request_id,
+                priority=serializer.validated_data.get("priority"),
             )
         except JobValidationError as exc:
-            raise exceptions.ValidationError({"data": exc.fields or [str(exc)]}) from None
+            raise _invalid(exc) from None
         except TooManyLiveJobs as exc:
             raise TooManyJobs(wait=exc.retry_after, detail=str(exc)) from None
         return Response(
             JobSerializer(job, context=self.get_serializer_context()).data,
-            status=status.HTTP_202_ACCEPTED,
+            status=status.HTTP_200_OK if job.deduplicated else status.HTTP_202_ACCEPTED,
         )
+
+
+class JobBulkCreateView(generics.GenericAPIView):
+    """`POST /api/queues/jobs/bulk`: enqueue many jobs of one client-enqueueable type as the
+    caller, all or nothing; each counts as one job towards the rate and the live-job cap.
+
+    202 with the jobs in the order of `items`; 200 when every one was already there (a unique
+    type's duplicates, nothing stored)."""
+
+    serializer_class = BulkEnqueueSerializer
+    throttle_classes = [BulkEnqueueRateThrottle]
+
+    @extend_schema(
+        responses={
+            202: JobListSerializer,
+            200: JobListSerializer,
+            **errors(*AUTHENTICATED, *WITH_BODY, 429),
+        }
+    )
+    def post(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        items = serializer.validated_data["items"]
+        try:
+            jobs = services.enqueue_many_for_client(
+                request.user,
+                serializer.validated_data["queue"],
+                serializer.validated_data["type"],
+                [_own_data(request, data, index) for index, data in enumerate(items)],
+                request_id=request.request_id,
+                priority=serializer.validated_data.get("priority"),
+            )
+        except JobValidationError as exc:
+            raise _invalid(exc, "items") from None
+        except TooManyLiveJobs as exc:
+            raise TooManyJobs(wait=exc.retry_after, detail=str(exc)) from None
+        context = self.get_serializer_context()
+        return Response(
+            JobListSerializer({"jobs": jobs}, context=context).data,
+            status=status.HTTP_200_OK
+            if all(job.deduplicated for job in jobs)
+            else status.HTTP_202_ACCEPTED,
+        )
+
+
+def _own_data(request, data, index=None):
+    """`data` of a job the caller enqueues: its `user_id` is the caller's, or 400."""
+    data = dict(data)
+    if data.setdefault("user_id", request.user.pk) != request.user.pk:
+        problem = {"user_id": ["Must be your own user id."]}
+        if index is None:
+            raise exceptions.ValidationError({"data": problem})
+        raise exceptions.ValidationError({"items": {index: problem}})
+    return data
+
+
+def _invalid(exc, field="data"):
+    """The 400 for a JobValidationError; a priority problem is named as such."""
+    if "priority" in exc.fields:
+        return exceptions.ValidationError({"priority": exc.fields["priority"]})
+    return exceptions.ValidationError({field: exc.fields or [str(exc)]})
 
 
 @extend_schema(responses={200: StatsSerializer, **errors(*AUTHENTICATED)})

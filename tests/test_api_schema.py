@@ -34,7 +34,7 @@ def wsgi_app(settings):
 
 
 def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_user, wsgi_app):
-    """650 requests generated from the schema, valid and not, across the 13 operations."""
+    """700 requests generated from the schema, valid and not, across the 14 operations."""
     # A few real conversations, so generated small ids sometimes find one.
     for n in range(3):
         conversation = Conversation.objects.create(owner=user, title=f"Seed {n}")
@@ -44,7 +44,7 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_
     staff_headers = {"Authorization": f"Token {Token.objects.create(user=operator_user).key}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 13
+    assert len(operations) == 14
 
     for operation in operations:
 
@@ -79,6 +79,7 @@ def test_schema_documents_every_endpoint_and_its_error_statuses(client):
         "/api/chat/conversations/{id}/",
         "/api/chat/conversations/{id}/messages/",
         "/api/queues/jobs/",
+        "/api/queues/jobs/bulk/",
         "/api/queues/jobs/{job_id}/",
         "/api/queues/jobs/{job_id}/retry/",
         "/api/queues/jobs/{job_id}/cancel/",
@@ -92,6 +93,9 @@ def test_schema_documents_every_endpoint_and_its_error_statuses(client):
     assert set(post_message) == {"201", "400", "401", "403", "404", "406", "413", "415"}
     stats = paths["/api/queues/stats/"]["get"]["responses"]
     assert set(stats) == {"200", "401", "403", "406"}
+    for enqueue in ("/api/queues/jobs/", "/api/queues/jobs/bulk/"):
+        responses = paths[enqueue]["post"]["responses"]
+        assert set(responses) == {"200", "202", "400", "401", "403", "406", "413", "415", "429"}
 
 
 def test_docs_page_serves_swagger_ui_from_our_own_static_files(client):

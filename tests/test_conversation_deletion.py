@@ -55,7 +55,7 @@ def test_job_id_from_delete_works_on_the_job_status_endpoint(api, conversation):
 
 def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conversation):
     with (
-        mock.patch("queues.services.push_statement", side_effect=RuntimeError("broker down")),
+        mock.patch("queues.batch.push_many_statement", side_effect=RuntimeError("broker down")),
         pytest.raises(RuntimeError),
     ):
         api.delete(f"/api/chat/conversations/{conversation.pk}")

@@ -11,7 +11,7 @@ from django.db import OperationalError
 from rest_framework import serializers
 
 from chat.models import Conversation
-from queues.api import JobData, PermanentJobError, RetryPolicy, raise_if_stop_requested
+from queues.api import JobData, PermanentJobError, RetryPolicy, Unique, raise_if_stop_requested
 from queues.api import job_type as register
 
 
@@ -85,3 +85,32 @@ def stoppable(data):
         time.sleep(0.02)
     raise_if_stop_requested()
     return {"slept": data["seconds"]}
+
+
+class NamedTestData(TestData):
+    name = serializers.CharField(max_length=100)
+
+
+@register(
+    "test_unique",
+    queue="database",
+    schema=NamedTestData,
+    client_enqueueable=True,
+    priority=2,
+    unique=Unique(fields=["name"]),
+)
+def unique(data):
+    """One live job per `name`; claimed after priorities 0 and 1."""
+    time.sleep(data["seconds"])
+    return {"name": data["name"]}
+
+
+@register(
+    "test_debounced",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], states=["queued"]),
+)
+def debounced(data):
+    """One job per `name` waiting to start; another may wait while one runs."""
+    return {"name": data["name"]}

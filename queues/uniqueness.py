@@ -1,0 +1,41 @@
+"""Unique jobs: the key a unique type's job is stored with, and the index that keeps it unique.
+
+A job of a type declared `unique=Unique(fields, states)` stores `unique_key` (a hash of the type
+and those data fields) and `unique_states` (a bit per status; 0 for other types). The partial
+unique index of migration 0016 holds a job's key only while its status is one of its own
+`unique_states`, so PostgreSQL (and SQLite) refuse a second job with that key in those statuses,
+whoever writes it and however concurrently; a job leaving them frees its key without any write
+of ours (the runner, the rescuer and cancel need not know about keys). Enqueueing uses
+`INSERT ... ON CONFLICT (unique_key) WHERE <the index's predicate> DO NOTHING`.
+"""
+
+import hashlib
+import json
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+STATE_BITS = {
+    "queued": 1,
+    "running": 2,
+    "retrying": 4,
+    "succeeded": 8,
+    "failed": 16,
+    "cancelled": 32,
+}
+# The partial unique index's predicate; the same text in the ON CONFLICT clause lets PostgreSQL
+# infer the index. Kept in step with migration 0016, which creates the index.
+_WHEN = " ".join(f"WHEN '{state}' THEN {bit}" for state, bit in STATE_BITS.items())
+INDEX_PREDICATE = f"(unique_states & CASE status {_WHEN} ELSE 0 END) <> 0"
+
+
+def key_of(kind, data):
+    """The unique key of a job of `kind` with (validated) `data`; "" if the type is not unique."""
+    if kind.unique is None:
+        return ""
+    values = [kind.name, [data.get(name) for name in kind.unique.fields]]
+    text = json.dumps(values, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def states_mask(kind):
+    return sum(STATE_BITS[s] for s in kind.unique.states) if kind.unique else 0
