@@ -305,12 +305,16 @@ def test_a_task_that_overruns_its_queues_timeout_is_cut_off_and_retried(cluster)
 @pytest.mark.cluster
 def test_a_deferred_task_waits_for_its_time(cluster):
     cluster.start()
-    run_after = timezone.now() + timedelta(seconds=3)
+    run_after = timezone.now() + timedelta(seconds=5)
     result = tasks.tagged.using(run_after=run_after).enqueue("deferred")
     soon = tasks.tagged.enqueue("now")
 
     finished(soon)
-    assert default_task_backend.get_result(result.id).status == TaskResultStatus.READY
+    status = default_task_backend.get_result(result.id).status
+    # On a loaded machine the cluster may start after the deferred time: then only the start
+    # time below tells.
+    if timezone.now() < run_after:
+        assert status == TaskResultStatus.READY
     assert finished(result).return_value == "deferred"
     assert result.started_at >= run_after
 
