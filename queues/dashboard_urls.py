@@ -1,8 +1,10 @@
 from django.urls import path
 
-from queues import dashboard
+from queues import dashboard, dashboard_jobs
 
 urlpatterns = [
     path("queues", dashboard.queue_dashboard, name="queue-dashboard"),
     path("queues/jobs/<uuid:job_id>/retry", dashboard.retry_job, name="queue-dashboard-retry"),
+    path("queues/jobs", dashboard_jobs.job_search, name="queue-dashboard-jobs"),
+    path("queues/jobs/bulk", dashboard_jobs.bulk_job_action, name="queue-dashboard-jobs-bulk"),
 ]

@@ -1,5 +1,7 @@
 """Writes on jobs: enqueue one, retry failed ones."""
 
+import logging
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -14,6 +16,8 @@ from queues.models import Job
 from queues.statements import insert_statement
 from slimy import log_context
 from slimy.request_id import new_request_id
+
+logger = logging.getLogger("queues.services")
 
 
 @transaction.atomic
@@ -99,6 +103,22 @@ def retry_jobs(jobs, *, by=None):
         counters.retried_by_operator(job)
         count += 1
     return count
+
+
+@transaction.atomic
+def delete_finished_jobs(jobs, *, by=None):
+    """Delete the records of those of `jobs` that are finished; a live job is never touched.
+
+    The finished ones are locked first, so a job an operator retries meanwhile either waits for
+    this deletion or, retried first, is no longer finished and stays. Returns how many.
+    """
+    finished = Job.objects.select_for_update().filter(
+        pk__in=jobs.values("pk"), status__in=Job.FINISHED
+    )
+    deleted, _ = Job.objects.filter(pk__in=list(finished.values_list("pk", flat=True))).delete()
+    if deleted:
+        logger.info("%d finished job records deleted by %s", deleted, by)
+    return deleted
 
 
 def cancel_waiting_jobs(subject, job_type):
