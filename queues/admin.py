@@ -4,7 +4,7 @@ from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages
 from django_q import models as q_models
 
 from queues.models import Job
-from queues.services import retry_jobs
+from queues.services import delete_finished_jobs, retry_jobs
 
 # Our job records are the source of truth for outcomes. django-q2 stores no successes here and
 # only runner-level failures, so its "Successful/Failed tasks" pages would contradict the Jobs
@@ -82,3 +82,16 @@ class JobAdmin(admin.ModelAdmin):
 
     def has_retry_permission(self, request):
         return request.user.has_perm("queues.change_job")
+
+    # With queues.delete_job, a finished job's record may be deleted, never a live one (the
+    # dashboard's Jobs page deletes many; the admin's bulk delete would count live jobs it skips).
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or obj.is_finished)
+
+    def delete_model(self, request, obj):
+        delete_finished_jobs(Job.objects.filter(pk=obj.pk), by=request.user)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions

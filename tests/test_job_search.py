@@ -369,3 +369,14 @@ def test_a_deletion_waiting_on_a_retry_leaves_the_retried_job_alone(user):
     thread.join(10)
     assert outcome == {"deleted": 0}
     assert Job.objects.get(pk=job.pk).status == "queued"
+
+
+def test_the_admin_deletes_a_finished_job_record_only(user, make_user):
+    deleter = signed_in(grant(make_user("deleter", is_staff=True), "view_job", "delete_job"))
+    live, finished = make_job(user, "queued"), make_job(user, "failed")
+    confirm = {"post": "yes"}
+    assert deleter.post(f"/admin/queues/job/{live.pk}/delete/", confirm).status_code == 403
+    assert deleter.post(f"/admin/queues/job/{finished.pk}/delete/", confirm).status_code == 302
+    assert list(Job.objects.values_list("pk", flat=True)) == [live.pk]
+    page = deleter.get("/admin/queues/job/").content.decode()
+    assert 'value="delete_selected"' not in page
