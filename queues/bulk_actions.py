@@ -13,7 +13,7 @@ from queues.models import Job
 
 # Jobs one request changes at most: a retry pushes each job, so a page of thousands would run
 # past the web server's timeout. More matching jobs: the operator applies the action again.
-BULK_LIMIT = 1000
+BULK_LIMIT = 500
 
 
 @dataclass(frozen=True)

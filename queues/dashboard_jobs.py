@@ -39,8 +39,10 @@ def render_jobs_page(request, form, status=200):
             "count_cap": COUNT_CAP,
             "bulk_limit": BULK_LIMIT,
             "query": query,
-            "newer_url": newer and page_url(query, newer_than=jobs[0]),
-            "older_url": older and page_url(query, older_than=jobs[-1]),
+            "newest_url": "?" + urlencode(query),
+            # A page can be empty: its position's jobs may have gone since the link was made.
+            "newer_url": newer and jobs and page_url(query, newer_than=jobs[0]),
+            "older_url": older and jobs and page_url(query, older_than=jobs[-1]),
         }
     return render(request, "queues/jobs.html", context, status=status)
 

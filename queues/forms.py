@@ -44,7 +44,7 @@ def encode_cursor(created_at, job_id):
 class JobSearchForm(forms.Form):
     """What operators find jobs by; every field is optional and the given ones all apply."""
 
-    id = forms.UUIDField(required=False, label="Job id")
+    job_id = forms.UUIDField(required=False, label="Job id")
     job_type = forms.ChoiceField(required=False, label="Type")
     status = forms.ChoiceField(required=False, choices=[("", "any"), *Job.Status.choices])
     user = forms.CharField(required=False, max_length=150, help_text="A username or a user id.")
@@ -59,7 +59,7 @@ class JobSearchForm(forms.Form):
     newer_than = PageCursorField(required=False)
 
     FILTERS = (
-        "id",
+        "job_id",
         "job_type",
         "status",
         "user",

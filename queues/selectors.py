@@ -19,7 +19,7 @@ def jobs_visible_to(user):
 def search_jobs(
     viewer,
     *,
-    id=None,
+    job_id=None,
     job_type="",
     status="",
     user="",
@@ -34,8 +34,8 @@ def search_jobs(
     `user` is a username or a user id; one that names nobody matches no job, like any filter.
     """
     jobs = jobs_visible_to(viewer)
-    if id:
-        jobs = jobs.filter(pk=id)
+    if job_id:
+        jobs = jobs.filter(pk=job_id)
     if job_type:
         jobs = jobs.filter(job_type=job_type)
     if status:

@@ -71,7 +71,7 @@ def test_each_filter_finds_exactly_the_jobs_it_names(operator, user, other_user)
         return found(response)
 
     assert search() == ids(*newest_first)
-    assert search(id=str(failed.pk)) == ids(failed)
+    assert search(job_id=str(failed.pk)) == ids(failed)
     assert search(job_type="test_permanent") == ids(failed, old_failed)
     assert search(status="running") == ids(running)
     assert search(job_type="test_permanent", status="failed") == ids(failed, old_failed)
@@ -121,7 +121,7 @@ def link(response, name):
 @pytest.mark.parametrize(
     "query, message",
     [
-        ({"id": "not-a-uuid"}, "Enter a valid UUID."),
+        ({"job_id": "not-a-uuid"}, "Enter a valid UUID."),
         ({"status": "exploded"}, "Select a valid choice. exploded is not one of"),
         ({"job_type": "no_such_type"}, "Select a valid choice. no_such_type is not one of"),
         ({"created_after": "yesterday"}, "Enter a valid date/time."),
@@ -151,6 +151,16 @@ def test_bad_search_input_is_a_clear_error_on_the_page(operator, user, query, me
     assert found(response) == []
 
 
+def test_a_page_whose_jobs_are_gone_is_empty_not_an_error(operator, user):
+    make_job(user)
+    before_everything = f"{(NOW - timedelta(days=1)).isoformat()}_{'0' * 32}"
+    for position in ("older_than", "newer_than"):
+        far = before_everything if position == "older_than" else f"{NOW.isoformat()}_{'f' * 32}"
+        response = operator.get(JOBS, {position: far})
+        assert response.status_code == 200 and found(response) == []
+        assert 'No job here any more: <a href="?">back to the newest' in response.content.decode()
+
+
 def test_a_huge_user_id_matches_nobody(operator, user):
     make_job(user)
     response = operator.get(JOBS, {"user": "9" * 40})
@@ -162,7 +172,7 @@ def test_without_view_job_you_find_your_own_jobs_only(user, make_user):
     mine, theirs = make_job(me), make_job(user)
     client = signed_in(me)
     assert found(client.get(JOBS)) == ids(mine)
-    assert found(client.get(JOBS, {"id": str(theirs.pk)})) == []
+    assert found(client.get(JOBS, {"job_id": str(theirs.pk)})) == []
     assert found(client.get(JOBS, {"user": user.username})) == []
 
 
