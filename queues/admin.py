@@ -7,7 +7,7 @@ from queues import pausing
 from queues.cancellation import cancel_jobs
 from queues.conf import conf
 from queues.models import Job, JobEvent, QueueEvent, QueuePause
-from queues.services import retry_jobs
+from queues.services import delete_finished_jobs, retry_jobs
 
 # Our job records are the source of truth for outcomes. django-q2 stores no successes here and
 # only runner-level failures, so its "Successful/Failed tasks" pages would contradict the Jobs
@@ -124,6 +124,19 @@ class JobAdmin(admin.ModelAdmin):
     def has_retry_permission(self, request):
         """Retry and cancel: `queues.change_job`, never staff status alone."""
         return request.user.has_perm("queues.change_job")
+
+    # With queues.delete_job, a finished job's record may be deleted, never a live one (the
+    # dashboard's Jobs page deletes many; the admin's bulk delete would count live jobs it skips).
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or obj.is_finished)
+
+    def delete_model(self, request, obj):
+        delete_finished_jobs(Job.objects.filter(pk=obj.pk), by=request.user)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
 
 class PauseForm(forms.ModelForm):

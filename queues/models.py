@@ -88,6 +88,20 @@ class Job(models.Model):
             models.Index(fields=["user", "status"], name="job_user_status_idx"),
             # How late the app's own job types are (/readyz), past any client backlog.
             models.Index(fields=["job_type", "status", "run_after"], name="job_type_due_idx"),
+            # The dashboard's job search: pages newest first by keyset, any filter, one index
+            # range each (docs/dashboard.md); failed jobs, what operators look for most, and
+            # finished ones have their own, which live jobs' writes do not maintain.
+            models.Index(fields=["created_at", "id"], name="job_created_idx"),
+            models.Index(
+                fields=["created_at", "id"],
+                condition=models.Q(status="failed"),
+                name="job_failed_created_idx",
+            ),
+            models.Index(
+                fields=["finished_at"],
+                condition=models.Q(finished_at__isnull=False),
+                name="job_finished_idx",
+            ),
         ]
 
     # Set on the job `enqueue` returns when it was already there (a unique type's duplicate).

@@ -2,6 +2,7 @@
 
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -13,6 +14,67 @@ from queues.models import Job, JobCounter, JobMinute, QueuePause
 def jobs_visible_to(user):
     """Holders of `queues.view_job` see every job record; anyone else the jobs they enqueued."""
     return Job.objects.all() if user.has_perm("queues.view_job") else Job.objects.filter(user=user)
+
+
+def search_jobs(
+    viewer,
+    *,
+    job_id=None,
+    job_type="",
+    status="",
+    user="",
+    subject="",
+    created_after=None,
+    created_before=None,
+    finished_after=None,
+    finished_before=None,
+):
+    """The jobs `viewer` may see that match every given filter (the dashboard's Jobs page).
+
+    `user` is a username or a user id; one that names nobody matches no job, like any filter.
+    """
+    jobs = jobs_visible_to(viewer)
+    if job_id:
+        jobs = jobs.filter(pk=job_id)
+    if job_type:
+        jobs = jobs.filter(job_type=job_type)
+    if status:
+        jobs = jobs.filter(status=status)
+    if user:
+        named = Q(username=user) | (Q(pk=int(user)) if user.isascii() and user.isdigit() else Q())
+        # Looked up first: the planner then sees the ids and picks the user's index.
+        users = list(get_user_model().objects.filter(named).values_list("pk", flat=True))
+        jobs = jobs.filter(user__in=users)
+    if subject:
+        jobs = jobs.filter(subject=subject)
+    if created_after:
+        jobs = jobs.filter(created_at__gte=created_after)
+    if created_before:
+        jobs = jobs.filter(created_at__lte=created_before)
+    if finished_after:
+        jobs = jobs.filter(finished_at__gte=finished_after)
+    if finished_before:
+        jobs = jobs.filter(finished_at__lte=finished_before)
+    return jobs
+
+
+def jobs_page(jobs, *, older_than=None, newer_than=None, size=50):
+    """One page of `jobs`, newest first: (jobs, whether newer ones exist, whether older do).
+
+    Keyset pagination on (created_at, id): each page is one index range scan of `size` + 1 rows
+    starting at a position (`older_than` or `newer_than`, a (created_at, id) pair), however deep
+    the page, where an offset would read and skip every row before it.
+    """
+    if newer_than:
+        created_at, pk = newer_than
+        after = jobs.filter(created_at__gte=created_at).exclude(created_at=created_at, pk__lte=pk)
+        rows = list(after.order_by("created_at", "id")[: size + 1])
+        return rows[:size][::-1], len(rows) > size, True
+    if older_than:
+        created_at, pk = older_than
+        jobs = jobs.filter(created_at__lte=created_at).exclude(created_at=created_at, pk__gte=pk)
+    rows = list(jobs.order_by("-created_at", "-id")[: size + 1])
+    return rows[:size], older_than is not None, len(rows) > size
 
 
 def subjects_with_live_jobs(job_type, subjects):

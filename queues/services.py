@@ -1,5 +1,6 @@
 """Writes on jobs: enqueue one or many, retry failed ones."""
 
+import logging
 import uuid
 
 from django.contrib.auth import get_user_model
@@ -14,6 +15,8 @@ from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.models import Job, JobEvent
 from queues.push import push, push_statement
 from queues.statements import insert_statement
+
+logger = logging.getLogger("queues.services")
 
 
 @transaction.atomic
@@ -180,6 +183,22 @@ def retry_jobs(jobs, *, by=None):
         history.record([job], JobEvent.Action.RETRIED, by=by)
         count += 1
     return count
+
+
+@transaction.atomic
+def delete_finished_jobs(jobs, *, by=None):
+    """Delete the records of those of `jobs` that are finished; a live job is never touched.
+
+    The finished ones are locked first, so a job an operator retries meanwhile either waits for
+    this deletion or, retried first, is no longer finished and stays. Returns how many.
+    """
+    finished = Job.objects.select_for_update().filter(
+        pk__in=jobs.values("pk"), status__in=Job.FINISHED
+    )
+    deleted, _ = Job.objects.filter(pk__in=list(finished.values_list("pk", flat=True))).delete()
+    if deleted:
+        logger.info("%d finished job records deleted by %s", deleted, by)
+    return deleted
 
 
 def cancel_waiting_jobs(subject, job_type):

@@ -122,6 +122,18 @@ TABLE = [
     ),
     (
         "get",
+        "/dashboard/queues/jobs",
+        None,
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 200, "operator": 200},
+    ),
+    (  # no action named: forbidden without any bulk permission, else a form error
+        "post",
+        "/dashboard/queues/jobs/bulk",
+        None,
+        {"anonymous": 302, "owner": 302, "other": 302, "staff": 403, "operator": 400},
+    ),
+    (
+        "get",
         "/healthz",
         None,
         {"anonymous": 200, "owner": 200, "other": 200, "staff": 200, "operator": 200},

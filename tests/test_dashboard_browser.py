@@ -4,6 +4,7 @@ import shutil
 import tempfile
 import time
 from io import StringIO
+from uuid import UUID
 
 import pytest
 import requests
@@ -194,3 +195,58 @@ def test_the_operator_pauses_a_queue_cancels_a_job_in_it_and_resumes_it_in_the_b
     browser.get(f"{live_server.url}/admin/queues/job/{withdrawn.pk}/change/")
     history = browser.find_element(By.CSS_SELECTOR, "#events-group").text
     assert "cancelled" in history and "operator" in history
+
+
+def test_an_operator_finds_failed_jobs_by_type_and_status_and_retries_the_ticked_ones(
+    browser, live_server, cluster, client, user, operator_user, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    cluster.start()
+    failing = [enqueue("database", "test_fails_once", {"user_id": user.pk}) for _ in range(3)]
+    other_type = enqueue("database", "test_permanent", {"user_id": user.pk})
+    enqueue("database", "test_sleep", {"user_id": user.pk})
+    wait_for(lambda: not Job.objects.exclude(status__in=Job.FINISHED).exists(), 30, message="jobs")
+
+    client.force_login(operator_user)
+    browser.get(f"{live_server.url}/healthz")
+    browser.add_cookie({"name": "sessionid", "value": client.cookies["sessionid"].value})
+    browser.get(f"{live_server.url}/dashboard/queues")
+    browser.find_element(By.LINK_TEXT, "Find jobs").click()
+    Select(browser.find_element(By.NAME, "job_type")).select_by_value("test_fails_once")
+    Select(browser.find_element(By.NAME, "status")).select_by_value("failed")
+    browser.find_element(By.CSS_SELECTOR, "button.search-button").click()
+
+    def found():
+        rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-found-job]")
+        return [row.get_attribute("data-found-job") for row in rows]
+
+    wait_for(lambda: "status=failed" in browser.current_url, 10, message="the search")
+    assert sorted(found()) == sorted(str(job.pk) for job in failing)
+    actions = Select(browser.find_element(By.NAME, "action")).options
+    assert [o.get_attribute("value") for o in actions] == ["retry", "cancel"]  # no Delete
+    ticked = found()[:2]
+    for job_id in ticked:
+        browser.find_element(By.CSS_SELECTOR, f'input[name="job"][value="{job_id}"]').click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
+    browser.find_element(By.CSS_SELECTOR, "button.apply-selected").click()
+    wait_for(
+        lambda: "2 failed job(s) sent back to their queue." in browser.page_source,
+        10,
+        message="the bulk retry's message",
+    )
+    browser.save_screenshot(str(tmp_path / "jobs-after-bulk-retry.png"))
+    for job_id in ticked:
+        retried = wait_for(
+            lambda job_id=job_id: (j := Job.objects.get(pk=job_id)).status == "succeeded" and j,
+            30,
+            message="the retried job to run",
+        )
+        assert (retried.attempts, retried.retried_by) == (2, operator_user)
+    untouched = {job.pk for job in failing} - {UUID(job_id) for job_id in ticked}
+    assert {Job.objects.get(pk=pk).status for pk in untouched | {other_type.pk}} == {"failed"}
+
+    browser.refresh()  # the same search, which now finds only the failed one left
+    assert found() == [str(pk) for pk in untouched]
+    shutil.copy(tmp_path / "jobs-after-bulk-retry.png", "/tmp/slimy-dashboard-jobs.png")
