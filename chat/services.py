@@ -143,25 +143,30 @@ def delete_conversation(*, conversation_id, user_id):
     Only the owner's conversation is deleted; one that is already gone is a success, since jobs
     are delivered at least once.
 
-    Two hand-written statements, the job's whole work on the common path (see docs/benchmarks.md):
-    the conversation goes first, telling whether other tables keep traces of it to erase, then its
-    messages (the foreign key is checked at commit). Django's collector would send the same two
-    DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure (`chat.apps`):
-    this path runs `erase_traces` itself, only when the DELETE reports something to erase, and
-    tests/test_conversation_deletion.py checks that nothing else refers to or listens on these
-    models.
+    One hand-written statement, the job's whole work on the common path (see docs/benchmarks.md):
+    it deletes the conversation, telling whether other tables keep traces of it to erase, and its
+    messages, counting them (the foreign key is checked at commit). Django's collector would send
+    the same two DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure
+    (`chat.apps`): this path runs `erase_traces` itself, only when the DELETE reports something to
+    erase, and tests/test_conversation_deletion.py checks that nothing else refers to or listens
+    on these models.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
     with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        sql, params = _delete_statement(conversation_id, user_id)
-        cursor.execute(sql, params)
-        deleted = cursor.fetchone()
+        if connection.vendor == "postgresql":
+            cursor.execute(*_delete_statement(conversation_id, user_id, with_messages=True))
+            deleted = cursor.fetchone()
+        else:  # no data-modifying CTEs: the messages in a second statement
+            cursor.execute(*_delete_statement(conversation_id, user_id))
+            deleted = cursor.fetchone()
+            if deleted is not None:
+                table = connection.ops.quote_name(Message._meta.db_table)
+                cursor.execute(f"DELETE FROM {table} WHERE conversation_id = %s", [conversation_id])
+                deleted = (deleted[0], cursor.rowcount)
         if deleted is not None:
-            table = connection.ops.quote_name(Message._meta.db_table)
-            cursor.execute(f"DELETE FROM {table} WHERE conversation_id = %s", [conversation_id])
-            messages = cursor.rowcount
-            if deleted[0]:
+            traces, messages = deleted
+            if traces:
                 erase_traces(conversation_id)
         elif not Conversation.objects.filter(pk=conversation_id).exists():
             erase_traces(conversation_id)
@@ -173,11 +178,12 @@ def delete_conversation(*, conversation_id, user_id):
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
 
 
-def _delete_statement(conversation_id, user_id):
+def _delete_statement(conversation_id, user_id, with_messages=False):
     """DELETE the owner's conversation RETURNING whether job records or the admin log keep traces.
 
     The traces are what `erase_traces` erases: content-carrying job records about it, admin log
-    entries naming it.
+    entries naming it. `with_messages` (PostgreSQL): its messages go in the same statement, which
+    then also returns how many (counted, not read from `message_count`, which bulk writes skip).
     """
     subject = Conversation.subject_for(conversation_id)
     types = registry.types_with_content()
@@ -191,7 +197,17 @@ def _delete_statement(conversation_id, user_id):
         f" AND job_type IN ({', '.join(['%s'] * len(types)) or 'NULL'}))"
         f" OR EXISTS (SELECT 1 FROM {log} WHERE content_type_id = %s AND object_id = %s)"
     )
-    return sql, [conversation_id, user_id, subject, *types, log_type, str(conversation_id)]
+    params = [conversation_id, user_id, subject, *types, log_type, str(conversation_id)]
+    if not with_messages:
+        return sql, params
+    messages = connection.ops.quote_name(Message._meta.db_table)
+    sql = (
+        f"WITH conversation AS ({sql} AS traces), gone AS ("
+        f"DELETE FROM {messages} WHERE conversation_id = %s"
+        " AND EXISTS (SELECT 1 FROM conversation) RETURNING 1)"
+        " SELECT traces, (SELECT count(*) FROM gone) FROM conversation"
+    )
+    return sql, [*params, conversation_id]
 
 
 def erase_traces(conversation_id):
