@@ -45,7 +45,6 @@ from django_q.signing import SignedPackage
 from queues import liveness, registry
 from queues.heartbeats import DatabaseHeartbeats
 
-RUNNER = "queues.runner.run_job"
 CHANNEL = "django_q_ormq"
 # Longest sleep of an idle pusher, the safety net should a NOTIFY be missed. A pusher only stops
 # between two dequeues, so this also bounds how long a cluster takes to stop; at 5 s an idle
@@ -290,10 +289,13 @@ def _priority(job):
 
 
 def _payload(job):
+    # The runner itself, pickled by reference: django-q2's worker then skips `pydoc.locate`.
+    from queues.runner import run_job  # the runner pushes through this module
+
     package = {
         "id": uuid.uuid4().hex,
         "name": f"{job.job_type}:{job.id}",
-        "func": RUNNER,
+        "func": run_job,
         "args": (str(job.id),),
         "kwargs": {},
         "started": timezone.now(),
