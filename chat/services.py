@@ -174,7 +174,8 @@ def delete_conversation(*, conversation_id, user_id):
             return {"deleted": False, "conversation_id": conversation_id}
     if deleted is None:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
-    logger.info("conversation %s deleted with %d messages", conversation_id, messages)
+    # DEBUG: the runner's "job succeeded" line is the outcome's one INFO line.
+    logger.debug("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
 
 
