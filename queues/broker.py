@@ -52,28 +52,26 @@ CHANNEL = "django_q_ormq"
 IDLE_WAIT = 5.0
 TABLE = OrmQ._meta.db_table
 
+# Parameters: key, now, bulk, claimed, then the rescue condition's (if any), key, now.
 _CLAIM = f"""
 WITH due AS (
     SELECT id, lock FROM {TABLE}
-    WHERE key = %(key)s AND lock <= %(now)s
+    WHERE key = %s AND lock <= %s
     ORDER BY priority, lock, id
-    LIMIT %(bulk)s
+    LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE {TABLE} q SET key = %(claimed)s FROM due WHERE q.id = due.id
+    UPDATE {TABLE} q SET key = %s FROM due WHERE q.id = due.id
     RETURNING q.id, q.payload, due.lock
 )
-SELECT id, payload, lock FROM claimed
+SELECT id, payload, lock, false FROM claimed
 UNION ALL
-SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
+SELECT NULL, NULL, min(lock), {{rescue}} FROM {TABLE} WHERE key = %s AND lock > %s
 """
 # Rows claimed by a pusher whose claims lock nobody holds: that cluster died. The partial index
-# of migration 0010 keeps this a lookup among claimed rows only.
-_FREE_DEAD_CLAIMS = f"""
-UPDATE {TABLE} SET key = %(key)s
-WHERE key LIKE '%%@%%' AND split_part(key, '@', 1) = %(key)s
-AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}
-"""
+# of migration 0010 keeps this a lookup among claimed rows only. Parameter: the queue.
+_DEAD_CLAIM = f"""key LIKE '%%@%%' AND split_part(key, '@', 1) = %s
+AND NOT {liveness.claims_lock_held_sql("split_part(key, '@', 2)::bigint")}"""
 _INSERT = f"""
 INSERT INTO {TABLE} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
 RETURNING id, pg_notify('{CHANNEL}', key)
@@ -95,11 +93,16 @@ class JobBroker(DatabaseHeartbeats, ORM):
             return cursor.fetchone()[0]
 
     def dequeue(self):
-        rescue_now_and_then(self.list_key)
         if not self.fast:
+            rescue_now_and_then(self.list_key)
             return super().dequeue()
         try:
-            tasks, next_due = self._claim()
+            # The rescue's "anything to do?" rides on the claim (no statement of its own, even
+            # while idle); the rescue itself runs only when it says so.
+            check = rescue_due(self.list_key)
+            tasks, next_due, needed = self._claim(with_rescue_check=check)
+            if check and rescue_now_and_then(self.list_key, needed=needed):
+                return tasks  # the next dequeue claims what came back (no NOTIFY), at once
             if not tasks:
                 self._wait(next_due)
             return tasks
@@ -111,25 +114,25 @@ class JobBroker(DatabaseHeartbeats, ORM):
             time.sleep(1)
             return None
 
-    def _claim(self):
-        """Claim up to `bulk` due rows in one statement; also return when the next row is due.
+    def _claim(self, with_rescue_check=False):
+        """Claim up to `bulk` due rows in one statement; also return when the next row is due,
+        and (`with_rescue_check`) whether the queue needs a rescue (`rescuer.needed_sql`).
 
         Skips django-q2's `close_old_connections()` per poll: with health checks on it costs a
         `SELECT 1` each time; `dequeue` reconnects after an error instead.
         """
+        from queues.rescuer import needed_sql  # the rescuer pushes through this module
+
         now = timezone.now()
-        params = {
-            "key": self.list_key,
-            "now": now,
-            "bulk": Conf.BULK,
-            "claimed": f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}",
-        }
+        claimed_key = f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}"
+        rescue, rescue_params = needed_sql(self.list_key) if with_rescue_check else ("false", [])
+        params = [self.list_key, now, Conf.BULK, claimed_key, *rescue_params, self.list_key, now]
         with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute(_CLAIM, params)
+            cursor.execute(_CLAIM.format(rescue=rescue), params)
             rows = cursor.fetchall()
-        claimed = sorted((due, row_id, payload) for row_id, payload, due in rows if row_id)
-        next_due = next((due for row_id, _, due in rows if row_id is None), None)
-        return [(row_id, payload) for _, row_id, payload in claimed], next_due
+        claimed = sorted((due, row_id, payload) for row_id, payload, due, _ in rows if row_id)
+        next_due, rescue_needed = next((d, r) for row_id, _, d, r in rows if row_id is None)
+        return [(row_id, payload) for _, row_id, payload in claimed], next_due, rescue_needed
 
     def _claims_token(self):
         """The token this pusher tags its claims with; its lock is held by the claim connection.
@@ -152,6 +155,14 @@ class JobBroker(DatabaseHeartbeats, ORM):
                     break
         self._token = (db.connection, number)
         return number
+
+    def delete(self, task_id):
+        """The monitor's acknowledgement of a task the runner did not acknowledge (schedules):
+        one autocommit statement instead of the ORM's BEGIN, DELETE, COMMIT."""
+        if not self.fast:
+            return super().delete(task_id)
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute(f"DELETE FROM {TABLE} WHERE id = %s", [task_id])
 
     def lock_size(self):
         """Rows claimed and not acknowledged yet (tagged with their pusher's token)."""
@@ -208,8 +219,13 @@ def free_dead_claims(queue):
     if not JobBroker(queue).fast:
         return 0  # SQLite: django-q2's visibility timeout hands them out again
     with connections[Conf.ORM].cursor() as cursor:
-        cursor.execute(_FREE_DEAD_CLAIMS, {"key": queue})
+        cursor.execute(f"UPDATE {TABLE} SET key = %s WHERE {_DEAD_CLAIM}", [queue, queue])
         return cursor.rowcount
+
+
+def dead_claims_sql(queue):
+    """(SQL, params): a condition true when `free_dead_claims(queue)` would free rows."""
+    return f"EXISTS (SELECT 1 FROM {TABLE} WHERE {_DEAD_CLAIM})", [queue]
 
 
 def rows_on_their_way(queue, claimed_since):
@@ -229,18 +245,29 @@ def rows_on_their_way(queue, claimed_since):
     )
 
 
-def rescue_now_and_then(queue):
-    """Run the rescuer for `queue` if QUEUE_RESCUE_INTERVAL has passed since this process did."""
-    due = _next_rescue.get(queue, 0.0)
-    if time.monotonic() < due:
-        return
+def rescue_due(queue):
+    """Whether QUEUE_RESCUE_INTERVAL has passed since this process last rescued `queue`."""
+    return time.monotonic() >= _next_rescue.get(queue, 0.0)
+
+
+def rescue_now_and_then(queue, needed=True):
+    """Run the rescuer for `queue` if QUEUE_RESCUE_INTERVAL has passed since this process did.
+
+    `needed=False`: the check sent with the claim found nothing to do; the interval restarts.
+    Returns how many rows and jobs the rescue brought back.
+    """
+    if not rescue_due(queue):
+        return 0
     _next_rescue[queue] = time.monotonic() + settings.QUEUE_RESCUE_INTERVAL
+    if not needed:
+        return 0
     from queues.rescuer import rescue  # the rescuer records outcomes through the runner
 
     try:
-        rescue(queue)
+        return rescue(queue)
     except Exception:
         logger.exception("Rescue of queue %s failed; trying again later", queue)
+        return 0
 
 
 _next_rescue = {}

@@ -24,7 +24,13 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from queues import liveness
-from queues.broker import broker_in_database, free_dead_claims, push, rows_on_their_way
+from queues.broker import (
+    broker_in_database,
+    dead_claims_sql,
+    free_dead_claims,
+    push,
+    rows_on_their_way,
+)
 from queues.errors import WorkerLost
 from queues.models import Job
 from queues.runner import presumed_alive_for, record_failure
@@ -37,7 +43,13 @@ RESCUE = 0x72736375
 
 
 def rescue(queue):
-    """One rescue pass over `queue`; returns how many rows and jobs it brought back."""
+    """One rescue pass over `queue`; returns how many rows and jobs it brought back.
+
+    On PostgreSQL one statement first asks whether there is anything to do (`needed_sql`), so a
+    healthy queue costs one statement per pass instead of a transaction of five.
+    """
+    if liveness.supported() and not needed(queue):
+        return 0
     with transaction.atomic():
         if liveness.supported() and not _take_rescue_lock(queue):
             return 0  # another cluster is at it right now
@@ -58,6 +70,26 @@ def rescue(queue):
     return freed + lost + pushed
 
 
+def needed(queue):
+    sql, params = needed_sql(queue)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {sql}", params)
+        return cursor.fetchone()[0]
+
+
+def needed_sql(queue):
+    """(SQL, params): a condition true when `rescue(queue)` has something to do (PostgreSQL):
+    a dead cluster's claim, a dead worker's attempt or a stranded job, the same queries the
+    rescue runs. The pusher sends it with its claim (`queues.broker`)."""
+    dead, dead_params = dead_claims_sql(queue)
+    parts, params = [dead], list(dead_params)
+    for rows in (_lost_attempts(queue), _stranded(queue, timezone.now())):
+        sql, more = rows.values("pk")[:1].query.sql_with_params()
+        parts.append(f"EXISTS ({sql})")
+        params += more
+    return f"({' OR '.join(parts)})", params
+
+
 def _take_rescue_lock(queue):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s::int4, hashtext(%s))", [RESCUE, queue])
@@ -72,11 +104,7 @@ def lost_attempts(queue):
     """`running` jobs of `queue` whose worker is provably gone (SQLite: presumed gone)."""
     running = Job.objects.filter(queue=queue, status=Job.Status.RUNNING)
     if liveness.supported():
-        held = RawSQL(
-            liveness.job_lock_held_sql(f'"{Job._meta.db_table}"."id"'), [], BooleanField()
-        )
-        running = running.alias(held=held).filter(held=False)
-        return list(running.order_by("started_at")[:BATCH])
+        return list(_lost_attempts(queue).order_by("started_at")[:BATCH])
     now = timezone.now()
     candidates = running.order_by("started_at")[:BATCH]
     return [
@@ -86,16 +114,28 @@ def lost_attempts(queue):
     ]
 
 
-def push_stranded(queue):
-    """Push again the waiting jobs of `queue` whose delivery is lost. Returns how many."""
-    now = timezone.now()
+def _lost_attempts(queue):
+    """PostgreSQL: the `running` jobs of `queue` whose liveness lock nobody holds."""
+    held = RawSQL(liveness.job_lock_held_sql(f'"{Job._meta.db_table}"."id"'), [], BooleanField())
+    running = Job.objects.filter(queue=queue, status=Job.Status.RUNNING)
+    return running.alias(held=held).filter(held=False)
+
+
+def _stranded(queue, now):
+    """The waiting jobs of `queue` whose delivery is lost (see the module's docstring)."""
     late = now - timedelta(seconds=settings.QUEUE_STRANDED_AFTER)
     stranded = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lt=late)
     if broker_in_database():
         on_its_way = rows_on_their_way(queue, claimed_since=late).filter(pk=OuterRef("broker_row"))
         stranded = stranded.exclude(Exists(on_its_way))
+    return stranded
+
+
+def push_stranded(queue):
+    """Push again the waiting jobs of `queue` whose delivery is lost. Returns how many."""
+    now = timezone.now()
     pushed = 0
-    for job in stranded.order_by("run_after")[:BATCH]:
+    for job in _stranded(queue, now).order_by("run_after")[:BATCH]:
         job.run_after = now
         pushed += Job.objects.filter(pk=job.pk, status=job.status).update(
             run_after=now, broker_row=push(job)
