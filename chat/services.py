@@ -13,6 +13,7 @@ from queues import registry
 from queues.errors import PermanentJobError, SubjectGone
 from queues.models import Job
 from queues.services import cancel_waiting_jobs, enqueue, forget_subject
+from queues.statements import hot_cursor
 
 logger = logging.getLogger("chat")
 
@@ -153,7 +154,7 @@ def delete_conversation(*, conversation_id, user_id):
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), hot_cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(*_delete_statement(conversation_id, user_id, with_messages=True))
             deleted = cursor.fetchone()

@@ -47,6 +47,7 @@ from queues.errors import (
     is_transient,
 )
 from queues.models import Job
+from queues.statements import hot_cursor
 from slimy import log_context
 
 logger = logging.getLogger("queues.runner")
@@ -267,7 +268,7 @@ def begin_waiting(job_id, now):
         due=now + EARLY_TOLERANCE,
         worker=worker_name(),
     )
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(sql, params)
         held, *values = cursor.fetchone()
     return held, (_job_from_values(values) if values[0] is not None else None)
