@@ -189,17 +189,21 @@ def _delete_statement(conversation_id, user_id, with_messages=False):
     """
     subject = Conversation.subject_for(conversation_id)
     types = registry.types_with_content()
-    log_type = ContentType.objects.get_for_model(Conversation).pk
-    conversations, jobs, log = (
-        connection.ops.quote_name(model._meta.db_table) for model in (Conversation, Job, LogEntry)
+    conversations, jobs, log, log_types = (
+        connection.ops.quote_name(model._meta.db_table)
+        for model in (Conversation, Job, LogEntry, ContentType)
     )
+    # The content type's id looked up in the statement: cheaper than `get_for_model` in Python.
     sql = (
         f"DELETE FROM {conversations} WHERE id = %s AND owner_id = %s RETURNING "
         f"EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s"
         f" AND job_type IN ({', '.join(['%s'] * len(types)) or 'NULL'}))"
-        f" OR EXISTS (SELECT 1 FROM {log} WHERE content_type_id = %s AND object_id = %s)"
+        f" OR EXISTS (SELECT 1 FROM {log} WHERE content_type_id ="
+        f" (SELECT id FROM {log_types} WHERE app_label = %s AND model = %s) AND object_id = %s)"
     )
-    params = [conversation_id, user_id, subject, *types, log_type, str(conversation_id)]
+    meta = Conversation._meta
+    params = [conversation_id, user_id, subject, *types]
+    params += [meta.app_label, meta.model_name, str(conversation_id)]
     if not with_messages:
         return sql, params
     messages = connection.ops.quote_name(Message._meta.db_table)
