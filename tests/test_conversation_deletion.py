@@ -3,6 +3,7 @@
 from unittest import mock
 
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 from django.db.models.signals import post_delete, pre_delete
@@ -155,6 +156,19 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
     services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     saved.refresh_from_db()
     assert saved.data == {"conversation_id": conversation.pk, "user_id": user.pk}
+
+
+def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
+    entry = LogEntry.objects.create(
+        user=user,
+        content_type=ContentType.objects.get_for_model(Conversation),
+        object_id=str(conversation.pk),
+        object_repr="Doomed secret title",
+        action_flag=CHANGE,
+    )
+    services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    entry.refresh_from_db()
+    assert entry.object_repr == f"Conversation {conversation.pk}"
 
 
 def _queries_to_delete(user, messages):
