@@ -158,6 +158,17 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
     assert saved.data == {"conversation_id": conversation.pk, "user_id": user.pk}
 
 
+def test_many_messages_go_in_a_statement_of_their_own_and_are_still_counted(user, conversation):
+    """A CTE's count costs per row: a conversation whose count says "many" takes two statements."""
+    many = services.DELETE_IN_ONE_STATEMENT_UP_TO + 1
+    Conversation.objects.filter(pk=conversation.pk).update(message_count=many)
+    with CaptureQueriesContext(connection) as queries:
+        result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    assert len(queries) == 2, [q["sql"][:60] for q in queries]
+    assert result["messages"] == 3  # what the DELETE deleted, not `message_count`
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+
+
 def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
     entry = LogEntry.objects.create(
         user=user,
