@@ -603,7 +603,8 @@ def main():
     parser.add_argument("--stock-jobs", type=int, default=500, help="jobs for stock django-q2")
     parser.add_argument("--big", type=int, default=1_000_000, help="messages of the big one")
     parser.add_argument("--large", type=int, default=100_000, help="messages, HTTP scenario")
-    parser.add_argument("--idle-seconds", type=int, default=20)
+    # A whole minute: the schedules (maintenance, sweeper) run once a minute.
+    parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--peers", action="store_true", help="also Celery and Procrastinate")
     parser.add_argument(
         "--profile", metavar="PATH", help="py-spy our drain's processes into PATH (skews its CPU)"
