@@ -45,7 +45,7 @@ from queues import liveness, pausing
 from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
 from queues.push import CHANNEL, insert_row
-from queues.rescuer import rescue_now_and_then
+from queues.rescuer import needed_sql, rescue_due, rescue_now_and_then
 
 # Longest sleep of an idle pusher, the safety net should a NOTIFY be missed. A pusher only stops
 # between two dequeues, so this also bounds how long a cluster takes to stop; at 5 s an idle
@@ -57,30 +57,32 @@ TABLE = OrmQ._meta.db_table
 # so a flood of urgent jobs slows the others down but never stops them (docs/job-queue.md,
 # "Priorities"). The rest go by priority, then oldest first. Each part is one index scan.
 OLDEST_EVERY = 4
+# Parameters: key, now, key, how many by priority, key, now, key, how many oldest first,
+# the claimed key, then the rescue condition's (if any), key, now.
 # A claim re-keys its rows `<queue>@<token>@<claimed at, epoch s>`; the rescuer reads that key.
 _CLAIM = f"""
 WITH urgent AS (
     SELECT id, lock FROM {TABLE}
-    WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
+    WHERE key = %s AND lock <= %s AND NOT {pausing.paused_sql("%s")}
     ORDER BY priority, lock, id
-    LIMIT %(by_priority)s
+    LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), oldest AS (
     SELECT id, lock FROM {TABLE}
-    WHERE key = %(key)s AND lock <= %(now)s AND NOT {pausing.paused_sql("%(key)s")}
+    WHERE key = %s AND lock <= %s AND NOT {pausing.paused_sql("%s")}
     AND id NOT IN (SELECT id FROM urgent)
     ORDER BY lock, id
-    LIMIT %(oldest)s
+    LIMIT %s
     FOR UPDATE SKIP LOCKED
 ), due AS (
     SELECT id, lock FROM urgent UNION ALL SELECT id, lock FROM oldest
 ), claimed AS (
-    UPDATE {TABLE} q SET key = %(claimed)s FROM due WHERE q.id = due.id
+    UPDATE {TABLE} q SET key = %s FROM due WHERE q.id = due.id
     RETURNING q.id, q.payload, due.lock
 )
-SELECT id, payload, lock FROM claimed
+SELECT id, payload, lock, false FROM claimed
 UNION ALL
-SELECT NULL, NULL, min(lock) FROM {TABLE} WHERE key = %(key)s AND lock > %(now)s
+SELECT NULL, NULL, min(lock), {{rescue}} FROM {TABLE} WHERE key = %s AND lock > %s
 """
 
 
@@ -97,11 +99,16 @@ class JobBroker(DatabaseHeartbeats, ORM):
         return insert_row(queue, task, run_after or timezone.now(), priority)
 
     def dequeue(self):
-        rescue_now_and_then(self.list_key)
         if not self.fast:
+            rescue_now_and_then(self.list_key)
             return None if pausing.wait_if_paused(self.list_key) else super().dequeue()
         try:
-            tasks, next_due = self._claim()
+            # The rescue's "anything to do?" rides on the claim (no statement of its own, even
+            # while idle); the rescue itself runs only when it says so.
+            check = rescue_due(self.list_key)
+            tasks, next_due, needed = self._claim(with_rescue_check=check)
+            if check and rescue_now_and_then(self.list_key, needed=needed):
+                return tasks  # the next dequeue claims what came back (no NOTIFY), at once
             if not tasks:
                 self._wait(next_due)
             return tasks
@@ -113,8 +120,9 @@ class JobBroker(DatabaseHeartbeats, ORM):
             time.sleep(1)
             return None
 
-    def _claim(self):
-        """Claim up to `bulk` due rows in one statement; also return when the next row is due.
+    def _claim(self, with_rescue_check=False):
+        """Claim up to `bulk` due rows in one statement; also return when the next row is due,
+        and (`with_rescue_check`) whether the queue needs a rescue (`rescuer.needed_sql`).
 
         Skips django-q2's `close_old_connections()` per poll: with health checks on it costs a
         `SELECT 1` each time; `dequeue` reconnects after an error instead.
@@ -124,20 +132,18 @@ class JobBroker(DatabaseHeartbeats, ORM):
         # take the oldest due rows.
         done = getattr(self, "_claimed_so_far", 0)
         oldest = (done + Conf.BULK) // OLDEST_EVERY - done // OLDEST_EVERY
-        params = {
-            "key": self.list_key,
-            "now": now,
-            "by_priority": Conf.BULK - oldest,
-            "oldest": oldest,
-            "claimed": f"{self.list_key}@{self._claims_token()}@{int(now.timestamp())}",
-        }
+        key = self.list_key
+        claimed_key = f"{key}@{self._claims_token()}@{int(now.timestamp())}"
+        rescue, rescue_params = needed_sql(key) if with_rescue_check else ("false", [])
+        params = [key, now, key, Conf.BULK - oldest, key, now, key, oldest, claimed_key]
+        params += [*rescue_params, key, now]
         with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute(_CLAIM, params)
+            cursor.execute(_CLAIM.format(rescue=rescue), params)
             rows = cursor.fetchall()
-        claimed = sorted((due, row_id, payload) for row_id, payload, due in rows if row_id)
+        claimed = sorted((due, row_id, payload) for row_id, payload, due, _ in rows if row_id)
         self._claimed_so_far = done + len(claimed)
-        next_due = next((due for row_id, _, due in rows if row_id is None), None)
-        return [(row_id, payload) for _, row_id, payload in claimed], next_due
+        next_due, rescue_needed = next((d, r) for row_id, _, d, r in rows if row_id is None)
+        return [(row_id, payload) for _, row_id, payload in claimed], next_due, rescue_needed
 
     def _claims_token(self):
         """The token this pusher tags its claims with; its lock is held by the claim connection.
@@ -160,6 +166,14 @@ class JobBroker(DatabaseHeartbeats, ORM):
                     break
         self._token = (db.connection, number)
         return number
+
+    def delete(self, task_id):
+        """The monitor's acknowledgement of a task the runner did not acknowledge (schedules):
+        one autocommit statement instead of the ORM's BEGIN, DELETE, COMMIT."""
+        if not self.fast:
+            return super().delete(task_id)
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute(f"DELETE FROM {TABLE} WHERE id = %s", [task_id])
 
     def lock_size(self):
         """Rows claimed and not acknowledged yet (tagged with their pusher's token)."""

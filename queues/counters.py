@@ -64,20 +64,14 @@ def attempt_started_sql(source):
         f" FROM {source} s CROSS JOIN LATERAL ("
         "SELECT 'waiting' AS name, -1.0::float8 AS value"
         " UNION ALL SELECT 'running', 1.0"
-        " UNION ALL SELECT (SELECT u.name FROM unnest(%(wait_bounds)s::float8[],"
-        f" %(wait_names)s::text[]) u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound"
-        " LIMIT 1), 1.0"
+        f" UNION ALL SELECT (SELECT u.name FROM unnest({_WAIT_BUCKETS_SQL})"
+        f" u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound LIMIT 1), 1.0"
         f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0)"
         " UNION ALL SELECT 'wait_seconds_count', 1.0"
         f") d ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
         " + excluded.value"
     )
-    params = {
-        "counter_shard": os.getpid() % SHARDS,
-        "wait_bounds": [float(b) for b in BUCKETS],
-        "wait_names": [bucket_name("wait_seconds", b) for b in BUCKETS],
-    }
-    return sql, params
+    return sql, {"counter_shard": os.getpid() % SHARDS}
 
 
 def worker_lost(job, *, final):
@@ -119,6 +113,13 @@ def retried_by_operator(job):
 
 def bucket_name(series, bound):
     return f"{series}_bucket:{'+Inf' if math.isinf(bound) else bound}"
+
+
+# The wait buckets as two SQL array literals (constants: no parameters to quote per job).
+_WAIT_BUCKETS_SQL = "ARRAY[{}]::float8[], ARRAY[{}]::text[]".format(
+    ", ".join(f"'{float(b)}'" for b in BUCKETS),
+    ", ".join(f"'{bucket_name('wait_seconds', b)}'" for b in BUCKETS),
+)
 
 
 def _observe(deltas, series, seconds):

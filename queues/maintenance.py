@@ -3,6 +3,7 @@
 import logging
 from datetime import timedelta
 
+from django.db import transaction
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
@@ -49,8 +50,10 @@ def prune_minute_stats(keep=timedelta(hours=2)):
     return JobMinute.objects.filter(minute__lt=timezone.now() - keep).delete()[0]
 
 
+@transaction.atomic
 def prune():
-    """Everything the maintenance schedule does, once a minute."""
+    """Everything the maintenance schedule does, once a minute: in one transaction, so an idle
+    cluster pays one BEGIN and COMMIT for its DELETEs instead of one pair each."""
     return prune_finished_jobs() + prune_orphaned_events() + prune_minute_stats()
 
 

@@ -1,6 +1,7 @@
 """Pushing a job: the broker row that makes a worker of the job's queue run it.
 
-The row carries only the job's id (`RUNNER` runs it from its record), signed as django-q2 expects.
+The row carries only the job's id (`queues.runner.run_job` runs it from its record), signed as
+django-q2 expects.
 On the database broker it is inserted in the caller's transaction with a `NOTIFY` that PostgreSQL
 delivers at commit (`queues.broker` listens); its `lock` column is the time it may run, so a
 waiting retry is a row in the database. A broker outside the database (Redis) gets the row only
@@ -20,7 +21,6 @@ from django_q.signing import SignedPackage
 
 from queues import registry
 
-RUNNER = "queues.runner.run_job"
 CHANNEL = "django_q_ormq"
 INSERT = f"""
 INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
@@ -101,10 +101,13 @@ def _priority(job):
 
 
 def _payload(job):
+    # The runner itself, pickled by reference: django-q2's worker then skips `pydoc.locate`.
+    from queues.runner import run_job  # the runner pushes through this module
+
     package = {
         "id": uuid.uuid4().hex,
         "name": f"{job.job_type}:{job.id}",
-        "func": RUNNER,
+        "func": run_job,
         "args": (str(job.id),),
         "kwargs": {},
         "started": timezone.now(),

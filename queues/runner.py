@@ -21,6 +21,7 @@ and the broker row is acknowledged. Only trouble recording the outcome (the data
 escapes, leaving the row to be delivered again.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -59,6 +60,7 @@ from queues.errors import (
 )
 from queues.models import Job, JobEvent
 from queues.push import push
+from queues.statements import hot_cursor
 
 logger = logging.getLogger("queues.runner")
 
@@ -80,7 +82,8 @@ SELECT attempt_lock.held, job.* FROM attempt_lock LEFT JOIN job ON true
 """
 
 
-def _begin_waiting_sql():
+@functools.cache
+def _begin_waiting_sql(pid):
     """One statement that begins an attempt of a waiting, due job, in the common case.
 
     It takes the job's liveness lock, marks the job running with one more attempt and counts the
@@ -88,8 +91,15 @@ def _begin_waiting_sql():
     for the disk (`set_config(..., true)`, as `SET LOCAL`): visible to other sessions at once,
     durable with the next synchronous commit (the work's), since WAL is flushed in order. Only a
     crash of the database server can lose it, and then it loses the work too.
+
+    Built once per process (`pid`: its counters' shard) with the constants written in, so per job
+    psycopg (which quotes parameters in Python) quotes only the job's own values; the job's
+    columns come back in `Job._meta.concrete_fields` order.
     """
-    table = connection.ops.quote_name(Job._meta.db_table)
+    quote = connection.ops.quote_name
+    table = quote(Job._meta.db_table)
+    columns = ", ".join(f"j.{quote(field.column)}" for field in Job._meta.concrete_fields)
+    waiting = ", ".join(f"'{status}'" for status in Job.WAITING)
     counted, counted_params = counters.attempt_started_sql("begun")
     sql = f"""
 WITH attempt_lock AS MATERIALIZED (
@@ -103,9 +113,9 @@ WITH attempt_lock AS MATERIALIZED (
     UPDATE {table} j
     SET status = %(running)s, attempts = j.attempts + 1, started_at = %(now)s, worker = %(worker)s
     FROM job
-    WHERE j.id = job.id AND job.status = ANY(%(waiting)s) AND job.run_after <= %(due)s
+    WHERE j.id = job.id AND job.status IN ({waiting}) AND job.run_after <= %(due)s
     AND NOT {pausing.paused_sql("j.queue")}
-    RETURNING j.*
+    RETURNING {columns}
 ), counted AS ({counted})
 SELECT attempt_lock.held, begun.* FROM attempt_lock LEFT JOIN begun ON true
 """
@@ -268,21 +278,19 @@ def begin_waiting(job_id, now):
 
     The job is None unless it was waiting and due; the lock is then still held.
     """
-    sql, params = _begin_waiting_sql()
-    params.update(
+    sql, params = _begin_waiting_sql(os.getpid())
+    params = dict(
+        params,
         id=str(job_id),
         running=Job.Status.RUNNING,
-        waiting=list(Job.WAITING),
         now=now,
         due=now + EARLY_TOLERANCE,
         worker=worker_name(),
     )
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(sql, params)
         held, *values = cursor.fetchone()
-        columns = [column.name for column in cursor.description[1:]]
-    row = dict(zip(columns, values, strict=True))
-    return held, (_job_from_row(row) if row["id"] is not None else None)
+    return held, (_job_from_values(values) if values[0] is not None else None)
 
 
 def worker_name():
@@ -290,15 +298,14 @@ def worker_name():
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _job_from_row(row):
-    """A Job from a plain cursor's row ({column: value}), as the ORM would load it: cheaper than
-    `Job.objects.raw`, which resolves columns and converters anew for every query."""
+def _job_from_values(values):
+    """A Job from a plain cursor's values in `Job._meta.concrete_fields` order, as the ORM would
+    load it: cheaper than `Job.objects.raw`, which resolves columns and converters anew for every
+    query."""
     fields = Job._meta.concrete_fields
     values = [
-        field.from_db_value(row[field.column], None, connection)
-        if hasattr(field, "from_db_value")
-        else row[field.column]
-        for field in fields
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(fields, values, strict=True)
     ]
     return Job.from_db(connection.alias, [field.attname for field in fields], values)
 

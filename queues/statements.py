@@ -7,6 +7,8 @@ trip instead of three on PostgreSQL. SQLite has no data-modifying CTEs: it gets 
 from django.db import connection
 from django.db.models.sql import InsertQuery
 
+from queues import tracing
+
 
 def execute_together(statements):
     """Run `statements` in the caller's transaction; return the first one's rows, if it has any.
@@ -15,7 +17,7 @@ def execute_together(statements):
     becomes a CTE of the first, named `name` (or `writeN`), so the first may read what another
     RETURNs; their own results are dropped. SQLite runs them one by one, the first last.
     """
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         if connection.vendor != "postgresql":
             for sql, params, *_ in reversed(statements):
                 cursor.execute(sql, params)
@@ -28,6 +30,33 @@ def execute_together(statements):
             params = [p for _, ps, *_ in others for p in ps] + list(main_params)
             cursor.execute(f"WITH {ctes} {main}" if others else main, params)
         return cursor.fetchall() if cursor.description else None
+
+
+# Runs of one statement text on a connection after which PostgreSQL keeps its plan.
+PREPARE_AFTER = 5
+
+
+def hot_cursor():
+    """A cursor for the statements a worker sends for every job (begin, work, outcome).
+
+    Django's psycopg cursor quotes every parameter into the SQL text in Python, and PostgreSQL
+    parses and plans each text anew. This one (PostgreSQL) sends the parameters apart, and a text
+    run `PREPARE_AFTER` times on the connection is prepared: planned once per connection. Only
+    constant texts should use it (psycopg keeps at most 100 prepared per connection). Django's
+    own cursors never prepare (client-side binding), so nothing else changes. On SQLite, and while
+    tracing is on (the psycopg instrumentation traces Django's cursors only), this is
+    `connection.cursor()`.
+    """
+    if connection.vendor != "postgresql" or tracing.enabled():
+        return connection.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.ensure_connection()
+    pg = connection.connection
+    if pg.prepare_threshold is None:  # Django's default: prepared statements off
+        pg.prepare_threshold = PREPARE_AFTER
+    # Wrapped as Django wraps its own: database errors translated, queries logged when asked.
+    return connection._prepare_cursor(ServerBindingCursor(pg))
 
 
 def insert_statement(instance, returning=None):

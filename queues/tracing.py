@@ -38,6 +38,10 @@ def disable():
     _tracer = None
 
 
+def enabled():
+    return _tracer is not None
+
+
 def capture():
     """The trace context to store with a job enqueued now; empty when tracing is off."""
     if _tracer is None:

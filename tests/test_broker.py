@@ -33,12 +33,12 @@ def test_a_claim_takes_due_rows_oldest_first_up_to_bulk_and_says_when_the_next_i
     first = broker.enqueue("first", run_after=now - timedelta(seconds=2))
     third = broker.enqueue("third", run_after=now - timedelta(milliseconds=500))
 
-    tasks, next_due = broker._claim()
+    tasks, next_due, _ = broker._claim()
     assert tasks == [(first, "first"), (second, "second")]
     assert next_due == now + timedelta(seconds=60)
 
     assert broker._claim()[0] == [(third, "third")]
-    tasks, next_due = broker._claim()
+    tasks, next_due, _ = broker._claim()
     assert tasks == []  # claimed rows stay invisible until their timeout
     assert next_due == OrmQ.objects.get(pk=later).lock
 

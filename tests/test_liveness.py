@@ -186,6 +186,26 @@ def test_the_rescuer_hands_out_again_only_the_claims_of_dead_clusters(user):
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
+def test_an_idle_pusher_asks_whether_to_rescue_in_its_claim_and_rescues_only_then(user, settings):
+    """Idle, the rescue's check rides on the pusher's claim; a rescue alone sends one statement."""
+    connection.ensure_connection()
+    with CaptureQueriesContext(connection) as queries:
+        assert rescue("database") == 0
+    assert len(queries) == 1, [q["sql"][:60] for q in queries]
+    broker = JobBroker("database")
+    assert broker._claim(with_rescue_check=True)[2] is False
+    dead = OrmQ.objects.create(key="database@555@1", payload="x", lock=timezone.now())
+    assert broker._claim()[2] is False  # not asked
+    assert broker._claim(with_rescue_check=True)[2] is True
+    settings.QUEUE_RESCUE_INTERVAL = 0  # every dequeue asks
+    assert broker.dequeue() == []  # rescued: the next dequeue claims it, without waiting
+    assert [row_id for row_id, _ in broker.dequeue()] == [dead.pk]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock_all()")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
 def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, settings):
     """Its row stays claimed by a live cluster, but a claimed job starts within seconds."""
     settings.QUEUE_STRANDED_AFTER = 30

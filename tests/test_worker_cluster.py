@@ -97,7 +97,7 @@ def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster
         def worker_waits_on_lock():
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND query LIKE 'DELETE FROM \"chat_message\"%%'"
+                "AND query LIKE '%%DELETE FROM \"chat_message\"%%'"
             )
             return cursor.fetchone()[0]
 
