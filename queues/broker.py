@@ -44,7 +44,7 @@ from django_q.models import OrmQ
 from queues import liveness, pausing
 from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
-from queues.push import CHANNEL, insert_row
+from queues.push import CHANNEL, insert_row, wake_pushers
 from queues.rescuer import needed_sql, rescue_due, rescue_now_and_then
 
 # Longest sleep of an idle pusher, the safety net should a NOTIFY be missed. A pusher only stops
@@ -166,6 +166,10 @@ class JobBroker(DatabaseHeartbeats, ORM):
                     break
         self._token = (db.connection, number)
         return number
+
+    def wake_pushers(self):
+        """Wake the queue's idle pushers now (a stopping cluster's own among them)."""
+        wake_pushers(self.list_key)
 
     def delete(self, task_id):
         """The monitor's acknowledgement of a task the runner did not acknowledge (schedules):

@@ -17,11 +17,11 @@ and the sweeper leave them alone.
 
 import time
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from queues.conf import conf
 from queues.models import QueueEvent, QueuePause
-from queues.push import CHANNEL
+from queues.push import wake_pushers
 
 # How long a SQLite or Redis pusher sleeps between two looks at a paused queue (seconds).
 POLL = 0.5
@@ -62,7 +62,7 @@ def resume(queue, *, by=None, detail=""):
     deleted, _ = QueuePause.objects.filter(queue=queue).delete()
     if deleted:
         QueueEvent.objects.create(queue=queue, action="resumed", by=by, detail=detail)
-        _wake_pushers(queue)
+        wake_pushers(queue)
     return bool(deleted)
 
 
@@ -77,9 +77,3 @@ def wait_if_paused(queue):
 def _check(queue):
     if queue not in conf.QUEUES:
         raise UnknownQueue(f"unknown queue {queue!r}; queues: {', '.join(conf.QUEUES)}")
-
-
-def _wake_pushers(queue):
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])

@@ -38,6 +38,14 @@ def insert_row(queue, payload, run_after, priority=0):
         return cursor.fetchone()[0]
 
 
+def wake_pushers(queue):
+    """Wake every idle pusher of `queue` on the database broker now (in the caller's
+    transaction: at its commit), instead of at the end of its wait. Nothing elsewhere."""
+    if connections[Conf.ORM].vendor == "postgresql":
+        with connections[Conf.ORM].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])
+
+
 def broker_in_database():
     """Whether the configured broker keeps its rows in our database (and joins transactions)."""
     broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
