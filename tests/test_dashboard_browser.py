@@ -125,9 +125,13 @@ def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard
     browser.find_element(By.ID, "id_username").send_keys("operator")
     browser.find_element(By.ID, "id_password").send_keys("operator-password")
     browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
-    wait_for(lambda: browser.current_url.endswith("/dashboard/queues"), 10, message="dashboard")
-
-    backoff = browser.find_element(By.CSS_SELECTOR, f'tr[data-retrying-job="{demo.pk}"]')
+    # The URL changes before the page is parsed: wait for the row itself.
+    (backoff,) = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-retrying-job="{demo.pk}"]'),
+        10,
+        message="the dashboard's row of the demo job",
+    )
+    assert browser.current_url.endswith("/dashboard/queues")
     assert DEMO_FAILING_JOB in backoff.text and "1/3" in backoff.text
     assert "DemoOutage" in backoff.text
     browser.save_screenshot(str(tmp_path / "operator-dashboard.png"))
@@ -169,9 +173,13 @@ def test_the_operator_pauses_a_queue_cancels_a_job_in_it_and_resumes_it_in_the_b
     browser.find_element(By.ID, "id_username").send_keys("operator")
     browser.find_element(By.ID, "id_password").send_keys("operator-password")
     browser.find_element(By.CSS_SELECTOR, 'input[type="submit"]').click()
-    wait_for(lambda: browser.current_url.endswith("/dashboard/queues"), 10, message="dashboard")
-
-    card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
+    # The URL changes before the page is parsed: wait for the card itself.
+    (card,) = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, 'section[data-queue="database"]'),
+        10,
+        message="the dashboard's queue card",
+    )
+    assert browser.current_url.endswith("/dashboard/queues")
     card.find_element(By.CSS_SELECTOR, "button.pause").click()
     wait_for(lambda: "Queue database paused" in browser.page_source, 10, message="paused")
     card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
@@ -222,7 +230,7 @@ def test_an_operator_finds_failed_jobs_by_type_and_status_and_retries_the_ticked
         rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-found-job]")
         return [row.get_attribute("data-found-job") for row in rows]
 
-    wait_for(lambda: "status=failed" in browser.current_url, 10, message="the search")
+    wait_for(lambda: "status=failed" in browser.current_url and found(), 10, message="the search")
     assert sorted(found()) == sorted(str(job.pk) for job in failing)
     actions = Select(browser.find_element(By.NAME, "action")).options
     assert [o.get_attribute("value") for o in actions] == ["retry", "cancel"]  # no Delete
