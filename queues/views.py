@@ -1,12 +1,13 @@
 import uuid
 
+from django.db.models import prefetch_related_objects
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics, permissions, status
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 
-from queues import selectors, services
+from queues import history, selectors, services
 from queues.cancellation import cancel_jobs
 from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.errors import JobValidationError, TooManyLiveJobs
@@ -238,6 +239,7 @@ class JobBulkCreateView(generics.GenericAPIView):
         except TooManyLiveJobs as exc:
             raise TooManyJobs(wait=exc.retry_after, detail=str(exc)) from None
         context = self.get_serializer_context()
+        prefetch_related_objects(jobs, history.EVENTS)  # duplicates may have a history
         return Response(
             JobListSerializer({"jobs": jobs}, context=context).data,
             status=status.HTTP_200_OK
