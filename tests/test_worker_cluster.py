@@ -14,7 +14,7 @@ from django.utils import timezone
 from chat import services
 from chat.models import Conversation, Message
 from queues.models import Job
-from queues.services import enqueue
+from queues.services import enqueue, enqueue_many
 from tests.support.clients import token_client
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
 from tests.support.data import make_conversation, orphan_message_count
@@ -127,10 +127,15 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_3_attempts(cluster, 
 
 
 def test_two_clusters_share_1000_jobs_none_lost_or_doubled(cluster, user):
-    """Two worker hosts on one PostgreSQL, as two clusters of this machine."""
-    jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(1000)]
+    """Two worker hosts on one PostgreSQL, as two clusters of this machine.
+
+    Both are running before the jobs arrive: one cluster alone drains 1,000 empty jobs in
+    about the time the other takes to boot. Each job takes 5 ms, so the drain lasts long
+    enough that both must claim.
+    """
     one = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
     two = cluster.start(workers=4, extra_env=KEEP_ALL_JOBS)
+    jobs = enqueue_many("test_sleep", [{"user_id": user.pk, "seconds": 0.005}] * 1000)
     wait_for_jobs([j.pk for j in jobs], timeout=180, interval=0.5)
     finished = Job.objects.filter(pk__in=[j.pk for j in jobs])
     assert finished.filter(status="succeeded", attempts=1).count() == 1000
