@@ -121,12 +121,20 @@ def make_conversations(db, owner_id, count, messages):
         [ids, messages],
     )
     db.execute("ANALYZE chat_message")
+    ids.sort()
+    assert ids[-1] - ids[0] + 1 == len(ids), "one batch's ids are consecutive (`remaining`)"
     return ids
 
 
 def remaining(db, ids):
+    """How many of `ids` (one `make_conversations` batch: consecutive ids) still exist.
+
+    A range scan: the watcher polls every 20 ms on the same 2 cores as the drain, and
+    `id = ANY(2,000 ids)` cost 7 ms of server CPU per poll, a quarter of a core taken from
+    the systems measured.
+    """
     return db.execute(
-        "SELECT count(*) FROM chat_conversation WHERE id = ANY(%s)", [ids]
+        "SELECT count(*) FROM chat_conversation WHERE id BETWEEN %s AND %s", [ids[0], ids[-1]]
     ).fetchone()[0]
 
 
