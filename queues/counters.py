@@ -6,6 +6,7 @@ process or host did the work, and they outlive the pruning of those records. `qu
 reads them at scrape time. Gauges are kept as running deltas (`waiting`, `running`).
 """
 
+import functools
 import math
 import os
 
@@ -56,22 +57,55 @@ def attempt_started_sql(source):
     attempt observes its wait, as `attempt_started` does. For the runner's begin statement, which
     counts the start in the statement that makes it.
     """
-    table = connection.ops.quote_name(JobCounter._meta.db_table)
     wait = "extract(epoch FROM s.started_at - s.run_after)::float8"
-    sql = (
-        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
-        " SELECT s.queue, s.job_type, d.name, %(counter_shard)s, d.value"
-        f" FROM {source} s CROSS JOIN LATERAL ("
-        "SELECT 'waiting' AS name, -1.0::float8 AS value"
-        " UNION ALL SELECT 'running', 1.0"
-        f" UNION ALL SELECT (SELECT u.name FROM unnest({_WAIT_BUCKETS_SQL})"
-        f" u(bound, name) WHERE {wait} <= u.bound ORDER BY u.bound LIMIT 1), 1.0"
-        f" UNION ALL SELECT 'wait_seconds_sum', greatest({wait}, 0)"
-        " UNION ALL SELECT 'wait_seconds_count', 1.0"
-        f") d ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
-        " + excluded.value"
+    sql = _counted_rows_sql(
+        "s.queue, s.job_type",
+        "%(counter_shard)s",
+        f"{source} s",
+        {"waiting": -1, "running": 1},
+        ("wait_seconds", wait),
     )
     return sql, {"counter_shard": os.getpid() % SHARDS}
+
+
+@functools.cache
+def _succeeded_counters_sql():
+    """What `attempt_succeeded` adds to the counters, as one constant statement (prepared once
+    per connection by the runner's cursor): parameters queue, job_type, shard, seconds. Built in
+    SQL rather than sent as 25 values for psycopg to adapt in Python for every job."""
+    return _counted_rows_sql(
+        "%s, %s",
+        "%s",
+        "(SELECT %s::float8 AS seconds) o",
+        {"succeeded": 1, "running": -1},
+        ("run_seconds", "o.seconds"),
+    )
+
+
+def _counted_rows_sql(key, shard, source, deltas, observed):
+    """An upsert adding constant `deltas` and one observation of the histogram `observed`
+    ((series, seconds expression)) to the counters, once for each row of `source`."""
+    table = connection.ops.quote_name(JobCounter._meta.db_table)
+    series, seconds = observed
+    bounds = ", ".join(f"'{float(b)}'" for b in BUCKETS)
+    names = ", ".join(f"'{bucket_name(series, b)}'" for b in BUCKETS)
+    rows = [
+        f"SELECT '{name}'::text AS name, {float(value)}::float8 AS value"
+        for name, value in deltas.items()
+    ]
+    rows += [
+        f"SELECT (SELECT u.name FROM unnest(ARRAY[{bounds}]::float8[], ARRAY[{names}]::text[])"
+        f" u(bound, name) WHERE {seconds} <= u.bound ORDER BY u.bound LIMIT 1), 1.0",
+        f"SELECT '{series}_sum', greatest({seconds}, 0)",
+        f"SELECT '{series}_count', 1.0",
+    ]
+    return (
+        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
+        f" SELECT {key}, d.name, {shard}, d.value"
+        f" FROM {source} CROSS JOIN LATERAL ({' UNION ALL '.join(rows)}) d"
+        f" ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
+        " + excluded.value"
+    )
 
 
 def worker_lost(job, *, final):
@@ -85,9 +119,14 @@ def worker_lost(job, *, final):
 def attempt_succeeded(job, seconds, also=()):
     """`also`: the statements recording the outcome, sent first in the same round trip; the
     first one's rows are returned (as for `attempt_failed`)."""
+    minute = {"succeeded": 1, "run_seconds": seconds}
+    if connection.vendor == "postgresql":
+        shard = os.getpid() % SHARDS
+        counted = (_succeeded_counters_sql(), [job.queue, job.job_type, shard, seconds])
+        return execute_together([*also, counted, _minute_upsert(job.queue, job.job_type, minute)])
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
-    return _add(job, {"succeeded": 1, "run_seconds": seconds}, also, **deltas)
+    return _add(job, minute, also, **deltas)
 
 
 def attempt_failed(job, seconds, *, retry, also=()):
@@ -115,13 +154,6 @@ def bucket_name(series, bound):
     return f"{series}_bucket:{'+Inf' if math.isinf(bound) else bound}"
 
 
-# The wait buckets as two SQL array literals (constants: no parameters to quote per job).
-_WAIT_BUCKETS_SQL = "ARRAY[{}]::float8[], ARRAY[{}]::text[]".format(
-    ", ".join(f"'{float(b)}'" for b in BUCKETS),
-    ", ".join(f"'{bucket_name('wait_seconds', b)}'" for b in BUCKETS),
-)
-
-
 def _observe(deltas, series, seconds):
     bound = next(b for b in BUCKETS if seconds <= b)
     deltas[bucket_name(series, bound)] = 1
@@ -145,17 +177,21 @@ def _add_for(queue, job_type, minute=None, also=(), **deltas):
         _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"]),
     ]
     if minute:
-        now = timezone.now().replace(second=0, microsecond=0)
-        values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
-        statements.append(
-            _upsert(
-                JobMinute,
-                ["queue", "job_type", "minute", "shard"],
-                [(queue, job_type, now, shard, *values)],
-                ["succeeded", "failed", "run_seconds"],
-            )
-        )
+        statements.append(_minute_upsert(queue, job_type, minute))
     return execute_together(statements)
+
+
+def _minute_upsert(queue, job_type, minute):
+    """(sql, params) adding a finished attempt (`minute`: succeeded, failed, run_seconds) to this
+    minute's row of this process's shard."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
+    return _upsert(
+        JobMinute,
+        ["queue", "job_type", "minute", "shard"],
+        [(queue, job_type, now, os.getpid() % SHARDS, *values)],
+        ["succeeded", "failed", "run_seconds"],
+    )
 
 
 def _upsert(model, key_columns, rows, value_columns):
