@@ -52,7 +52,7 @@ def prune_minute_stats(keep=timedelta(hours=2)):
 
 @transaction.atomic
 def prune():
-    """Everything the maintenance schedule does, once a minute: in one transaction, so an idle
+    """Everything the maintenance schedule does, every five minutes: in one transaction, so an idle
     cluster pays one BEGIN and COMMIT for its DELETEs instead of one pair each."""
     return prune_finished_jobs() + prune_orphaned_events() + prune_minute_stats()
 

@@ -13,8 +13,14 @@ from django.db import DEFAULT_DB_ALIAS
 from queues.conf import conf
 
 MAINTENANCE = [
-    # Retention of finished job records, and per-minute stats older than two hours.
-    {"name": "queues: prune finished job records", "func": "queues.maintenance.prune"},
+    # Retention of finished job records, and per-minute stats older than two hours. Every five
+    # minutes: retention counts records, so a later prune only keeps a few more for a while, and
+    # an idle cluster sends fewer statements (docs/benchmarks.md, "idle").
+    {
+        "name": "queues: prune finished job records",
+        "func": "queues.maintenance.prune",
+        "minutes": 5,
+    },
     # A rescue pass over every queue, for clusters whose pusher waits on busy workers.
     {
         "name": "queues: push stranded jobs again",

@@ -28,7 +28,10 @@ def schedules():
 def test_after_migrate_the_schedule_table_holds_exactly_the_declared_list():
     migrate()
     declared = [*MAINTENANCE, *django_settings.QUEUE_SCHEDULES]
-    assert schedules() == {entry["name"]: (entry["func"], "I", 1, None) for entry in declared}
+    assert schedules() == {
+        entry["name"]: (entry["func"], "I", entry.get("minutes", 1), None) for entry in declared
+    }
+    assert schedules()["queues: prune finished job records"][2] == 5
     assert SWEEPER in schedules()
 
 
