@@ -19,7 +19,8 @@ Here the main process alone leads a stop:
 An idle cluster stops at once (its pusher is woken from its wait), a busy one
 within the queue's timeout plus STOP_GRACE and a few seconds.
 
-Its workers run our worker loop (`queues.worker`), which hands the monitor no runner job.
+Its workers run our worker loop (`queues.worker`): the monitor gets no task whose outcome the
+runner recorded and acknowledged.
 """
 
 import queue

@@ -65,7 +65,7 @@ def worker(task_queue, result_queue, timer, timeout=Conf.TIMEOUT):
             if monitor_has_work(task):
                 result_queue.put(task)
             if timed_out:
-                timer.value = TIMED_OUT  # the guard kills this process and starts another
+                timer.value = TIMED_OUT  # the guard replaces this worker
                 break
             timer.value = IDLE
             set_title(f"qcluster {name} idle")
@@ -77,7 +77,7 @@ def worker(task_queue, result_queue, timer, timeout=Conf.TIMEOUT):
 
 def monitor_has_work(task):
     """Whether django-q2's monitor does more for `task` than log it: acknowledge its delivery,
-    log a failure, or save it (and run its chain), which it does for no success here."""
+    log a failure, or save it and run its chain (with `save_limit: -1`, never a success)."""
     acknowledged = task.pop("acknowledged_by_runner", False)
     saved = task.get("cached") or task.get("save", Conf.SAVE_LIMIT >= 0)
     return not (acknowledged and task["success"]) or saved
