@@ -4,7 +4,9 @@ django-q2's monitor deletes a finished task's broker row after the worker is don
 statement per job, and a window where the outcome is recorded but the row is not gone yet (or the
 other way round). Instead the runner deletes the row in the transaction that records the job's
 outcome (`acknowledgement()`), learning its id from django-q2's `pre_execute` signal; its
-`post_execute_in_worker` signal then drops `ack_id` from the task so the monitor deletes nothing.
+`post_execute_in_worker` signal then drops `ack_id` from the task so the monitor deletes nothing,
+and marks it `acknowledged_by_runner`: our worker loop (`queues.worker`) hands such a task to the
+monitor only if the monitor still has work for it.
 A worker that dies rolls the delete back with everything else, and the row is delivered again.
 
 Only for a broker that declares `acknowledged_with_outcome` (`queues.broker.JobBroker`): Redis
@@ -50,4 +52,5 @@ def _remember_delivery(sender, task, **kwargs):
 def _skip_acknowledged(sender, task, **kwargs):
     if _delivery["acknowledged"]:
         task.pop("ack_id", None)  # the monitor acknowledges only tasks that carry one
+        task["acknowledged_by_runner"] = True
     _delivery.update(ack_id=None, acknowledged=False)

@@ -18,19 +18,23 @@ Here the main process alone leads a stop:
   job is delivered again like any crashed worker's.
 An idle cluster stops at once (its pusher is woken from its wait), a busy one
 within the queue's timeout plus STOP_GRACE and a few seconds.
+
+Its workers run our worker loop (`queues.worker`): the monitor gets no task whose outcome the
+runner recorded and acknowledged.
 """
 
 import queue
 import signal
 import time
 import uuid
-from multiprocessing import Event, current_process
+from multiprocessing import Event, Value, current_process
 
 from django_q import cluster as q_cluster
-from django_q.conf import logger
+from django_q.conf import Conf, logger
 from django_q.status import Stat
 
 from queues.conf import conf
+from queues.worker import IDLE, worker
 
 # Seconds beyond the queue's timeout a worker gets to record its job's outcome during a stop.
 STOP_GRACE = 5
@@ -76,6 +80,19 @@ class Sentinel(q_cluster.Sentinel):
         # Inherited by every process spawned from here on. django-q2 already ignores SIGINT.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         super().start()
+
+    def spawn_worker(self):
+        """django-q2's `spawn_worker`, running our worker loop (`queues.worker`)."""
+        timer = Value("f", IDLE)
+        process = q_cluster.get_mp_context().Process(
+            target=worker,
+            args=(self.task_queue, self.result_queue, timer, self.timeout),
+            name=f"Process-{uuid.uuid4().hex}",
+        )
+        process.daemon = Conf.DAEMONIZE_WORKERS
+        process.timer = timer  # the guard's view of the worker: see `queues.worker`
+        self.pool.append(process)
+        process.start()
 
     def reincarnate(self, process):
         if process in self.pool and process.timer.value == 0 and process.is_alive():
