@@ -94,19 +94,19 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        # Every status change rewrites the row in every index whose predicate the new row meets
+        # Every write of a job adds an entry to each index whose predicate the new row meets
         # (`status` is indexed, so no update is HOT): three times per job. So an index holds only
         # the rows its queries look at (the same literals as theirs, or PostgreSQL cannot use
         # it), and nothing is indexed twice. docs/job-queue.md, "Indexes of queues_job".
         indexes = [
-            # Retention keeps each user's newest N finished jobs per queue and status.
+            # Retention keeps each user's newest N finished jobs (`FINISHED`) per queue and status.
             models.Index(
                 fields=["queue", "status", "user", "-finished_at"],
                 condition=models.Q(status__in=["succeeded", "failed", "cancelled"]),
                 name="job_retention_finished_idx",
             ),
-            # Live jobs: the waiting ones that are due (backlog, rescue of stranded ones) and the
-            # running ones (rescue of dead workers' attempts, the dashboard).
+            # Live jobs (`LIVE`): the waiting ones that are due (backlog, rescue of stranded ones)
+            # and the running ones (rescue of dead workers' attempts, the dashboard).
             models.Index(
                 fields=["status", "run_after"],
                 condition=models.Q(status__in=["queued", "running", "retrying"]),

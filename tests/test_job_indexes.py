@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.db.models import Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ from chat.models import Conversation
 from chat.sweeper import sweep_deletions
 from queues import rescuer, selectors
 from queues.maintenance import prune_finished_jobs
+from queues.models import Job
 from queues.services import cancel_waiting_jobs, forget_subject
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -80,6 +82,15 @@ def job_plans(call):
 def assert_every_plan_uses(plans, index):
     for sql, plan in plans.items():
         assert index in plan and "Seq Scan on queues_job" not in plan, f"{sql}\n{plan}"
+
+
+@pytest.mark.parametrize(
+    "name, statuses",
+    [("job_live_status_idx", Job.LIVE), ("job_retention_finished_idx", Job.FINISHED)],
+)
+def test_the_partial_indexes_hold_the_statuses_their_queries_name(name, statuses):
+    (index,) = [index for index in Job._meta.indexes if index.name == name]
+    assert index.condition == Q(status__in=list(statuses))
 
 
 def operator():
