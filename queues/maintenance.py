@@ -21,7 +21,7 @@ def prune_finished_jobs():
 
     Counted per user, so one user's flood of jobs never evicts another user's records (jobs with
     no user, enqueued by the app itself, count as one more user). One DELETE per queue and status,
-    ranking rows on `job_retention_idx` (queue, status, user, finished_at).
+    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at).
     """
     keep = {
         Job.Status.SUCCEEDED: conf.JOB_RETENTION["succeeded"],

@@ -36,11 +36,17 @@ class Job(models.Model):
     data = models.JSONField()
     # What the job is about (e.g. "conversation:42"), so operators and services can find every
     # job of one object without knowing each type's data layout.
-    subject = models.CharField(max_length=128, blank=True, db_index=True)
+    subject = models.CharField(max_length=128, blank=True)
+    # Indexed by `job_user_status_idx`, whose first column it is.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
-    request_id = models.CharField(max_length=128, blank=True, db_index=True)
+    request_id = models.CharField(max_length=128, blank=True)
     # W3C trace context of the enqueuer and of the last attempt (queues.tracing); empty when
     # tracing is off.
     trace_context = models.JSONField(default=dict, blank=True)
@@ -66,27 +72,51 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     retried_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     retried_at = models.DateTimeField(null=True, blank=True)
     # A stop asked of the job while it ran (queues.cancellation); a waiting job is cancelled at
     # once and keeps who asked here too. The handler sees it at its next check.
     cancel_requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        # Every write of a job adds an entry to each index whose predicate the new row meets
+        # (`status` is indexed, so no update is HOT): three times per job. So an index holds only
+        # the rows its queries look at (the same literals as theirs, or PostgreSQL cannot use
+        # it), and nothing is indexed twice. docs/job-queue.md, "Indexes of queues_job".
         indexes = [
-            # Retention keeps each user's newest N finished jobs per queue and status.
+            # Retention keeps each user's newest N finished jobs (`FINISHED`) per queue and status.
             models.Index(
-                fields=["queue", "status", "user", "-finished_at"], name="job_user_retention_idx"
+                fields=["queue", "status", "user", "-finished_at"],
+                condition=models.Q(status__in=["succeeded", "failed", "cancelled"]),
+                name="job_retention_finished_idx",
             ),
-            models.Index(fields=["status", "run_after"], name="job_status_run_after_idx"),
-            # A user's live jobs (the cap on client-enqueued ones).
+            # Live jobs (`LIVE`): the waiting ones that are due (backlog, rescue of stranded ones)
+            # and the running ones (rescue of dead workers' attempts, the dashboard).
+            models.Index(
+                fields=["status", "run_after"],
+                condition=models.Q(status__in=["queued", "running", "retrying"]),
+                name="job_live_status_idx",
+            ),
+            # A user's jobs: the cap on live client jobs, what a user may see, the dashboard's
+            # user filter, and the user's deletion (SET_NULL and erasure).
             models.Index(fields=["user", "status"], name="job_user_status_idx"),
-            # How late the app's own job types are (/readyz), past any client backlog.
+            # How late the app's own job types are (/readyz), past any client backlog; also the
+            # dashboard's filter on a rare type.
             models.Index(fields=["job_type", "status", "run_after"], name="job_type_due_idx"),
             # The dashboard's job search: pages newest first by keyset, any filter, one index
             # range each (docs/dashboard.md); failed jobs, what operators look for most, and
@@ -101,6 +131,21 @@ class Job(models.Model):
                 fields=["finished_at"],
                 condition=models.Q(finished_at__isnull=False),
                 name="job_finished_idx",
+            ),
+            # Equality only (services, chat, the sweeper, the dashboard): no `_like` twin, since
+            # no query matches a prefix (the admin's search is a substring match, no index's).
+            models.Index(fields=["subject"], name="job_subject_idx"),
+            models.Index(fields=["request_id"], name="job_request_id_idx"),
+            # Only for a user's deletion (SET_NULL): the few jobs an operator retried or stopped.
+            models.Index(
+                fields=["retried_by"],
+                condition=models.Q(retried_by__isnull=False),
+                name="job_retried_by_idx",
+            ),
+            models.Index(
+                fields=["cancel_requested_by"],
+                condition=models.Q(cancel_requested_by__isnull=False),
+                name="job_cancel_requested_by_idx",
             ),
         ]
 
