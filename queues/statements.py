@@ -4,6 +4,9 @@ A worker or a request that writes a job record, its counters and its broker row 
 trip instead of three on PostgreSQL. SQLite has no data-modifying CTEs: it gets them one by one.
 """
 
+import weakref
+from contextlib import contextmanager
+
 from django.db import connection
 from django.db.models.sql import InsertQuery
 
@@ -36,6 +39,11 @@ def execute_together(statements):
 PREPARE_AFTER = 5
 
 
+# Each connection's server-binding cursor, kept for the connection's life (`hot_cursor`).
+_hot_cursors = weakref.WeakKeyDictionary()
+
+
+@contextmanager
 def hot_cursor():
     """A cursor for the statements a worker sends for every job (begin, work, outcome).
 
@@ -46,17 +54,26 @@ def hot_cursor():
     own cursors never prepare (client-side binding), so nothing else changes. On SQLite, and while
     tracing is on (the psycopg instrumentation traces Django's cursors only), this is
     `connection.cursor()`.
+
+    One cursor per connection, reused and never closed: psycopg caches the adapter of each
+    parameter type on its cursor, and looking them up again for a new cursor cost 5% of a
+    worker's CPU (docs/benchmarks.md).
     """
     if connection.vendor != "postgresql" or tracing.enabled():
-        return connection.cursor()
+        with connection.cursor() as cursor:
+            yield cursor
+        return
     from django.db.backends.postgresql.base import ServerBindingCursor
 
     connection.ensure_connection()
     pg = connection.connection
-    if pg.prepare_threshold is None:  # Django's default: prepared statements off
-        pg.prepare_threshold = PREPARE_AFTER
+    cursor = _hot_cursors.get(pg)
+    if cursor is None:
+        if pg.prepare_threshold is None:  # Django's default: prepared statements off
+            pg.prepare_threshold = PREPARE_AFTER
+        cursor = _hot_cursors[pg] = ServerBindingCursor(pg)
     # Wrapped as Django wraps its own: database errors translated, queries logged when asked.
-    return connection._prepare_cursor(ServerBindingCursor(pg))
+    yield connection._prepare_cursor(cursor)
 
 
 def insert_statement(instance, returning=None):
