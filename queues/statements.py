@@ -4,7 +4,6 @@ A worker or a request that writes a job record, its counters and its broker row 
 trip instead of three on PostgreSQL. SQLite has no data-modifying CTEs: it gets them one by one.
 """
 
-import weakref
 from contextlib import contextmanager
 
 from django.db import connection
@@ -39,10 +38,6 @@ def execute_together(statements):
 PREPARE_AFTER = 5
 
 
-# Each connection's server-binding cursor, kept for the connection's life (`hot_cursor`).
-_hot_cursors = weakref.WeakKeyDictionary()
-
-
 @contextmanager
 def hot_cursor():
     """A cursor for the statements a worker sends for every job (begin, work, outcome).
@@ -67,11 +62,14 @@ def hot_cursor():
 
     connection.ensure_connection()
     pg = connection.connection
-    cursor = _hot_cursors.get(pg)
-    if cursor is None:
+    # Kept on Django's wrapper (one per thread) with the connection it belongs to: a new
+    # connection (after a reconnect) gets a new cursor, and the old pair is dropped.
+    owner, cursor = getattr(connection, "_queues_hot_cursor", (None, None))
+    if owner is not pg:
         if pg.prepare_threshold is None:  # Django's default: prepared statements off
             pg.prepare_threshold = PREPARE_AFTER
-        cursor = _hot_cursors[pg] = ServerBindingCursor(pg)
+        cursor = ServerBindingCursor(pg)
+        connection._queues_hot_cursor = (pg, cursor)
     # Wrapped as Django wraps its own: database errors translated, queries logged when asked.
     yield connection._prepare_cursor(cursor)
 
