@@ -15,6 +15,7 @@ from queues.api import (
     SubjectGone,
     cancel_waiting_jobs,
     enqueue,
+    enqueue_if,
     forget_subject,
     types_with_content,
 )
@@ -79,36 +80,45 @@ def request_conversation_deletion(conversation, *, request_id):
     return request_deletion(conversation.pk, owner_id=conversation.owner_id, request_id=request_id)
 
 
-@transaction.atomic
 def request_deletion(conversation_id, *, owner_id, request_id):
-    """Hide the owner's conversation at once and store the job that deletes it, in one transaction.
+    """Hide the owner's conversation at once and store the job that deletes it, atomically: the
+    job is stored only if the conditional UPDATE marks the conversation (`enqueue_if`), on
+    PostgreSQL in the same statement, so a DELETE request pays no BEGIN and COMMIT round trips.
 
     Returns the job, or None when the conversation is missing, someone else's, or another request
     got there first (the conditional UPDATE re-checks under the row lock, so concurrent DELETEs
-    make exactly one job).
+    make exactly one job). Messages still waiting to be saved are withdrawn next, not run; were
+    that cut short (a crash), the deletion withdraws them anyway (`erase_traces`).
     """
     subject = Conversation.subject_for(conversation_id)
-    with connection.cursor() as cursor:
-        cursor.execute(*_mark_statement(conversation_id, owner_id, subject))
-        marked = cursor.fetchone()
-    if marked is None:
-        return None
-    if marked[0]:  # messages still waiting to be saved: they are withdrawn, not run
-        cancel_waiting_jobs(subject, "save_message")
-    return enqueue_deletion(conversation_id, owner_id=owner_id, request_id=request_id)
+    marked, job = enqueue_if(
+        _mark_statement(conversation_id, owner_id, subject),
+        "delete_conversation",
+        _deletion_data(conversation_id, owner_id),
+        request_id=request_id,
+        user_checked=True,
+    )
+    if marked is not None and marked[0]:
+        with transaction.atomic():
+            cancel_waiting_jobs(subject, "save_message")
+    return job
 
 
 def enqueue_deletion(conversation_id, *, owner_id, request_id):
-    """Store the job that deletes the conversation (the API, the sweeper, an operator's retry).
+    """Store the job that deletes the conversation (the sweeper, an operator's retry).
 
     `owner_id` is read from the conversation's row, whose foreign key vouches for the user.
     """
     return enqueue(
         "delete_conversation",
-        {"conversation_id": conversation_id, "user_id": owner_id},
+        _deletion_data(conversation_id, owner_id),
         request_id=request_id,
         user_checked=True,
     )
+
+
+def _deletion_data(conversation_id, owner_id):
+    return {"conversation_id": conversation_id, "user_id": owner_id}
 
 
 def _mark_statement(conversation_id, owner_id, subject):

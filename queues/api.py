@@ -63,6 +63,7 @@ __all__ = [
     "WorkerLost",
     "cancel_waiting_jobs",
     "enqueue",
+    "enqueue_if",
     "enqueue_many",
     "forget_subject",
     "job_type",
@@ -106,6 +107,29 @@ def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=No
         request_id=request_id,
         user_checked=user_checked,
         run_after=run_after,
+        priority=priority,
+    )
+
+
+def enqueue_if(condition, job_type, data, *, request_id=None, user_checked=False, priority=None):
+    """`enqueue` only if `condition` returns a row, atomically with it: (the row, the job), or
+    (None, None) when it returns none and nothing is stored.
+
+    `condition` is (sql, params) of a statement returning at most one row, typically the change
+    that asks for the job as a conditional `UPDATE ... RETURNING`. On PostgreSQL with the broker
+    in the database the two are one statement, so the caller needs no transaction (and pays no
+    BEGIN and COMMIT round trips); elsewhere they run in one transaction.
+    """
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    return services.enqueue_if(
+        condition,
+        kind.queue,
+        job_type,
+        data,
+        request_id=request_id,
+        user_checked=user_checked,
         priority=priority,
     )
 

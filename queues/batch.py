@@ -15,7 +15,7 @@ from django.db.models.expressions import RawSQL
 from queues import counters, uniqueness
 from queues.models import Job
 from queues.push import broker_in_database, next_row_id_sql, push, push_many_statement
-from queues.statements import execute_together, insert_rows_statement
+from queues.statements import execute_together, insert_from_statement, insert_rows_statement
 
 # A holder found finishing between the INSERT and the read frees its key: try again, a few times.
 ROUNDS = 3
@@ -29,9 +29,7 @@ def store(kind, jobs):
     Returns, in order, each stored job or, for a duplicate, the job holding its unique key, with
     `deduplicated` set. Jobs of one batch with the same key get one job (the first).
     """
-    for job in jobs:
-        job.unique_key = uniqueness.key_of(kind, job.data)
-        job.unique_states = uniqueness.states_mask(kind)
+    _set_unique_key(kind, jobs)
     first = {}
     for job in jobs:
         first.setdefault(job.unique_key or job.pk, job)
@@ -49,38 +47,92 @@ def store(kind, jobs):
     return [holders.get(job.unique_key) or first[job.unique_key or job.pk] for job in jobs]
 
 
+def store_if(kind, job, condition):
+    """Store `job` only if `condition` returns a row, atomically with it: (that row, the job or
+    the job holding its unique key), or (None, None).
+
+    `condition` is (sql, params): a statement returning at most one row, such as a conditional
+    `UPDATE ... RETURNING`. On PostgreSQL with the broker in the database both are one statement
+    (the INSERT selects from the condition's CTE), so it needs no transaction of its own: no BEGIN
+    and COMMIT round trips when the caller has none open. Elsewhere the condition runs first, then
+    `store`, in one transaction.
+    """
+    _set_unique_key(kind, [job])
+    if connection.vendor != "postgresql" or not broker_in_database():
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(*condition)
+                row = cursor.fetchone()
+            return (row, store(kind, [job])[0]) if row is not None else (None, None)
+    rows = _insert_together(kind, [job], condition)
+    if not rows:
+        return None, None
+    ((job_id, broker_row, *row),) = rows
+    if job_id is not None:
+        return tuple(row), _stored(job, broker_row)
+    # A duplicate: the condition's change is made; the job is the holder's, or, should the holder
+    # have finished meanwhile, stored now.
+    return tuple(row), store(kind, [job])[0]
+
+
+def _set_unique_key(kind, jobs):
+    for job in jobs:
+        job.unique_key = uniqueness.key_of(kind, job.data)
+        job.unique_states = uniqueness.states_mask(kind)
+
+
 def _insert(kind, jobs):
     """Insert those of `jobs` whose unique key is free; return their ids."""
     if connection.vendor != "postgresql":
         return _insert_one_by_one(kind, jobs)
     stored = set()
     for start in range(0, len(jobs), ROWS_PER_STATEMENT):
-        stored |= _insert_together(kind, jobs[start : start + ROWS_PER_STATEMENT])
+        batch = jobs[start : start + ROWS_PER_STATEMENT]
+        rows = dict(_insert_together(kind, batch))
+        for job in batch:
+            if job.pk in rows:
+                _stored(job, rows[job.pk])
+        stored |= set(rows)
     return stored
 
 
-def _insert_together(kind, jobs):
+def _insert_together(kind, jobs, condition=None):
+    """One statement storing `jobs`, their broker rows and counters; returns (id, broker row) of
+    each job stored. With a `condition` (`store_if`: one job) it is a CTE the INSERT selects
+    from, and the one row returned, if the condition returned one, is (id or None, broker row,
+    the condition's columns...)."""
     in_database = broker_in_database()
     for job in jobs:
         job.broker_row = RawSQL(next_row_id_sql(), []) if in_database else None
-    insert, params = insert_rows_statement(jobs)
+    if condition is None:
+        insert, params = insert_rows_statement(jobs)
+        statements = [("SELECT id, broker_row FROM stored", [])]
+    else:
+        (job,) = jobs
+        insert, params = insert_from_statement(job, "condition")
+        statements = [
+            ("SELECT s.id, s.broker_row, c.* FROM condition c LEFT JOIN stored s ON true", []),
+            (*condition, "condition"),
+        ]
     if kind.unique:
         insert += f" ON CONFLICT (unique_key) WHERE {uniqueness.INDEX_PREDICATE} DO NOTHING"
-    statements = [
-        ("SELECT id, broker_row FROM stored", []),
+    statements += [
         (f"{insert} RETURNING id, broker_row", params, "stored"),
         (*counters.jobs_enqueued_sql(kind.queue, kind.name, "stored"), "counted"),
     ]
     if in_database:
         statements.append((*push_many_statement(jobs, "stored"), "broker_rows"))
-    rows = dict(execute_together(statements))
-    for job in jobs:
-        if job.pk in rows:
-            job.broker_row = rows[job.pk]
-            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
-        if not in_database and job.pk in rows:
-            push(job)  # a broker outside the database (Redis): after the commit
-    return set(rows)
+    return execute_together(statements)
+
+
+def _stored(job, broker_row):
+    """`job` as `save()` leaves it, knowing its broker row; on a broker outside the database
+    (Redis), pushed (after the commit)."""
+    job.broker_row = broker_row
+    job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
+    if broker_row is None:
+        push(job)
+    return job
 
 
 def _insert_one_by_one(kind, jobs):

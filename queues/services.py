@@ -97,6 +97,20 @@ def enqueue(
     return job
 
 
+def enqueue_if(
+    condition, queue, job_type, data, *, request_id=None, user_checked=False, priority=None
+):
+    """`enqueue`, only if `condition` returns a row, atomically with it (`batch.store_if`).
+
+    `condition`: (sql, params) of a statement returning at most one row, typically the change
+    that asks for the job as a conditional `UPDATE ... RETURNING`. Returns (its row, the job) or
+    (None, None). The data is validated first: invalid data raises before the condition runs.
+    """
+    kind = registry.get(queue, job_type)
+    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
+    return batch.store_if(kind, job, condition)
+
+
 def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priority=None):
     """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
 

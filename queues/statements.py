@@ -86,6 +86,17 @@ def insert_statement(instance, returning=None):
     return sql, params
 
 
+def insert_from_statement(instance, source):
+    """(sql, params) inserting a model instance for each row of the CTE `source` (at most one, in
+    practice): `insert_statement` as `INSERT ... SELECT <its values> FROM source`, so the row is
+    stored only when `source` returned one."""
+    sql, params = insert_rows_statement([instance])
+    head, values = sql.split(" VALUES (", 1)
+    if not values.endswith(")"):
+        raise ValueError(f"not a one-row INSERT: {sql}")
+    return f"{head} SELECT {values[:-1]} FROM {source}", params
+
+
 def insert_rows_statement(instances):
     """(sql, params) inserting model instances of one model in one multi-row INSERT."""
     query = InsertQuery(type(instances[0]))
