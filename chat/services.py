@@ -99,8 +99,7 @@ def request_deletion(conversation_id, *, owner_id, request_id):
         user_checked=True,
     )
     if marked is not None and marked[0]:
-        with transaction.atomic():
-            cancel_waiting_jobs(subject, "save_message")
+        cancel_waiting_jobs(subject, "save_message")
     return job
 
 

@@ -97,11 +97,8 @@ def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=No
     first attempt; `priority` (0 first, to 9) overrides the type's. Returns the `Job`; for a
     unique type's duplicate, the job already holding its key (`job.deduplicated` is set).
     """
-    kind = registry.find(job_type)
-    if kind is None:
-        raise JobValidationError(f"unknown job type {job_type!r}")
     return services.enqueue(
-        kind.queue,
+        _queue_of(job_type),
         job_type,
         data,
         request_id=request_id,
@@ -120,18 +117,22 @@ def enqueue_if(condition, job_type, data, *, request_id=None, user_checked=False
     in the database the two are one statement, so the caller needs no transaction (and pays no
     BEGIN and COMMIT round trips); elsewhere they run in one transaction.
     """
-    kind = registry.find(job_type)
-    if kind is None:
-        raise JobValidationError(f"unknown job type {job_type!r}")
     return services.enqueue_if(
         condition,
-        kind.queue,
+        _queue_of(job_type),
         job_type,
         data,
         request_id=request_id,
         user_checked=user_checked,
         priority=priority,
     )
+
+
+def _queue_of(job_type):
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    return kind.queue
 
 
 enqueue_many = services.enqueue_many

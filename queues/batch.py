@@ -57,13 +57,13 @@ def store_if(kind, job, condition):
     and COMMIT round trips when the caller has none open. Elsewhere the condition runs first, then
     `store`, in one transaction.
     """
-    _set_unique_key(kind, [job])
     if connection.vendor != "postgresql" or not broker_in_database():
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(*condition)
                 row = cursor.fetchone()
             return (row, store(kind, [job])[0]) if row is not None else (None, None)
+    _set_unique_key(kind, [job])
     rows = _insert_together(kind, [job], condition)
     if not rows:
         return None, None

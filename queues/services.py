@@ -215,8 +215,10 @@ def delete_finished_jobs(jobs, *, by=None):
     return deleted
 
 
+@transaction.atomic(savepoint=False)
 def cancel_waiting_jobs(subject, job_type):
-    """Withdraw the not-yet-started jobs of `job_type` about `subject`. Returns how many.
+    """Withdraw the not-yet-started jobs of `job_type` about `subject`, with their counters, in
+    one transaction (the caller's, if open). Returns how many.
 
     Their broker rows stay; the runner skips a delivery of a finished job.
     """
