@@ -3,7 +3,9 @@
 Each function here is called exactly where a job changes state (enqueue, runner, operator retry,
 cancel), so the totals are as durable and as consistent as the job records themselves, whichever
 process or host did the work, and they outlive the pruning of those records. `queues.metrics`
-reads them at scrape time. Gauges are kept as running deltas (`waiting`, `running`).
+reads them at scrape time. A change adds to the columns of one `JobCounter` row, its queue's and
+job type's in this process's shard: gauges as running deltas (`waiting`, `running`), histograms
+as a `_sum` and cumulative buckets.
 """
 
 import functools
@@ -13,14 +15,14 @@ import os
 from django.db import connection
 from django.utils import timezone
 
-from queues.models import JobCounter, JobMinute
+from queues.models import HISTOGRAM_BUCKETS, JobCounter, JobMinute, bucket_column
 from queues.statements import execute_together
 
-# Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, math.inf)
+BUCKETS = HISTOGRAM_BUCKETS
 # Concurrent workers add to different rows (by pid), so they do not wait on each other's locks:
 # more shards than a cluster's workers (10 by default), whose pids are mostly consecutive.
 SHARDS = 16
+_KEY = ["queue", "job_type", "shard"]
 
 
 def job_enqueued(job, also=()):
@@ -32,13 +34,12 @@ def job_enqueued(job, also=()):
 def jobs_enqueued_sql(queue, job_type, source):
     """(sql, params): what `job_enqueued` adds, once for each row of the CTE `source` (the jobs
     an INSERT ... ON CONFLICT DO NOTHING actually stored; nothing when it stored none)."""
-    table = connection.ops.quote_name(JobCounter._meta.db_table)
-    sql = (
-        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
-        " SELECT %s, %s, n.name, %s, count(*)::float8"
-        f" FROM {source} CROSS JOIN (VALUES ('enqueued'), ('waiting')) n(name) GROUP BY n.name"
-        f" ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
-        " + excluded.value"
+    sql = _counted_rows_sql(
+        "%s, %s",
+        "%s",
+        f"(SELECT count(*) AS n FROM {source}) s",
+        {"enqueued": "s.n", "waiting": "s.n"},
+        where="s.n > 0",
     )
     return sql, [queue, job_type, os.getpid() % SHARDS]
 
@@ -57,13 +58,12 @@ def attempt_started_sql(source):
     attempt observes its wait, as `attempt_started` does. For the runner's begin statement, which
     counts the start in the statement that makes it.
     """
-    wait = "extract(epoch FROM s.started_at - s.run_after)::float8"
     sql = _counted_rows_sql(
         "s.queue, s.job_type",
         "%(counter_shard)s",
         f"{source} s",
         {"waiting": -1, "running": 1},
-        ("wait_seconds", wait),
+        observed=("wait_seconds", "extract(epoch FROM s.started_at - s.run_after)::float8"),
     )
     return sql, {"counter_shard": os.getpid() % SHARDS}
 
@@ -72,39 +72,35 @@ def attempt_started_sql(source):
 def _succeeded_counters_sql():
     """What `attempt_succeeded` adds to the counters, as one constant statement (prepared once
     per connection by the runner's cursor): parameters queue, job_type, shard, seconds. Built in
-    SQL rather than sent as 25 values for psycopg to adapt in Python for every job."""
+    SQL rather than sent as 20 values for psycopg to adapt in Python for every job."""
     return _counted_rows_sql(
         "%s, %s",
         "%s",
-        "(SELECT %s::float8 AS seconds) o",
+        "(SELECT %s::float8 AS seconds) s",
         {"succeeded": 1, "running": -1},
-        ("run_seconds", "o.seconds"),
+        observed=("run_seconds", "s.seconds"),
     )
 
 
-def _counted_rows_sql(key, shard, source, deltas, observed):
-    """An upsert adding constant `deltas` and one observation of the histogram `observed`
-    ((series, seconds expression)) to the counters, once for each row of `source`."""
+def _counted_rows_sql(key, shard, source, deltas, observed=None, where=None):
+    """An upsert adding `deltas` ({column: SQL expression}) and one observation of the histogram
+    `observed` ((series, seconds expression)), if any, to the counters row of `key` and `shard`
+    (SQL expressions), once for each row of `source` (a FROM item) matching `where`."""
     table = connection.ops.quote_name(JobCounter._meta.db_table)
-    series, seconds = observed
-    bounds = ", ".join(f"'{float(b)}'" for b in BUCKETS)
-    names = ", ".join(f"'{bucket_name(series, b)}'" for b in BUCKETS)
-    rows = [
-        f"SELECT '{name}'::text AS name, {float(value)}::float8 AS value"
-        for name, value in deltas.items()
-    ]
-    rows += [
-        f"SELECT (SELECT u.name FROM unnest(ARRAY[{bounds}]::float8[], ARRAY[{names}]::text[])"
-        f" u(bound, name) WHERE {seconds} <= u.bound ORDER BY u.bound LIMIT 1), 1.0",
-        f"SELECT '{series}_sum', greatest({seconds}, 0)",
-        f"SELECT '{series}_count', 1.0",
-    ]
+    columns = {name: str(value) for name, value in deltas.items()}
+    if observed:
+        series, seconds = observed
+        source += f" CROSS JOIN LATERAL (SELECT {seconds} AS seconds) o"
+        columns[f"{series}_sum"] = "greatest(o.seconds, 0)"
+        for bound in BUCKETS:
+            observed_here = "1" if math.isinf(bound) else f"(o.seconds <= {bound!r})::int"
+            columns[bucket_column(series, bound)] = observed_here
+    updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
     return (
-        f"INSERT INTO {table} (queue, job_type, name, shard, value)"
-        f" SELECT {key}, d.name, {shard}, d.value"
-        f" FROM {source} CROSS JOIN LATERAL ({' UNION ALL '.join(rows)}) d"
-        f" ON CONFLICT (queue, job_type, name, shard) DO UPDATE SET value = {table}.value"
-        " + excluded.value"
+        f"INSERT INTO {table} ({', '.join([*_KEY, *columns])})"
+        f" SELECT {key}, {shard}, {', '.join(columns.values())}"
+        f" FROM {source}{f' WHERE {where}' if where else ''}"
+        f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}"
     )
 
 
@@ -150,15 +146,11 @@ def retried_by_operator(job):
     _add(job, operator_retries=1, waiting=1)
 
 
-def bucket_name(series, bound):
-    return f"{series}_bucket:{'+Inf' if math.isinf(bound) else bound}"
-
-
 def _observe(deltas, series, seconds):
-    bound = next(b for b in BUCKETS if seconds <= b)
-    deltas[bucket_name(series, bound)] = 1
     deltas[f"{series}_sum"] = max(seconds, 0.0)
-    deltas[f"{series}_count"] = 1
+    for bound in BUCKETS:
+        if seconds <= bound:
+            deltas[bucket_column(series, bound)] = 1
 
 
 def _add(job, minute=None, also=(), **deltas):
@@ -168,14 +160,10 @@ def _add(job, minute=None, also=(), **deltas):
 def _add_for(queue, job_type, minute=None, also=(), **deltas):
     """Add `deltas` to the counters and, for a finished attempt, `minute` to this minute's row.
 
-    Rows of this process's shard only, so concurrent workers rarely wait on each other's locks.
+    This process's shard only, so concurrent workers rarely wait on each other's locks.
     """
-    shard = os.getpid() % SHARDS
-    rows = [(queue, job_type, name, shard, value) for name, value in deltas.items()]
-    statements = [
-        *also,
-        _upsert(JobCounter, ["queue", "job_type", "name", "shard"], rows, ["value"]),
-    ]
+    row = (queue, job_type, os.getpid() % SHARDS, *deltas.values())
+    statements = [*also, _upsert(JobCounter, _KEY, [row], list(deltas))]
     if minute:
         statements.append(_minute_upsert(queue, job_type, minute))
     return execute_together(statements)

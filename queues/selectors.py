@@ -6,9 +6,8 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from queues.counters import BUCKETS, bucket_name
 from queues.heartbeats import live_clusters
-from queues.models import Job, JobCounter, JobMinute, QueuePause
+from queues.models import HISTOGRAM_BUCKETS, Job, JobCounter, JobMinute, QueuePause, bucket_column
 
 
 def jobs_visible_to(user):
@@ -103,9 +102,15 @@ def subjects_with_failed_jobs(job_type, subjects):
 
 
 def counter_totals():
-    """{(queue, job_type, name): value}, summed over shards. One query."""
-    rows = JobCounter.objects.values("queue", "job_type", "name").annotate(total=Sum("value"))
-    return {(r["queue"], r["job_type"], r["name"]): r["total"] for r in rows}
+    """{(queue, job_type, column): total} of `JobCounter`'s counting columns, summed over the
+    shards. One query."""
+    columns = JobCounter.counted_fields()
+    rows = JobCounter.objects.values_list("queue", "job_type").annotate(*map(Sum, columns))
+    return {
+        (queue, job_type, column): total
+        for queue, job_type, *totals in rows
+        for column, total in zip(columns, totals, strict=True)
+    }
 
 
 def oldest_due_job(queue, job_types=None):
@@ -142,11 +147,8 @@ def histogram(totals, queue, series, job_type=None):
             if q == queue and n == name and (job_type is None or t == job_type)
         )
 
-    buckets, running = [], 0.0
-    for bound in BUCKETS:
-        running += total(bucket_name(series, bound))
-        buckets.append((bound, running))
-    return buckets, total(f"{series}_sum"), total(f"{series}_count")
+    buckets = [(bound, total(bucket_column(series, bound))) for bound in HISTOGRAM_BUCKETS]
+    return buckets, total(f"{series}_sum"), buckets[-1][1]
 
 
 def quantile(buckets, q):
