@@ -11,14 +11,15 @@ workers' own share outside the runner fell from 19% to 11% of the samples and th
 by 0.2-0.3 ms (docs/benchmarks.md, "Our worker loop").
 
 So a task whose outcome the runner recorded and acknowledged goes nowhere, and django-q2 logs
-nothing of it (the runner logs its start and outcome). Every other task goes to the monitor as
+nothing of it (the runner logs its outcome). Every other task goes to the monitor as
 with django-q2: a schedule's plain function, a delivery the runner had nothing to do for (its
 row is acknowledged by the monitor), a failure escaping the runner (the database is down), and
 anything django-q2 would save. The rest is django-q2 1.11's `worker` unchanged: the guard's
 `timer` (-1 idle, the timeout + 3 s while busy, 0 timed out: the guard kills it, -2 recycled),
-`TimeoutHandler`, RECYCLE and max_rss, the process title, the `pre_execute`,
-`post_execute_in_worker` and `post_spawn` signals, closing stale connections before each task,
-and the error reporter. Tasks run synchronously (`sync`) never reach a cluster's worker.
+`TimeoutHandler` (but for the runner's jobs, which keep their own), RECYCLE and max_rss, the
+process title, the `pre_execute`, `post_execute_in_worker` and `post_spawn` signals, closing
+stale connections before each task, and the error reporter. Tasks run synchronously (`sync`)
+never reach a cluster's worker.
 """
 
 import pydoc
@@ -104,6 +105,10 @@ def execute(func, task, seconds):
     try:
         if func is None:
             raise ValueError(f"Function {task['func']} is not defined")
+        if func is run_job:
+            # The runner keeps its own timeout (`runner.handler_timeout`), on the same timer
+            # (ITIMER_REAL), which replaces django-q2's alarm anyway; the guard stays the backstop.
+            return func(*task["args"], **task["kwargs"]), True, False
         with TimeoutHandler(seconds):
             return func(*task["args"], **task["kwargs"]), True, False
     except (Exception, TimeoutException) as exc:
