@@ -87,7 +87,9 @@ def _begin_waiting_sql(pid):
     """One statement that begins an attempt of a waiting, due job, in the common case.
 
     It takes the job's liveness lock, marks the job running with one more attempt and counts the
-    start (`counters.attempt_started_sql`). Its own implicit transaction commits without waiting
+    start (`counters.attempt_started_sql`). The UPDATE's own row lock is the only one it takes: a
+    change committed meanwhile (a cancel) is seen, since PostgreSQL checks the WHERE again on the
+    newest row version before updating it. Its own implicit transaction commits without waiting
     for the disk (`set_config(..., true)`, as `SET LOCAL`): visible to other sessions at once,
     durable with the next synchronous commit (the work's), since WAL is flushed in order. Only a
     crash of the database server can lose it, and then it loses the work too.
@@ -105,15 +107,11 @@ def _begin_waiting_sql(pid):
 WITH attempt_lock AS MATERIALIZED (
     SELECT pg_try_advisory_lock({liveness.job_key_sql("%(id)s::uuid")}) AS held,
         set_config('synchronous_commit', 'off', true) AS async_commit
-), job AS (
-    SELECT id, status, run_after FROM {table}
-    WHERE id = %(id)s AND (SELECT held FROM attempt_lock)
-    FOR UPDATE
 ), begun AS (
     UPDATE {table} j
     SET status = %(running)s, attempts = j.attempts + 1, started_at = %(now)s, worker = %(worker)s
-    FROM job
-    WHERE j.id = job.id AND job.status IN ({waiting}) AND job.run_after <= %(due)s
+    WHERE j.id = %(id)s AND (SELECT held FROM attempt_lock)
+    AND j.status IN ({waiting}) AND j.run_after <= %(due)s
     AND NOT {pausing.paused_sql("j.queue")}
     RETURNING {columns}
 ), counted AS ({counted})
