@@ -69,17 +69,30 @@ def attempt_started_sql(source):
 
 
 @functools.cache
-def _succeeded_counters_sql():
-    """What `attempt_succeeded` adds to the counters, as one constant statement (prepared once
-    per connection by the runner's cursor): parameters queue, job_type, shard, seconds. Built in
-    SQL rather than sent as 20 values for psycopg to adapt in Python for every job."""
-    return _counted_rows_sql(
-        "%s, %s",
-        "%s",
-        "(SELECT %s::float8 AS seconds) s",
-        {"succeeded": 1, "running": -1},
-        observed=("run_seconds", "s.seconds"),
+def _succeeded_sql():
+    """What `attempt_succeeded` adds, as constant CTEs (prepared once per connection by the
+    runner's cursor) sharing one set of parameters: the CTE `attempt` (queue, job_type, shard,
+    seconds, minute), then the counters' upsert and the minute's, which read it: five values for
+    psycopg to adapt in Python for every job, where the two upserts took eleven apart."""
+    attempt = (
+        "SELECT %s::varchar AS queue, %s::varchar AS job_type, %s::smallint AS shard,"
+        " %s::float8 AS seconds, %s::timestamptz AS minute"
     )
+    counted = _counted_rows_sql(
+        "a.queue, a.job_type",
+        "a.shard",
+        "attempt a",
+        {"succeeded": 1, "running": -1},
+        observed=("run_seconds", "a.seconds"),
+    )
+    table = connection.ops.quote_name(JobMinute._meta.db_table)
+    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("succeeded", "run_seconds"))
+    minute = (
+        f"INSERT INTO {table} (queue, job_type, minute, shard, succeeded, failed, run_seconds)"
+        " SELECT a.queue, a.job_type, a.minute, a.shard, 1, 0, a.seconds FROM attempt a"
+        f" ON CONFLICT (queue, job_type, minute, shard) DO UPDATE SET {added}"
+    )
+    return attempt, counted, minute
 
 
 def _counted_rows_sql(key, shard, source, deltas, observed=None, where=None):
@@ -115,14 +128,15 @@ def worker_lost(job, *, final):
 def attempt_succeeded(job, seconds, also=()):
     """`also`: the statements recording the outcome, sent first in the same round trip; the
     first one's rows are returned (as for `attempt_failed`)."""
-    minute = {"succeeded": 1, "run_seconds": seconds}
     if connection.vendor == "postgresql":
-        shard = os.getpid() % SHARDS
-        counted = (_succeeded_counters_sql(), [job.queue, job.job_type, shard, seconds])
-        return execute_together([*also, counted, _minute_upsert(job.queue, job.job_type, minute)])
+        attempt, counted, minute_added = _succeeded_sql()
+        params = [job.queue, job.job_type, os.getpid() % SHARDS, seconds, _this_minute()]
+        return execute_together(
+            [*also, (attempt, params, "attempt"), (counted, []), (minute_added, [])]
+        )
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
-    return _add(job, minute, also, **deltas)
+    return _add(job, {"succeeded": 1, "run_seconds": seconds}, also, **deltas)
 
 
 def attempt_failed(job, seconds, *, retry, also=()):
@@ -172,14 +186,17 @@ def _add_for(queue, job_type, minute=None, also=(), **deltas):
 def _minute_upsert(queue, job_type, minute):
     """(sql, params) adding a finished attempt (`minute`: succeeded, failed, run_seconds) to this
     minute's row of this process's shard."""
-    now = timezone.now().replace(second=0, microsecond=0)
     values = [minute.get(c, 0) for c in ("succeeded", "failed", "run_seconds")]
     return _upsert(
         JobMinute,
         ["queue", "job_type", "minute", "shard"],
-        [(queue, job_type, now, os.getpid() % SHARDS, *values)],
+        [(queue, job_type, _this_minute(), os.getpid() % SHARDS, *values)],
         ["succeeded", "failed", "run_seconds"],
     )
+
+
+def _this_minute():
+    return timezone.now().replace(second=0, microsecond=0)
 
 
 def _upsert(model, key_columns, rows, value_columns):
