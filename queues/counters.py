@@ -18,7 +18,6 @@ from django.utils import timezone
 from queues.models import HISTOGRAM_BUCKETS, JobCounter, JobMinute, bucket_column
 from queues.statements import execute_together
 
-BUCKETS = HISTOGRAM_BUCKETS
 # Concurrent workers add to different rows (by pid), so they do not wait on each other's locks:
 # more shards than a cluster's workers (10 by default), whose pids are mostly consecutive.
 SHARDS = 16
@@ -105,7 +104,7 @@ def _counted_rows_sql(key, shard, source, deltas, observed=None, where=None):
         series, seconds = observed
         source += f" CROSS JOIN LATERAL (SELECT {seconds} AS seconds) o"
         columns[f"{series}_sum"] = "greatest(o.seconds, 0)"
-        for bound in BUCKETS:
+        for bound in HISTOGRAM_BUCKETS:
             observed_here = "1" if math.isinf(bound) else f"(o.seconds <= {bound!r})::int"
             columns[bucket_column(series, bound)] = observed_here
     updates = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
@@ -162,7 +161,7 @@ def retried_by_operator(job):
 
 def _observe(deltas, series, seconds):
     deltas[f"{series}_sum"] = max(seconds, 0.0)
-    for bound in BUCKETS:
+    for bound in HISTOGRAM_BUCKETS:
         if seconds <= bound:
             deltas[bucket_column(series, bound)] = 1
 

@@ -24,6 +24,7 @@ never reach a cluster's worker.
 
 import pydoc
 import traceback
+from contextlib import nullcontext
 from multiprocessing import current_process
 
 from django.utils import timezone
@@ -105,11 +106,10 @@ def execute(func, task, seconds):
     try:
         if func is None:
             raise ValueError(f"Function {task['func']} is not defined")
-        if func is run_job:
-            # The runner keeps its own timeout (`runner.handler_timeout`), on the same timer
-            # (ITIMER_REAL), which replaces django-q2's alarm anyway; the guard stays the backstop.
-            return func(*task["args"], **task["kwargs"]), True, False
-        with TimeoutHandler(seconds):
+        # The runner keeps its own timeout (`runner.handler_timeout`), on the same timer
+        # (ITIMER_REAL), which replaces django-q2's alarm anyway; the guard stays the backstop.
+        alarm = nullcontext() if func is run_job else TimeoutHandler(seconds)
+        with alarm:
             return func(*task["args"], **task["kwargs"]), True, False
     except (Exception, TimeoutException) as exc:
         if error_reporter:
