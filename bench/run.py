@@ -160,7 +160,7 @@ def request_deletions_on_redis(ids):
         "    request_conversation_deletion(c, request_id='bench')\n"
     )
     subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
         cwd=ROOT,
         env={**ENV, "QUEUE_BROKER": "redis"},
         check=True,
