@@ -219,9 +219,9 @@ def qcluster(broker, log_dir):
 
 
 class Bench:
-    def __init__(self, pg, db, owner, log_dir, profile=None):
+    def __init__(self, pg, db, owner, log_dir, profile=None, perf=None):
         self.pg, self.db, self.owner, self.log_dir = pg, db, owner, log_dir
-        self.profile = profile
+        self.profile, self.perf = profile, perf
         self.watcher_backend = db.execute("SELECT pg_backend_pid()").fetchone()[0]
 
     def sample(self, root):
@@ -305,24 +305,24 @@ class Bench:
 
     def drain_cluster(self, broker, count, messages, profiled=True):
         """Jobs enqueued first, then the cluster started: returns (result, running cluster).
-        `profiled`: py-spy records it, with `--profile`."""
+        `profiled`: py-spy and perf record it, with `--profile` and `--perf`."""
         ids = make_conversations(self.db, self.owner.pk, count, messages)
         if broker == "redis":
             request_deletions_on_redis(ids)
         else:
             request_deletions(ids)
         cluster = qcluster(broker, self.log_dir)
-        profiler = self.start_profiler(cluster) if broker == "orm" and profiled else None
+        profilers = self.start_profilers(cluster) if broker == "orm" and profiled else {}
         try:
             return self.measure(f"qcluster ({broker})", ids, cluster), cluster
         except BaseException:
             cluster.stop()
             raise
         finally:
-            if profiler is not None:
+            for path, profiler in profilers.items():
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
-                progress(f"  profile of the cluster's processes: {self.profile}")
+                progress(f"  profile: {path}")
 
     def drop_broker_rows(self):
         """Remove the rows a stopped reference cluster left: stock django-q2's monitor lags
@@ -331,14 +331,22 @@ class Bench:
         of our cluster's scenarios (its idle statements)."""
         self.db.execute("DELETE FROM django_q_ormq")
 
-    def start_profiler(self, cluster):
-        """py-spy over every process of the cluster, as collapsed stacks (`--profile PATH`)."""
-        if not self.profile:
-            return None
-        command = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses"]
-        command += ["--nonblocking", "--gil", "--format", "raw", "--rate", "250"]
-        command += ["--pid", str(cluster.process.pid), "--output", self.profile]
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start_profilers(self, cluster):
+        """{path: recorder}: py-spy over every process of the cluster, as collapsed stacks
+        (`--profile PATH`), and perf over the whole machine (`--perf PATH`: PostgreSQL's own
+        functions and the kernel's share, which py-spy cannot see; `perf report -i PATH`)."""
+        commands = {}
+        if self.profile:
+            command = [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses"]
+            command += ["--nonblocking", "--gil", "--format", "raw", "--rate", "250"]
+            command += ["--pid", str(cluster.process.pid), "--output", self.profile]
+            commands[self.profile] = command
+        if self.perf:
+            commands[self.perf] = ["perf", "record", "-a", "-g", "-F", "999", "-o", self.perf]
+        return {
+            path: subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for path, command in commands.items()
+        }
 
     def drain_celery(self, count, messages):
         import redis
@@ -625,6 +633,9 @@ def main():
     parser.add_argument(
         "--profile", metavar="PATH", help="py-spy our drain's processes into PATH (skews its CPU)"
     )
+    parser.add_argument(
+        "--perf", metavar="PATH", help="perf record the whole machine during that drain (root)"
+    )
     parser.add_argument("--save-log", metavar="PATH", help="keep the server's statement log")
     parser.add_argument(
         "--only",
@@ -659,7 +670,8 @@ def main():
         token = Token.objects.create(user=owner).key
         with psycopg.connect(url, autocommit=True) as db:
             version = db.execute("SHOW server_version").fetchone()[0]
-            table = run(Bench(pg, db, owner, log_dir, args.profile), args, only, token)
+            bench = Bench(pg, db, owner, log_dir, args.profile, args.perf)
+            table = run(bench, args, only, token)
         if args.save_log:
             shutil.copy(pg.log_path, args.save_log)
     print_tables(table, args, version)
