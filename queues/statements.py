@@ -6,7 +6,7 @@ trip instead of three on PostgreSQL. SQLite has no data-modifying CTEs: it gets 
 
 from contextlib import contextmanager
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models.sql import InsertQuery
 
 from queues import tracing
@@ -39,8 +39,9 @@ PREPARE_AFTER = 5
 
 
 @contextmanager
-def hot_cursor():
-    """A cursor for the statements a worker sends for every job (begin, work, outcome).
+def hot_cursor(using=DEFAULT_DB_ALIAS):
+    """A cursor for the statements a worker sends for every job (begin, work, outcome) and a
+    pusher for every claim, on the connection `using`.
 
     Django's psycopg cursor quotes every parameter into the SQL text in Python, and PostgreSQL
     parses and plans each text anew. This one (PostgreSQL) sends the parameters apart, and a text
@@ -54,24 +55,25 @@ def hot_cursor():
     parameter type on its cursor, and looking them up again for a new cursor cost 5% of a
     worker's CPU (docs/benchmarks.md).
     """
-    if connection.vendor != "postgresql" or tracing.enabled():
-        with connection.cursor() as cursor:
+    db = connections[using]
+    if db.vendor != "postgresql" or tracing.enabled():
+        with db.cursor() as cursor:
             yield cursor
         return
     from django.db.backends.postgresql.base import ServerBindingCursor
 
-    connection.ensure_connection()
-    pg = connection.connection
+    db.ensure_connection()
+    pg = db.connection
     # Kept on Django's wrapper (one per thread) with the connection it belongs to: a new
     # connection (after a reconnect) gets a new cursor, and the old pair is dropped.
-    owner, cursor = getattr(connection, "_queues_hot_cursor", (None, None))
+    owner, cursor = getattr(db, "_queues_hot_cursor", (None, None))
     if owner is not pg:
         if pg.prepare_threshold is None:  # Django's default: prepared statements off
             pg.prepare_threshold = PREPARE_AFTER
         cursor = ServerBindingCursor(pg)
-        connection._queues_hot_cursor = (pg, cursor)
+        db._queues_hot_cursor = (pg, cursor)
     # Wrapped as Django wraps its own: database errors translated, queries logged when asked.
-    yield connection._prepare_cursor(cursor)
+    yield db._prepare_cursor(cursor)
 
 
 def insert_statement(instance, returning=None):
