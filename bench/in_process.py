@@ -30,20 +30,20 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import ENV, make_conversations, progress, request_deletions  # noqa: E402
+from bench.run import (  # noqa: E402
+    ENV,
+    make_conversations,
+    process_stat,
+    progress,
+    request_deletions,
+)
 from tests.support.pg_server import PostgresServer  # noqa: E402
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STATEMENTS = {
     "shared_preload_libraries": "pg_stat_statements",
     "pg_stat_statements.track": "all",
     "pg_stat_statements.track_planning": "on",
 }
-
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def run_round(db, owner_id, jobs, extra_round_trip, statements=None):
@@ -62,14 +62,15 @@ def run_round(db, owner_id, jobs, extra_round_trip, statements=None):
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
     db.execute("SELECT pg_stat_statements_reset()")
-    client0, backend0 = cpu_seconds("self"), cpu_seconds(backend)
+    client0, backend0 = process_stat("self")[1], process_stat(backend)[1]
     for job_id in todo:
         if extra_round_trip:
             with hot_cursor() as cursor:
                 cursor.execute("SELECT %s::int", [1])
                 cursor.fetchone()
         run_job(job_id)
-    client, server = cpu_seconds("self") - client0, cpu_seconds(backend) - backend0
+    client = process_stat("self")[1] - client0
+    server = process_stat(backend)[1] - backend0
     if statements is not None:
         for query, *numbers in db.execute(
             "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time,"

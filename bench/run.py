@@ -64,7 +64,7 @@ def percentile(values, q):
 # --- CPU from /proc ---------------------------------------------------------------------------
 
 
-def _stat(pid):
+def process_stat(pid):
     """(ppid, CPU seconds of the process plus its reaped children), or None once it is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -79,7 +79,7 @@ def tree_cpu(root, exclude=()):
     """CPU seconds used so far by `root` and its descendants, including those already reaped."""
     stats = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(entry.name)) is not None:
+        if entry.name.isdigit() and (stat := process_stat(entry.name)) is not None:
             stats[int(entry.name)] = stat
     children = {}
     for pid, (ppid, _) in stats.items():
