@@ -57,8 +57,9 @@ def drop_if_hung_up(using: str = DEFAULT_DB_ALIAS) -> bool:
     if pg is None or db.in_atomic_block or db.vendor != "postgresql":
         return False
     if not pg.closed:
-        ready, _, _ = select.select([pg.fileno()], [], [], 0)
-        if not ready or db.is_usable():
+        socket = select.poll()
+        socket.register(pg.fileno(), select.POLLIN)
+        if not socket.poll(0) or db.is_usable():
             return False
     logger.warning("database connection closed by the server; reconnecting")
     drop(using)

@@ -11,8 +11,10 @@ import time
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from queues import reconnect
 from queues.heartbeats import HEARTBEAT
 from queues.models import ClusterHeartbeat, Job
 from queues.runner import run_job
@@ -83,6 +85,20 @@ def test_a_worker_whose_connection_was_cut_begins_the_job_on_a_fresh_one(user):
     assert (job.status, job.attempts) == ("succeeded", 1)
     assert connection.connection is not doomed
     assert connection._queues_hot_cursor[0] is connection.connection  # kept on the new one
+
+
+def test_the_sentinel_notices_a_connection_closed_while_idle_without_a_round_trip():
+    connection.ensure_connection()
+    with CaptureQueriesContext(connection) as queries:
+        assert not reconnect.drop_if_hung_up()
+    assert not queries.captured_queries
+    doomed = connection.connection
+    with database_session(autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [doomed.info.backend_pid])
+    wait_for(lambda: reconnect.drop_if_hung_up(), 5, message="the hang-up noticed")
+    with connection.cursor() as cursor:  # a fresh connection
+        cursor.execute("SELECT 1")
+    assert connection.connection is not doomed
 
 
 @pytest.mark.parametrize("broker", ["database", "redis"])
