@@ -9,13 +9,15 @@ machine's own.
 
 Each scenario enqueues `--jobs` jobs of the `chaos_work` type (bench/chaos_jobs.py), starts two
 clusters of `--workers` workers, injects its fault once a third of the jobs have completed, and
-waits up to `--deadline` seconds for the rest. Per scenario it counts, from the ledger the handler
-writes in the job's own transaction:
+waits up to `--deadline` seconds for the rest. An idle scenario lets the clusters finish every job
+and wait idle first, injects its fault, then enqueues a quarter as many new jobs. Per scenario it
+counts, from the ledger the handler writes in the job's own transaction:
 - lost: jobs whose handler never completed within the deadline;
 - twice: jobs whose handler completed (committed) more than once;
 - false failures: jobs recorded `failed` (the handler never fails by itself);
 - extra attempts: attempts recorded beyond one per job (a killed worker's attempt is a real one);
-- recovery: seconds from the fault until every job had completed.
+- recovery: seconds from the fault until every job had completed (an idle scenario also notes
+  when the first new job completed).
 Clusters run with QUEUE_TIMEOUT=20 and QUEUE_REDELIVERY_GRACE=10 (`--timeout`, `--grace`), so a
 redelivery that waits for the visibility timeout shows as ~30 s.
 """
@@ -35,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.pg_server import PostgresServer, free_port  # noqa: E402
 
 JOB_TYPES = "bench.chaos_jobs"
+# Seconds the clusters of an idle scenario wait with nothing to do before its fault.
+IDLE_BEFORE_FAULT = 3
 
 
 class RedisServer:
@@ -125,13 +129,14 @@ class Run:
         self.fault_at = None
 
     # --- setup -----------------------------------------------------------------------------
-    def enqueue(self):
+    def enqueue(self, count):
+        """Enqueue `count` more jobs; their ids."""
         from queues.services import enqueue
 
         data = {"user_id": self.user.pk, "seconds": self.options.seconds}
-        self.job_ids = [
-            enqueue("database", "chaos_work", data).pk for _ in range(self.options.jobs)
-        ]
+        new = [enqueue("database", "chaos_work", data).pk for _ in range(count)]
+        self.job_ids += new
+        return new
 
     def start_clusters(self):
         env = {
@@ -207,6 +212,14 @@ class Run:
             or 0,
             "recovery": recovery,
         }
+
+    def first_completed_after_fault(self, job_ids):
+        """Seconds from the fault until the first of `job_ids` completed."""
+        first = self.sql(
+            "SELECT extract(epoch FROM min(at)) FROM chaos_ledger WHERE job_id = ANY(%s)",
+            [[str(pk) for pk in job_ids]],
+        )[0][0]
+        return None if first is None else float(first) - self.fault_wall
 
     def mark_fault(self):
         self.fault_at = time.monotonic()
@@ -294,6 +307,8 @@ def redis_restart(run):
     return "redis-server restarted without persistence: its lists are gone"
 
 
+# Scenarios whose fault strikes clusters that have finished their work and wait for more.
+IDLE = {"terminate-idle", "restart-idle"}
 SCENARIOS = {
     "no-fault": ("No fault (reference)", no_fault),
     "sigkill-worker": ("SIGKILL one worker", sigkill_one_worker),
@@ -304,6 +319,11 @@ SCENARIOS = {
         "pg_terminate_backend of every worker connection",
         terminate_worker_connections,
     ),
+    "terminate-idle": (
+        "Connections cut while idle, then new work",
+        terminate_worker_connections,
+    ),
+    "restart-idle": ("PostgreSQL restart while idle, then new work", postgres_restart),
     "rows-tripled": ("Each broker row tripled", broker_rows_tripled),
     "rows-deleted": ("Broker rows deleted", broker_rows_deleted),
     "redis-restart": ("Redis restart (QUEUE_BROKER=redis)", redis_restart),
@@ -324,17 +344,26 @@ def run_scenario(key, options, workdir, pg):
     (workdir / key).mkdir()
     try:
         run.reset()
-        run.enqueue()
+        run.enqueue(options.jobs)
         run.start_clusters()
         started = time.monotonic()
-        run.wait_completed(options.jobs // 3, started + 120, "before the fault")
+        idle = key in IDLE
+        run.wait_completed(options.jobs if idle else options.jobs // 3, started + 120, "before")
+        if idle:
+            time.sleep(IDLE_BEFORE_FAULT)
         run.mark_fault()
         at = run.completed()
         note = fault(run)
-        print(f"    fault at {at}/{options.jobs} completed: {note}", flush=True)
-        run.wait_completed(options.jobs, run.fault_at + options.deadline, "recovering")
+        print(f"    fault at {at}/{len(run.job_ids)} completed: {note}", flush=True)
+        if idle:
+            new = run.enqueue(options.jobs // 4)
+            note += f"; then {len(new)} new jobs"
+        run.wait_completed(len(run.job_ids), run.fault_at + options.deadline, "recovering")
         run.settle()
         result = run.result()
+        if idle:
+            first = run.first_completed_after_fault(new)
+            note += "" if first is None else f", the first done {first:.1f} s after the fault"
         result["note"] = note
         return title, result
     finally:

@@ -41,7 +41,7 @@ from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
 from django_q.models import OrmQ
 
-from queues import liveness, pausing
+from queues import liveness, pausing, reconnect
 from queues.conf import conf
 from queues.heartbeats import DatabaseHeartbeats
 from queues.push import CHANNEL, insert_row, wake_pushers
@@ -90,6 +90,8 @@ SELECT NULL, NULL, min(lock), {{rescue}} FROM {TABLE} WHERE key = %s AND lock > 
 class JobBroker(DatabaseHeartbeats, ORM):
     # The runner deletes the delivery's row with the job's outcome (`queues.acknowledgement`).
     acknowledged_with_outcome = True
+    # Whether this process's last dequeue failed on the database.
+    _failed_last = False
 
     @property
     def fast(self):
@@ -108,18 +110,22 @@ class JobBroker(DatabaseHeartbeats, ORM):
             # while idle); the rescue itself runs only when it says so.
             check = rescue_due(self.list_key)
             tasks, next_due, needed = self._claim(with_rescue_check=check)
-            if check and rescue_now_and_then(self.list_key, needed=needed):
-                return tasks  # the next dequeue claims what came back (no NOTIFY), at once
-            if not tasks:
+            # If the rescue brought rows back, the next dequeue claims them (no NOTIFY) at once.
+            rescued = check and rescue_now_and_then(self.list_key, needed=needed)
+            if not tasks and not rescued:
                 self._wait(next_due)
-            return tasks
         except (DjangoDatabaseError, psycopg.Error):
             # A lost connection (the claim's or the LISTEN one): drop both; the next dequeue
-            # reconnects.
+            # reconnects, at once after a first failure (a connection cut while idle), a second
+            # later after another (the server is down).
             logger.exception("Broker claim failed; reconnecting")
             self._close()
-            time.sleep(1)
+            if self._failed_last:
+                time.sleep(1)
+            self._failed_last = True
             return None
+        self._failed_last = False
+        return tasks
 
     def _claim(self, with_rescue_check=False):
         """Claim up to `bulk` due rows in one statement; also return when the next row is due,
@@ -171,10 +177,12 @@ class JobBroker(DatabaseHeartbeats, ORM):
         self._token = (db.connection, number)
         return number
 
+    @reconnect.once(using=Conf.ORM)
     def wake_pushers(self):
         """Wake the queue's idle pushers now (a stopping cluster's own among them)."""
         wake_pushers(self.list_key)
 
+    @reconnect.once(using=Conf.ORM)
     def delete(self, task_id):
         """The monitor's acknowledgement of a task the runner did not acknowledge (schedules):
         one autocommit statement instead of the ORM's BEGIN, DELETE, COMMIT."""
@@ -210,6 +218,7 @@ class JobBroker(DatabaseHeartbeats, ORM):
         self._listen = (os.getpid(), conn)
         return conn
 
+    @reconnect.once(using=Conf.ORM)
     def hand_back(self, tasks):
         """Make the rows of claimed tasks that never started claimable again at once.
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
+from queues import reconnect
 from queues.models import ClusterHeartbeat
 from queues.statements import insert_statement
 
@@ -32,12 +33,19 @@ class DatabaseHeartbeats:
         return self.list_key
 
     # Written at most every HEARTBEAT seconds, or on a status change, to keep an idle cluster
-    # quiet.
+    # quiet. Called by the sentinel every guard cycle (0.5 s), which is also when it notices a
+    # connection the server closed, so the heartbeat and the scheduler that share it reconnect
+    # before their next statement.
     def set_stat(self, key, value, timeout):
+        reconnect.drop_if_hung_up()
         stat = SignedPackage.loads(value)
         last = _written.get(key)
         if last and last[1] == stat.status and time.monotonic() - last[0] < HEARTBEAT:
             return
+        self._write_stat(key, stat, value)
+
+    @reconnect.once
+    def _write_stat(self, key, stat, value):
         beat = ClusterHeartbeat(
             key=key,
             queue=self.queue_name,

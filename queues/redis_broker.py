@@ -25,7 +25,7 @@ from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from queues import pausing
+from queues import pausing, reconnect
 from queues.heartbeats import DatabaseHeartbeats
 from queues.rescuer import rescue_now_and_then
 
@@ -62,7 +62,7 @@ class RedisJobBroker(DatabaseHeartbeats, Redis):
 
     def dequeue(self):
         rescue_now_and_then(self.queue)
-        if pausing.wait_if_paused(self.queue):
+        if reconnect.once(pausing.wait_if_paused)(self.queue):
             return None
         self._move_due(keys=[self.delayed_key, self.list_key], args=[time.time()])
         return super().dequeue()

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from queues import liveness, pausing
+from queues import liveness, pausing, reconnect
 from queues.conf import conf
 from queues.errors import WorkerLost
 from queues.models import Job
@@ -68,6 +68,7 @@ def rescue_now_and_then(queue, needed=True):
         return rescue(queue)
     except Exception:
         logger.exception("Rescue of queue %s failed; trying again later", queue)
+        reconnect.drop_if_lost()  # so this process's next statement gets a fresh connection
         return 0
 
 

@@ -18,7 +18,9 @@ releases the liveness lock.
 
 The runner never lets a job's own failure escape to django-q2: our job record holds the outcome,
 and the broker row is acknowledged. Only trouble recording the outcome (the database is down)
-escapes, leaving the row to be delivered again.
+escapes, leaving the row to be delivered again. A worker whose idle connection was cut meets it
+as it begins: the begin runs again on a fresh connection (`queues.reconnect`), so the job starts
+now, with one attempt counted.
 """
 
 import functools
@@ -44,6 +46,7 @@ from queues import (
     liveness,
     log_context,
     pausing,
+    reconnect,
     registry,
     tracing,
 )
@@ -212,8 +215,13 @@ def lock_for_attempt(job_id, now):
     return not live, job
 
 
+@reconnect.once
 def begin_attempt(job_id):
-    """Count a new attempt and mark the job running; None when this delivery has nothing to do."""
+    """Count a new attempt and mark the job running; None when this delivery has nothing to do.
+
+    Run again on a fresh connection if the worker's was lost: what the failed run had not
+    committed went with its session, and a begin it had committed left a `running` attempt
+    whose lock went too, which the second run counts as lost (`count_lost_attempt`)."""
     now = timezone.now()
     if liveness.supported():
         held, job = begin_waiting(job_id, now)

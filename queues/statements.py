@@ -76,6 +76,12 @@ def hot_cursor(using=DEFAULT_DB_ALIAS):
     yield db._prepare_cursor(cursor)
 
 
+def forget_hot_cursor(db):
+    """Drop the cursor `hot_cursor` keeps on the connection wrapper `db` (its connection is gone:
+    `queues.reconnect`), rather than keep the dead connection referenced until the next use."""
+    db.__dict__.pop("_queues_hot_cursor", None)
+
+
 def insert_statement(instance, returning=None):
     """(sql, params) inserting a model instance as `save(force_insert=True)` would.
 

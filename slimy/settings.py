@@ -111,7 +111,8 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sql
 # in-process metrics (queue metrics come from the database: docs/metrics.md), so it skips
 # django-prometheus' cursor wrapper, and it skips the health check (`SELECT 1`) that Django would
 # run before every job: a connection that raised an error is checked and replaced before the next
-# job anyway (Django's `close_old_connections`, which django-q2 calls per job).
+# job anyway (Django's `close_old_connections`, which django-q2 calls per job), and one the server
+# closed while idle is replaced where it is next used (`queues.reconnect`).
 QCLUSTER = sys.argv[1:2] == ["qcluster"]
 _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=not QCLUSTER)
 DB_VENDOR = "sqlite" if _default_db["ENGINE"].endswith("sqlite3") else "postgresql"

@@ -1,10 +1,15 @@
+import uuid
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.core.management import call_command
+from django.db import connection
 
 from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
 from tests.support.data import make_conversation
+from tests.support.pg_server import PostgresServer
 from tests.support.redis_queue import REDIS_URL
 from tests.support.web import WebServerFactory
 
@@ -132,3 +137,28 @@ def web(transactional_db, tmp_path):
     factory = WebServerFactory(tmp_path)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    """A PostgreSQL server of the test module's own, to restart (or stop) at will."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def on_throwaway_server(pg_server, transactional_db):
+    """This process's database connection, and the clusters it starts, on a fresh migrated
+    database of the throwaway server; back on the test database afterwards."""
+    name = f"slimy_fault_{uuid.uuid4().hex[:8]}"
+    pg_server.create_database(name)
+    saved = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(
+        HOST="127.0.0.1", PORT=str(pg_server.port), NAME=name, USER="postgres", PASSWORD=""
+    )
+    call_command("migrate", verbosity=0)
+    yield pg_server
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)

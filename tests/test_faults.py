@@ -8,17 +8,14 @@ without its conversation, every job succeeded, and each deleted its conversation
 import os
 import signal
 import time
-import uuid
 
 import pytest
-from django.core.management import call_command
 from django.db import connection
 
 from queues.services import enqueue
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, wait_for
 from tests.support.data import assert_everything_deleted_exactly_once, request_deletions
 from tests.support.jobs import succeeded, wait_for_job, wait_for_jobs
-from tests.support.pg_server import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -32,31 +29,6 @@ def test_sigkill_of_a_worker_in_the_middle_of_200_deletions_loses_nothing(cluste
     wait_for_jobs(job_ids, timeout=90, interval=0.5)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
     assert succeeded(job_ids) == 200
-
-
-@pytest.fixture(scope="module")
-def pg_server():
-    """A PostgreSQL server of this module's own, to restart at will."""
-    with PostgresServer() as server:
-        yield server
-
-
-@pytest.fixture
-def on_throwaway_server(pg_server, transactional_db):
-    """This process's database connection, and the clusters it starts, on a fresh migrated
-    database of the throwaway server; back on the test database afterwards."""
-    name = f"slimy_fault_{uuid.uuid4().hex[:8]}"
-    pg_server.create_database(name)
-    saved = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(
-        HOST="127.0.0.1", PORT=str(pg_server.port), NAME=name, USER="postgres", PASSWORD=""
-    )
-    call_command("migrate", verbosity=0)
-    yield pg_server
-    connection.close()
-    connection.settings_dict.clear()
-    connection.settings_dict.update(saved)
 
 
 def test_postgresql_restart_in_the_middle_of_500_deletions_loses_nothing(

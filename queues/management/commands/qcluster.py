@@ -1,14 +1,23 @@
 """`manage.py qcluster`: django-q2's command and options, running our cluster (`queues.cluster`).
 
 Found before django-q2's own command because `queues` comes before `django_q` in INSTALLED_APPS.
+It waits for its database before starting the cluster, so workers started before the database
+(a host's boot, a service manager's restart of both) come up once it does instead of exiting.
 """
 
 import os
+import time
 
 from django.conf import settings
+from django.db import OperationalError, connections
+from django_q.conf import Conf, logger
 from django_q.management.commands import qcluster
 
 from queues.cluster import Cluster
+
+# Waits between tries while the database is unreachable at start: doubling up to the longest.
+FIRST_WAIT = 0.5
+LONGEST_WAIT = 4.0
 
 
 class Command(qcluster.Command):
@@ -16,8 +25,28 @@ class Command(qcluster.Command):
         settings.SECRET_KEY  # noqa: B018 (fails early without it: payloads are signed)
         if options["cluster_name"]:
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        wait_for_database(Conf.ORM)
         cluster = Cluster()
         cluster.start()
         if options["run_once"]:
             cluster.stop()
         # Otherwise the process waits for the sentinel at exit, as django-q2's command does.
+
+
+def wait_for_database(using):
+    """Return once the database `using` accepts a connection, logging each failed try."""
+    db = connections[using]
+    started, wait = time.monotonic(), FIRST_WAIT
+    while True:
+        try:
+            db.ensure_connection()
+        except OperationalError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("Database unreachable (%s); trying again in %.1f s", reason, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, LONGEST_WAIT)
+            continue
+        db.close()  # the cluster's processes open their own
+        if time.monotonic() - started > FIRST_WAIT:
+            logger.info("Database reachable after %.1f s", time.monotonic() - started)
+        return
