@@ -29,6 +29,10 @@ COUNTERS = {
     "retries_scheduled": ("slimy_job_retries_scheduled", "Retries scheduled after a failure."),
     "cancelled": ("slimy_jobs_cancelled", "Jobs withdrawn before they ran."),
     "operator_retries": ("slimy_job_operator_retries", "Failed jobs re-queued by an operator."),
+    "push_failures": (
+        "slimy_job_push_failures",
+        "Pushes to Redis that failed after the job was stored (the rescuer pushes it again).",
+    ),
 }
 HISTOGRAMS = {
     # Together they tell a backed-up queue (waits grow) from slow jobs (run times grow).

@@ -205,6 +205,9 @@ class JobCounter(models.Model):
     retries_scheduled = models.BigIntegerField(db_default=0)
     cancelled = models.BigIntegerField(db_default=0)
     operator_retries = models.BigIntegerField(db_default=0)
+    push_failures = models.BigIntegerField(
+        db_default=0, help_text="Pushes to a broker outside the database that failed after commit."
+    )
     # Gauges, as running deltas of the same changes.
     waiting = models.BigIntegerField(db_default=0)
     running = models.BigIntegerField(db_default=0)

@@ -21,6 +21,7 @@ stats see the clusters of either broker.
 
 import time
 
+import redis
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
@@ -38,6 +39,11 @@ for _, task in ipairs(due) do
 end
 return #due
 """
+# Seconds a command waits for an unreachable Redis before it raises: a web request that pushes
+# after its commit answers in time (`queues.push.push_committed`), a pusher notices at once.
+# Above the 1 s of django-q2's BLPOP. Options in REDIS_URL (`?socket_timeout=...`) win.
+CONNECT_TIMEOUT = 2
+COMMAND_TIMEOUT = 10
 
 
 class RedisJobBroker(DatabaseHeartbeats, Redis):
@@ -49,6 +55,14 @@ class RedisJobBroker(DatabaseHeartbeats, Redis):
         self.queue = list_key or Conf.CLUSTER_NAME  # django-q2 makes `list_key` a Redis key
         self.delayed_key = f"{self.list_key}:delayed"
         self._move_due = self.connection.register_script(_MOVE_DUE)
+
+    @staticmethod
+    def get_connection(list_key=None):
+        if not isinstance(Conf.REDIS, str):
+            return Redis.get_connection(list_key)
+        return redis.from_url(
+            Conf.REDIS, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
+        )
 
     @property
     def queue_name(self):
