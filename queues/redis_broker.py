@@ -13,7 +13,8 @@ Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues
 
 Both kinds of lost delivery are pushed again from the job records by the rescuer
 (`queues.rescuer`), which every pusher runs as it dequeues: a dead worker's job at once (its
-liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late.
+liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late
+(Redis cannot be asked whether it holds a task: finding one is a scan of the list).
 
 Cluster heartbeats stay in the database (`queues.heartbeats`), so `/readyz`, the dashboard and the
 stats see the clusters of either broker.
