@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(t
 
 
 @pytest.fixture
-def redis_down(monkeypatch):
-    """This process enqueues on a Redis of its own that is not running yet (`.start()` it)."""
+def own_redis(monkeypatch):
+    """This process enqueues on a Redis of the test's own, not running until `.start()`."""
     server = RedisServer()
     monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
     monkeypatch.setattr(Conf, "REDIS", server.url)
@@ -142,9 +142,15 @@ def test_the_maintenance_task_leaves_the_database_queue_alone(user):
     assert redeliver_stranded_jobs() == 0
 
 
-def test_accepted_requests_survive_an_unreachable_redis_and_run_once_it_answers(
-    redis_down, cluster, user, client
+def test_accepted_requests_survive_a_redis_outage_and_run_once_it_answers(
+    own_redis, cluster, user, client
 ):
+    own_redis.start()
+    quick_rescue = {"QUEUE_STRANDED_AFTER": "2", "QUEUE_RESCUE_INTERVAL": "1"}
+    on_own_redis = {**ON_REDIS, "REDIS_URL": own_redis.url, **quick_rescue}
+    cluster.start(workers=2, timeout=5, extra_env=on_own_redis)
+    own_redis.stop()
+
     api = token_client(user)
     conversation = make_conversation(user, title="Redis is down", messages=3)
     deletion = api.delete(f"/api/chat/conversations/{conversation.pk}")
@@ -161,18 +167,15 @@ def test_accepted_requests_survive_an_unreachable_redis_and_run_once_it_answers(
     assert many.status_code == 202, many.content
     job_ids = [deletion.json()["job_id"], one.json()["id"], *(j["id"] for j in many.json()["jobs"])]
     assert Job.objects.filter(pk__in=job_ids, status="queued").count() == 4
-    assert push_failures(client) == {"delete_conversation": 1.0, "test_sleep": 3.0}
+    failures = push_failures(client)  # and more: the cluster's rescue fails to push them too
+    assert failures["delete_conversation"] >= 1 and failures["test_sleep"] >= 3
     ready = client.get("/readyz").json()
     assert "broker" in ready["failed"]
     assert ready["checks"]["broker"] == {"ok": False, "detail": "unreachable"}
 
-    redis_down.start()
+    own_redis.start()  # the same port: the running cluster reconnects
     assert client.get("/readyz").json()["checks"]["broker"] == {"ok": True, "detail": "reachable"}
-    quick_rescue = {"QUEUE_STRANDED_AFTER": "2", "QUEUE_RESCUE_INTERVAL": "1"}
-    cluster.start(
-        workers=2, timeout=5, extra_env={**ON_REDIS, "REDIS_URL": redis_down.url, **quick_rescue}
-    )
     for job_id in job_ids:
-        job = wait_for_job(job_id, timeout=30)
+        job = wait_for_job(job_id, timeout=40)
         assert (job.status, job.attempts) == ("succeeded", 1)
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
