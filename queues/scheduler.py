@@ -127,15 +127,15 @@ def arguments(schedule):
     return args, kwargs
 
 
-def function_finished(task):
+def function_finished(task, success, result):
     """A worker ran a plain function (a schedule's, not a job's): its delivery is acknowledged
     whatever the outcome (django-q2's `ack_failure`), and a failure is counted under the
     schedule's name (the task's `group`)."""
     task["ack_failure"] = True
-    if not task["success"]:
+    if not success:
         schedule = str(task.get("group") or task["name"])
         logger.error("Schedule %s failed in its function; it runs again when next due", schedule)
-        record_failure(schedule, str(task["result"]))
+        record_failure(schedule, str(result))
 
 
 def record_failure(schedule, error):

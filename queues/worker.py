@@ -65,10 +65,10 @@ def worker(task_queue, result_queue, timer, timeout=Conf.TIMEOUT):
         pre_execute.send(sender="django_q", func=func, task=task)
         timer.value = seconds if seconds == -1 else seconds + GUARD_BUFFER
         result, success, timed_out = execute(func, task, seconds)
+        if func is not run_job:  # before the guard's lock: it may write to the database
+            scheduler.function_finished(task, success, result)
         with timer.get_lock():
             task.update(result=result, success=success, stopped=timezone.now())
-            if func is not run_job:
-                scheduler.function_finished(task)
             post_execute_in_worker.send(sender="django_q", func=func, task=task)
             if monitor_has_work(task):
                 result_queue.put(task)
