@@ -126,3 +126,10 @@ def test_a_failing_or_broken_schedule_never_stops_the_others(cluster, client, op
     client.force_login(operator_user)
     dashboard = client.get("/dashboard/queues").content.decode()
     assert 'data-schedule="broken cron"' in dashboard and 'data-schedule="fails"' in dashboard
+
+
+def test_qcluster_refuses_to_start_with_a_cron_croniter_cannot_read(cluster):
+    settings_module = {"DJANGO_SETTINGS_MODULE": "tests.support.bad_cron_settings"}
+    refused = cluster.start(extra_env=settings_module, wait=False)
+    assert refused.process.wait(60) != 0
+    assert "(queues.E007)" in refused.log and "61 * * * *" in refused.log
