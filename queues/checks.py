@@ -247,6 +247,12 @@ def _schedules(raw):
             reason = "repeats a name already declared"
         elif not _importable(entry["func"]):
             reason = f"names func {entry['func']!r}, which cannot be imported"
+        elif "cron" in entry and "minutes" in entry:
+            reason = "sets both minutes and cron; a schedule has one or the other"
+        elif "cron" in entry:
+            reason = _cron_problem(entry["cron"])
+        elif "minutes" in entry and not _whole_above_zero(entry["minutes"]):
+            reason = f"has minutes {entry['minutes']!r}, not a whole number above zero"
         names.add(name)
         if reason:
             problems.append(
@@ -257,6 +263,21 @@ def _schedules(raw):
                 )
             )
     return problems
+
+
+def _cron_problem(expression):
+    """Why `expression` would fail django-q2's scheduler (croniter reads it), or None."""
+    try:
+        from croniter import croniter
+    except ImportError:
+        return "uses cron, but croniter is not installed (it is in requirements.txt)"
+    if not isinstance(expression, str) or not croniter.is_valid(expression):
+        return f"has cron {expression!r}, which is no cron expression croniter reads"
+    return None
+
+
+def _whole_above_zero(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _importable(path):

@@ -20,7 +20,7 @@ An idle cluster stops at once (its pusher is woken from its wait), a busy one
 within the queue's timeout plus STOP_GRACE and a few seconds.
 
 Its workers run our worker loop (`queues.worker`): the monitor gets no task whose outcome the
-runner recorded and acknowledged.
+runner recorded and acknowledged. Its scheduler is `queues.scheduler`'s.
 """
 
 import queue
@@ -34,7 +34,12 @@ from django_q.conf import Conf, logger
 from django_q.status import Stat
 
 from queues.conf import conf
+from queues.scheduler import run_due_schedules
 from queues.worker import IDLE, worker
+
+# The sentinel's guard calls django-q2's module-level `scheduler` about every 30 s: ours runs each
+# schedule in its own transaction, so one failing schedule never stops the others.
+q_cluster.scheduler = run_due_schedules
 
 # Seconds beyond the queue's timeout a worker gets to record its job's outcome during a stop.
 STOP_GRACE = 5

@@ -31,7 +31,8 @@ DEFAULTS = {
     "QUEUE_REDELIVERY_GRACE": 30,
     # Seconds between rescue passes of a cluster (queues.rescuer).
     "QUEUE_RESCUE_INTERVAL": 5,
-    # Seconds past due after which a waiting job whose broker row is lost is pushed again.
+    # Seconds past due after which a waiting job whose broker row was claimed but never begun
+    # (on Redis: any waiting job) is pushed again. One whose row is gone: at the next pass.
     "QUEUE_STRANDED_AFTER": 45,
     # Periodic tasks the project adds to queues' own (queues.schedules), e.g.
     # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].

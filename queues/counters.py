@@ -159,6 +159,11 @@ def retried_by_operator(job):
     _add(job, operator_retries=1, waiting=1)
 
 
+def push_failed(job):
+    """A committed job whose push to a broker outside the database (Redis) failed."""
+    _add(job, push_failures=1)
+
+
 def _observe(deltas, series, seconds):
     deltas[f"{series}_sum"] = max(seconds, 0.0)
     for bound in HISTOGRAM_BUCKETS:

@@ -99,6 +99,7 @@ def queue_dashboard(request):
         "running_jobs": Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")[:20],
         "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
         "clusters": live_clusters().order_by("queue", "host", "pid"),
+        "failing_schedules": selectors.failing_schedules()[:20],
         "refresh_seconds": 5,
         "now": now,
     }

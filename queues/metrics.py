@@ -6,7 +6,8 @@ pruned. Counters kept in `JobCounter`, updated in the same transaction as each j
 (`queues.counters`), give the same numbers from whichever process Prometheus scrapes, survive
 restarts and pruning, and never double count: a job failing all its attempts is one
 `jobs_failed` and three `job_attempts_failed`. A scrape costs a fixed handful of indexed queries
-(counters, oldest due job per queue, live clusters, paused queues), however many jobs exist.
+(counters, oldest due job per queue, live clusters, paused queues, failing schedules), however
+many jobs exist.
 """
 
 import math
@@ -29,6 +30,10 @@ COUNTERS = {
     "retries_scheduled": ("slimy_job_retries_scheduled", "Retries scheduled after a failure."),
     "cancelled": ("slimy_jobs_cancelled", "Jobs withdrawn before they ran."),
     "operator_retries": ("slimy_job_operator_retries", "Failed jobs re-queued by an operator."),
+    "push_failures": (
+        "slimy_job_push_failures",
+        "Pushes to Redis that failed after the job was stored (the rescuer pushes it again).",
+    ),
 }
 HISTOGRAMS = {
     # Together they tell a backed-up queue (waits grow) from slow jobs (run times grow).
@@ -54,6 +59,7 @@ class QueueCollector:
         yield GaugeMetricFamily("slimy_queue_oldest_waiting_seconds", "", labels=["queue"])
         yield GaugeMetricFamily("slimy_queue_live_clusters", "", labels=["queue"])
         yield GaugeMetricFamily("slimy_queue_paused", "", labels=["queue"])
+        yield CounterMetricFamily("slimy_schedule_failures", "", labels=["schedule"])
 
     def collect(self):
         totals = selectors.counter_totals()
@@ -106,6 +112,14 @@ class QueueCollector:
         yield oldest
         yield clusters
         yield paused
+        schedules = CounterMetricFamily(
+            "slimy_schedule_failures",
+            "Failures of a schedule: creating its task, or in its function.",
+            labels=["schedule"],
+        )
+        for counter in selectors.failing_schedules():
+            schedules.add_metric([counter.schedule], counter.failures)
+        yield schedules
 
 
 _collector = None

@@ -205,6 +205,9 @@ class JobCounter(models.Model):
     retries_scheduled = models.BigIntegerField(db_default=0)
     cancelled = models.BigIntegerField(db_default=0)
     operator_retries = models.BigIntegerField(db_default=0)
+    push_failures = models.BigIntegerField(
+        db_default=0, help_text="Pushes to a broker outside the database that failed after commit."
+    )
     # Gauges, as running deltas of the same changes.
     waiting = models.BigIntegerField(db_default=0)
     running = models.BigIntegerField(db_default=0)
@@ -287,6 +290,21 @@ class DeclaredSchedule(models.Model):
 
     def __str__(self):
         return str(self.schedule_id)
+
+
+class ScheduleFailureCounter(models.Model):
+    """How often a schedule failed, by its name (django-q2's `group` of the tasks it creates):
+    to create its task (a cron expression that does not parse, a function that will not import)
+    or in its function. Counted by `queues.scheduler` for `/metrics` and the dashboard; a failing
+    schedule never stops another one."""
+
+    schedule = models.CharField(max_length=100, unique=True)
+    failures = models.BigIntegerField(default=0)
+    last_failed_at = models.DateTimeField()
+    last_error = models.TextField(blank=True)
+
+    def __str__(self):
+        return f"{self.schedule}: {self.failures} failure(s)"
 
 
 class JobEvent(models.Model):

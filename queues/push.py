@@ -5,9 +5,12 @@ django-q2 expects.
 On the database broker it is inserted in the caller's transaction with a `NOTIFY` that PostgreSQL
 delivers at commit (`queues.broker` listens); its `lock` column is the time it may run, so a
 waiting retry is a row in the database. A broker outside the database (Redis) gets the row only
-once the job record commits.
+once the job record commits; if that push fails (Redis unreachable), the job stays stored and
+accepted, the failure is logged and counted (`slimy_job_push_failures_total`), and the rescuer
+pushes the job again once Redis answers (`queues.rescuer`).
 """
 
+import logging
 import uuid
 
 from django.db import connections, transaction
@@ -19,7 +22,9 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
-from queues import registry
+from queues import counters, registry
+
+logger = logging.getLogger("queues.push")
 
 CHANNEL = "django_q_ormq"
 INSERT = f"""
@@ -62,11 +67,30 @@ def push(job):
     if not getattr(broker, "joins_transactions", True):
         # A broker outside the database (Redis) gets the row only once the job record commits.
         payload = _payload(job)
-        transaction.on_commit(lambda: broker.enqueue(payload, run_after=job.run_after))
+        transaction.on_commit(lambda: push_committed(broker, job, payload))
         return None
     # Our database broker, also under a cluster running django-q2's stock broker (the
     # benchmark's reference), whose `enqueue` knows no `run_after`.
     return insert_row(job.queue, _payload(job), job.run_after, _priority(job))
+
+
+def push_committed(broker, job, payload):
+    """Hand a committed job's row to a broker outside the database. A failure must not undo what
+    committed (the caller already has its job id): it is logged and counted, and the job waits
+    for the rescuer, which pushes it again from its record."""
+    try:
+        broker.enqueue(payload, run_after=job.run_after)
+    except Exception:
+        logger.exception(
+            "Could not push job %s to the broker of queue %s; it is stored and will be pushed "
+            "again by the rescuer once the broker answers",
+            job.pk,
+            job.queue,
+        )
+        try:
+            counters.push_failed(job)
+        except Exception:
+            logger.exception("Could not count the failed push of job %s", job.pk)
 
 
 def push_statement(job):

@@ -13,7 +13,8 @@ Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues
 
 Both kinds of lost delivery are pushed again from the job records by the rescuer
 (`queues.rescuer`), which every pusher runs as it dequeues: a dead worker's job at once (its
-liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late.
+liveness lock is in the database), a waiting job once it is `QUEUE_STRANDED_AFTER` seconds late
+(Redis cannot be asked whether it holds a task: finding one is a scan of the list).
 
 Cluster heartbeats stay in the database (`queues.heartbeats`), so `/readyz`, the dashboard and the
 stats see the clusters of either broker.
@@ -21,6 +22,7 @@ stats see the clusters of either broker.
 
 import time
 
+import redis
 from django_q.brokers.redis_broker import Redis
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
@@ -38,6 +40,11 @@ for _, task in ipairs(due) do
 end
 return #due
 """
+# Seconds a command waits for an unreachable Redis before it raises: a web request that pushes
+# after its commit answers in time (`queues.push.push_committed`), a pusher notices at once.
+# Above the 1 s of django-q2's BLPOP. Options in REDIS_URL (`?socket_timeout=...`) win.
+CONNECT_TIMEOUT = 2
+COMMAND_TIMEOUT = 10
 
 
 class RedisJobBroker(DatabaseHeartbeats, Redis):
@@ -49,6 +56,14 @@ class RedisJobBroker(DatabaseHeartbeats, Redis):
         self.queue = list_key or Conf.CLUSTER_NAME  # django-q2 makes `list_key` a Redis key
         self.delayed_key = f"{self.list_key}:delayed"
         self._move_due = self.connection.register_script(_MOVE_DUE)
+
+    @staticmethod
+    def get_connection(list_key=None):
+        if not isinstance(Conf.REDIS, str):
+            return Redis.get_connection(list_key)
+        return redis.from_url(
+            Conf.REDIS, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT
+        )
 
     @property
     def queue_name(self):

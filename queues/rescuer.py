@@ -7,12 +7,14 @@ seconds (one cluster at a time per queue on PostgreSQL), and the maintenance sch
 1. broker rows claimed by a cluster that died are handed out again (`free_dead_claims`);
 2. a `running` job whose worker is gone (`queues.liveness`) gets a `WorkerLost` attempt and a
    retry (or fails, if that was its last attempt);
-3. unless the queue is paused (its jobs wait on purpose), a waiting job more than
-   `QUEUE_STRANDED_AFTER` seconds past due whose broker row is missing
-   or was claimed longer ago than that (lost in a worker killed before it began the job) on the
-   database broker, or any such job on Redis (which cannot be asked), is pushed again and its
-   `run_after` moved to now, so it is pushed at most once per `QUEUE_STRANDED_AFTER`. A spare
-   delivery does nothing: the runner tells it from the live one.
+3. unless the queue is paused (its jobs wait on purpose), a waiting job is pushed again and its
+   `run_after` moved to now when, on the database broker, it is due and its broker row is gone
+   (at the next pass: an anti-join of the due waiting jobs against broker rows, on
+   `job_live_status_idx` and the rows' primary key), or it is more than
+   `QUEUE_STRANDED_AFTER` seconds past due and its row was claimed longer ago than that (lost in
+   a worker killed before it began the job); on Redis, which cannot be asked, when it is more
+   than `QUEUE_STRANDED_AFTER` seconds past due, so at most once per `QUEUE_STRANDED_AFTER`.
+   A spare delivery does nothing: the runner tells it from the live one.
 """
 
 import logging
@@ -22,6 +24,7 @@ from datetime import timedelta
 from django.db import connection, connections, transaction
 from django.db.models import BooleanField, Exists, OuterRef, Q
 from django.db.models.expressions import RawSQL
+from django.db.models.lookups import GreaterThanOrEqual
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
@@ -120,10 +123,11 @@ def dead_claims_sql(queue):
     return f"EXISTS (SELECT 1 FROM {TABLE} WHERE {_DEAD_CLAIM})", [queue]
 
 
-def rows_on_their_way(queue, claimed_since):
-    """Broker rows of `queue` that will still be delivered: waiting their turn, or claimed since
+def rows_on_their_way(queue, claimed_since, or_if=None):
+    """Broker rows of `queue` that will still be delivered: waiting their turn, claimed since
     `claimed_since` (a row claimed longer ago for a job still waiting was lost in a worker killed
-    before it began the job). SQLite: every row, since claims expire there."""
+    before it began the job), or any row where the condition `or_if` holds. SQLite: every row,
+    since claims expire there."""
     rows = OrmQ.objects.using(Conf.ORM)
     if not _claims_in_database():
         return rows
@@ -132,9 +136,10 @@ def rows_on_their_way(queue, claimed_since):
         [int(claimed_since.timestamp())],
         BooleanField(),
     )
-    return rows.alias(recent=recent).filter(
-        Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
-    )
+    on_its_way = Q(key=queue) | Q(key__startswith=f"{queue}@", recent=True)
+    if or_if is not None:
+        on_its_way |= Q(or_if)
+    return rows.alias(recent=recent).filter(on_its_way)
 
 
 def needed(queue):
@@ -189,13 +194,18 @@ def _lost_attempts(queue):
 
 
 def _stranded(queue, now):
-    """The waiting jobs of `queue` whose delivery is lost (see the module's docstring)."""
+    """The waiting jobs of `queue` whose delivery is lost (see the module's docstring).
+
+    Database broker: one anti-join of the due waiting jobs against their broker rows, where any
+    row of a job less than QUEUE_STRANDED_AFTER past due counts (it is waiting or being begun),
+    and of a later one only a row on its way (`rows_on_their_way`)."""
     late = now - timedelta(seconds=conf.QUEUE_STRANDED_AFTER)
-    stranded = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lt=late)
-    if broker_in_database():
-        on_its_way = rows_on_their_way(queue, claimed_since=late).filter(pk=OuterRef("broker_row"))
-        stranded = stranded.exclude(Exists(on_its_way))
-    return stranded
+    due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=now)
+    if not broker_in_database():
+        return due.filter(run_after__lt=late)
+    not_late_yet = GreaterThanOrEqual(OuterRef("run_after"), late)
+    its_row = rows_on_their_way(queue, claimed_since=late, or_if=not_late_yet)
+    return due.exclude(Exists(its_row.filter(pk=OuterRef("broker_row"))))
 
 
 def push_stranded(queue):
@@ -203,8 +213,8 @@ def push_stranded(queue):
     now = timezone.now()
     pushed = 0
     for job in _stranded(queue, now).order_by("run_after")[:BATCH]:
-        job.run_after = now
+        row = push(job)  # due as before: the job keeps its place among the queue's rows
         pushed += Job.objects.filter(pk=job.pk, status=job.status).update(
-            run_after=now, broker_row=push(job)
+            run_after=now, broker_row=row
         )
     return pushed

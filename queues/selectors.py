@@ -7,7 +7,15 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from queues.heartbeats import live_clusters
-from queues.models import HISTOGRAM_BUCKETS, Job, JobCounter, JobMinute, QueuePause, bucket_column
+from queues.models import (
+    HISTOGRAM_BUCKETS,
+    Job,
+    JobCounter,
+    JobMinute,
+    QueuePause,
+    ScheduleFailureCounter,
+    bucket_column,
+)
 
 
 def jobs_visible_to(user):
@@ -220,3 +228,8 @@ def queue_stats(queues):
             ],
         }
     return stats
+
+
+def failing_schedules():
+    """Schedules that have failed, the latest failure first (`queues.scheduler`)."""
+    return ScheduleFailureCounter.objects.order_by("-last_failed_at", "schedule")

@@ -12,7 +12,8 @@ by 0.2-0.3 ms (docs/benchmarks.md, "Our worker loop").
 
 So a task whose outcome the runner recorded and acknowledged goes nowhere, and django-q2 logs
 nothing of it (the runner logs its outcome). Every other task goes to the monitor as
-with django-q2: a schedule's plain function, a delivery the runner had nothing to do for (its
+with django-q2: a schedule's plain function (acknowledged even when it failed, which
+`queues.scheduler` counts), a delivery the runner had nothing to do for (its
 row is acknowledged by the monitor), a failure escaping the runner (the database is down), and
 anything django-q2 would save. The rest is django-q2 1.11's `worker` unchanged: the guard's
 `timer` (-1 idle, the timeout + 3 s while busy, 0 timed out: the guard kills it, -2 recycled),
@@ -35,6 +36,7 @@ from django_q.timeout import TimeoutHandler
 from django_q.utils import close_old_django_connections, get_func_repr
 from django_q.worker import rss_check
 
+from queues import scheduler
 from queues.runner import run_job
 
 try:
@@ -63,6 +65,8 @@ def worker(task_queue, result_queue, timer, timeout=Conf.TIMEOUT):
         pre_execute.send(sender="django_q", func=func, task=task)
         timer.value = seconds if seconds == -1 else seconds + GUARD_BUFFER
         result, success, timed_out = execute(func, task, seconds)
+        if func is not run_job:  # before the guard's lock: it may write to the database
+            scheduler.function_finished(task, success, result)
         with timer.get_lock():
             task.update(result=result, success=success, stopped=timezone.now())
             post_execute_in_worker.send(sender="django_q", func=func, task=task)

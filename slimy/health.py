@@ -1,15 +1,20 @@
 """`/healthz` (the process answers) and `/readyz` (it can do useful work), for load balancers and
 orchestrators. Both answer JSON; `/readyz` names each check and says which one failed."""
 
+import logging
+
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from django_q.brokers import get_broker
 
 from queues import pausing, registry, selectors
+from queues.push import broker_in_database
 
+logger = logging.getLogger("slimy.health")
 _migrated = False  # once true, stays true for this process
 
 
@@ -22,6 +27,19 @@ def healthz(request):
 def _database():
     with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
         cursor.execute("SELECT 1")
+    return True, "reachable"
+
+
+def _broker():
+    """Whether the queues' broker answers: the database itself (checked above) by default, or
+    Redis, asked with a PING. The reason goes to the log, not to the unauthenticated caller."""
+    if broker_in_database():
+        return True, "in the database"
+    try:
+        get_broker(next(iter(settings.QUEUES))).connection.ping()
+    except Exception:
+        logger.exception("readyz: the queues' broker did not answer")
+        return False, "unreachable"
     return True, "reachable"
 
 
@@ -62,6 +80,7 @@ def _backlog():
 
 CHECKS = {
     "database": _database,
+    "broker": _broker,
     "migrations": _migrations,
     "clusters": _clusters,
     "backlog": _backlog,

@@ -264,8 +264,9 @@ QUEUE_REDELIVERY_GRACE = env_int("QUEUE_REDELIVERY_GRACE", 30)
 # Every cluster looks this often (seconds) for work a dead cluster or worker left behind
 # (queues.rescuer). On PostgreSQL that bounds recovery from a crash to about this plus a second.
 QUEUE_RESCUE_INTERVAL = env_int("QUEUE_RESCUE_INTERVAL", 5)
-# A waiting job this many seconds past due whose broker row is gone (any such job on Redis) is
-# pushed again by the rescuer.
+# A waiting job this many seconds past due whose broker row was claimed but never begun (any
+# such job on Redis, which cannot be asked) is pushed again by the rescuer. A due job whose row is
+# gone is pushed at the next rescue pass, on the database broker.
 QUEUE_STRANDED_AFTER = env_int("QUEUE_STRANDED_AFTER", 45)
 
 

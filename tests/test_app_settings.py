@@ -143,10 +143,19 @@ def test_retention_of_an_unknown_status_is_an_error():
         {"name": "typo", "func": "chat.sweeper.sweep_deletions", "minute": 5},
         {"name": "queues: prune finished job records", "func": "queues.maintenance.prune"},
         {"name": "gone", "func": "chat.sweeper.no_such_function"},
+        {"name": "bad cron", "func": "queues.maintenance.prune", "cron": "61 * * * *"},
+        {"name": "short cron", "func": "queues.maintenance.prune", "cron": "0 3 * *"},
+        {"name": "both", "func": "queues.maintenance.prune", "cron": "0 3 * * *", "minutes": 5},
+        {"name": "zero", "func": "queues.maintenance.prune", "minutes": 0},
     ],
 )
 def test_a_bad_schedule_declaration_is_an_error(entry):
     assert "(queues.E007) QUEUE_SCHEDULES entry" in check(QUEUE_SCHEDULES=[entry])
+
+
+def test_a_cron_schedule_passes_the_checks():
+    entry = {"name": "nightly", "func": "queues.maintenance.prune", "cron": "0 3 * * 1-5"}
+    assert "E007" not in check(QUEUE_SCHEDULES=[entry])
 
 
 def test_a_queue_without_a_cluster_is_a_warning(capsys, settings):

@@ -159,6 +159,25 @@ def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, s
     assert Job.objects.get(pk=lost.pk).status == "succeeded"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_due_job_whose_broker_row_is_gone_is_pushed_again_at_the_next_pass(user):
+    """Default QUEUE_STRANDED_AFTER: a row that is gone needs no waiting, only a due job."""
+    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
+    not_due = enqueue(
+        "database",
+        "test_sleep",
+        {"user_id": user.pk},
+        run_after=timezone.now() + timedelta(hours=1),
+    )
+    OrmQ.objects.filter(pk__in=[lost.broker_row, not_due.broker_row]).delete()
+    assert rescue("database") == 1
+    lost.refresh_from_db()
+    assert OrmQ.objects.filter(pk=lost.broker_row).exists()
+    assert rescue("database") == 0
+    run_job(lost.pk)
+    assert Job.objects.get(pk=lost.pk).status == "succeeded"
+
+
 @contextmanager
 def live_pusher(token):
     """A session holding the claims lock of `token`, as a live cluster's pusher does."""

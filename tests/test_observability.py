@@ -178,7 +178,7 @@ def test_readyz_fails_when_the_database_is_unreachable(web, tmp_path):
     response = requests.get(f"{server.url}/readyz", timeout=10)
     assert response.status_code == 503
     body = response.json()
-    assert body["failed"] == ["database", "migrations", "clusters", "backlog"]
+    assert body["failed"] == ["database", "broker", "migrations", "clusters", "backlog"]
     assert "OperationalError" in body["checks"]["database"]["detail"]
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
 

@@ -8,9 +8,11 @@ is gone is pushed again; a timeout stops the statement that runs over it.
 import os
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
@@ -118,13 +120,29 @@ def test_a_long_job_of_a_live_worker_is_never_rescued(cluster, user):
     assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 1, "")
 
 
-def test_jobs_whose_broker_rows_were_deleted_are_pushed_again(cluster, user):
-    conversation_ids, job_ids = request_deletions(user, 5)
-    OrmQ.objects.all().delete()  # e.g. by hand in django-q2's "Queued tasks" admin
-    quick = {**KEEP_ALL_JOBS, "QUEUE_STRANDED_AFTER": "1", "QUEUE_RESCUE_INTERVAL": "1"}
-    cluster.start(workers=2, extra_env=quick)
-    wait_for_jobs(job_ids, timeout=20, interval=0.5)
+def test_waiting_jobs_whose_broker_rows_were_deleted_run_within_10s_and_once(cluster, user):
+    """Default settings: rows deleted (e.g. in django-q2's "Queued tasks" admin) before a cluster
+    starts, and on a running cluster, of jobs not due yet; each runs within 10 s of its due time."""
+    conversation_ids, job_ids = request_deletions(user, 20)
+    OrmQ.objects.all().delete()
+    qcluster = cluster.start(workers=2, extra_env=KEEP_ALL_JOBS)
+    started = time.monotonic()
+    wait_for_jobs(job_ids, timeout=10 - (time.monotonic() - started), interval=0.2)
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
+
+    due_at = timezone.now() + timedelta(seconds=2)
+    later = [
+        enqueue("database", "test_sleep", {"user_id": user.pk}, run_after=due_at).pk
+        for _ in range(10)
+    ]
+    OrmQ.objects.filter(pk__in=Job.objects.filter(pk__in=later).values("broker_row")).delete()
+    assert not OrmQ.objects.exists()
+    wait_for_jobs(later, timeout=12, interval=0.2)
+    jobs = Job.objects.filter(pk__in=later)
+    assert set(jobs.values_list("status", "attempts")) == {("succeeded", 1)}
+    latest = max(jobs.values_list("started_at", flat=True))
+    assert (latest - due_at).total_seconds() < 10
+    assert "rescued queue database" in qcluster.log
 
 
 def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):

@@ -18,9 +18,30 @@ from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 from tests.support.data import make_conversation
 from tests.support.jobs import wait_for_job
-from tests.support.redis_queue import ON_REDIS, REDIS_URL
+from tests.support.redis_queue import ON_REDIS, REDIS_URL, RedisServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def own_redis(monkeypatch):
+    """This process enqueues on a Redis of the test's own, not running until `.start()`."""
+    server = RedisServer()
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
+    monkeypatch.setattr(Conf, "REDIS", server.url)
+    yield server
+    server.stop()
+
+
+def push_failures(client):
+    """{job_type: slimy_job_push_failures_total} as /metrics shows them."""
+    lines = client.get("/metrics").content.decode().splitlines()
+    prefix = 'slimy_job_push_failures_total{job_type="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith(prefix) and float(line.rsplit(" ", 1)[1])
+    }
 
 
 def test_a_deletion_runs_end_to_end_on_redis(redis_queue, cluster, user):
@@ -119,3 +140,42 @@ def test_the_maintenance_task_leaves_the_database_queue_alone(user):
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(hours=1))
     assert redeliver_stranded_jobs() == 0
+
+
+def test_accepted_requests_survive_a_redis_outage_and_run_once_it_answers(
+    own_redis, cluster, user, client
+):
+    own_redis.start()
+    quick_rescue = {"QUEUE_STRANDED_AFTER": "2", "QUEUE_RESCUE_INTERVAL": "1"}
+    on_own_redis = {**ON_REDIS, "REDIS_URL": own_redis.url, **quick_rescue}
+    cluster.start(workers=2, timeout=5, extra_env=on_own_redis)
+    own_redis.stop()
+
+    api = token_client(user)
+    conversation = make_conversation(user, title="Redis is down", messages=3)
+    deletion = api.delete(f"/api/chat/conversations/{conversation.pk}")
+    assert deletion.status_code == 200, deletion.content
+    one = api.post(
+        "/api/queues/jobs", {"queue": "database", "type": "test_sleep", "data": {}}, format="json"
+    )
+    assert one.status_code == 202, one.content
+    many = api.post(
+        "/api/queues/jobs/bulk",
+        {"queue": "database", "type": "test_sleep", "items": [{}, {}]},
+        format="json",
+    )
+    assert many.status_code == 202, many.content
+    job_ids = [deletion.json()["job_id"], one.json()["id"], *(j["id"] for j in many.json()["jobs"])]
+    assert Job.objects.filter(pk__in=job_ids, status="queued").count() == 4
+    failures = push_failures(client)  # and more: the cluster's rescue fails to push them too
+    assert failures["delete_conversation"] >= 1 and failures["test_sleep"] >= 3
+    ready = client.get("/readyz").json()
+    assert "broker" in ready["failed"]
+    assert ready["checks"]["broker"] == {"ok": False, "detail": "unreachable"}
+
+    own_redis.start()  # the same port: the running cluster reconnects
+    assert client.get("/readyz").json()["checks"]["broker"] == {"ok": True, "detail": "reachable"}
+    for job_id in job_ids:
+        job = wait_for_job(job_id, timeout=40)
+        assert (job.status, job.attempts) == ("succeeded", 1)
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()

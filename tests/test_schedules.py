@@ -7,11 +7,13 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.utils import timezone
-from django_q.models import Schedule
+from django_q.models import OrmQ, Schedule
 
 from chat.models import Conversation
+from queues.models import ScheduleFailureCounter
 from queues.schedules import MAINTENANCE
 from tests.support.cluster import wait_for
+from tests.support.schedules import has_run
 
 SWEEPER = "chat: re-queue stalled conversation deletions"
 
@@ -81,3 +83,53 @@ def test_a_real_cluster_runs_the_declared_sweeper(cluster, user):
         90,
         message="the scheduled sweeper to re-queue the deletion and a worker to run it",
     )
+
+
+def test_a_failing_or_broken_schedule_never_stops_the_others(cluster, client, operator_user):
+    """One pass of a real cluster's scheduler: a cron expression croniter cannot read (made by
+    hand, past the admin's validation) and a function that raises are counted, shown and
+    acknowledged; the cron schedule and every other one run."""
+    due = timezone.now() - timedelta(minutes=1)
+    mark = "tests.support.schedules.mark"
+    broken = Schedule.objects.create(
+        name="broken cron", func=mark, args="'broken'", schedule_type="C", cron="0 3 * * *"
+    )
+    Schedule.objects.filter(pk=broken.pk).update(cron="61 * * * *")  # as an old row may hold
+    Schedule.objects.create(name="fails", func="tests.support.schedules.fail", minutes=1)
+    Schedule.objects.create(
+        name="cron", func=mark, args="'cron'", schedule_type="C", cron="* * * * *"
+    )
+    Schedule.objects.create(name="minutes", func=mark, args="'minutes'", minutes=1)
+    Schedule.objects.update(next_run=due)  # the maintenance ones too
+    started = timezone.now()
+
+    cluster.start(workers=2)
+    wait_for(
+        lambda: has_run("cron") and has_run("minutes"),
+        90,
+        message="the healthy schedules to run (the scheduler passes about every 30 s)",
+    )
+    wait_for(lambda: ScheduleFailureCounter.objects.count() == 2, 30, message="2 failures")
+    failures = {c.schedule: c for c in ScheduleFailureCounter.objects.all()}
+    assert failures["broken cron"].failures == 1
+    assert "CroniterBadCronError" in failures["broken cron"].last_error
+    assert "a scheduled function that fails" in failures["fails"].last_error
+    assert not has_run("broken")
+    assert Schedule.objects.get(name="broken cron").next_run == due  # left as it was
+    ran = Schedule.objects.exclude(name="broken cron")
+    assert not ran.filter(next_run__lt=started).exists(), "every other schedule ran"
+    wait_for(lambda: not OrmQ.objects.exists(), 30, message="every broker row acknowledged")
+
+    metrics = client.get("/metrics").content.decode()
+    assert 'slimy_schedule_failures_total{schedule="fails"} 1.0' in metrics
+    assert 'slimy_schedule_failures_total{schedule="broken cron"} 1.0' in metrics
+    client.force_login(operator_user)
+    dashboard = client.get("/dashboard/queues").content.decode()
+    assert 'data-schedule="broken cron"' in dashboard and 'data-schedule="fails"' in dashboard
+
+
+def test_qcluster_refuses_to_start_with_a_cron_croniter_cannot_read(cluster):
+    settings_module = {"DJANGO_SETTINGS_MODULE": "tests.support.bad_cron_settings"}
+    refused = cluster.start(extra_env=settings_module, wait=False)
+    assert refused.process.wait(60) != 0
+    assert "(queues.E007)" in refused.log and "61 * * * *" in refused.log

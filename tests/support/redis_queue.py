@@ -3,9 +3,42 @@
 one, so that two test runs on one machine stay apart."""
 
 import os
+import subprocess
 
-from tests.support.cluster import FAST_RECOVERY
+import redis
+
+from tests.support.cluster import FAST_RECOVERY, wait_for
+from tests.support.pg_server import free_port
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 # A cluster's settings for the queue on Redis.
 ON_REDIS = {"QUEUE_BROKER": "redis", "REDIS_URL": REDIS_URL, **FAST_RECOVERY}
+
+
+class RedisServer:
+    """A throwaway `redis-server` of the test's own, on a free port, for faults that need Redis
+    gone: the shared one is never stopped. `url` answers nothing until `start()`."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, 10, message=f"redis-server on port {self.port}")
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def _answers(self):
+        try:
+            return redis.from_url(self.url, socket_connect_timeout=1).ping()
+        except redis.ConnectionError:
+            return False

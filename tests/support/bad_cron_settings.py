@@ -1,0 +1,8 @@
+"""The project's settings plus a schedule whose cron expression croniter cannot read, for a real
+`qcluster` started with `DJANGO_SETTINGS_MODULE` pointing here."""
+
+from slimy.settings import *  # noqa: F403
+from slimy.settings import QUEUE_SCHEDULES
+
+BAD_CRON = {"name": "bad cron", "func": "queues.maintenance.prune", "cron": "61 * * * *"}
+QUEUE_SCHEDULES = [*QUEUE_SCHEDULES, BAD_CRON]

@@ -1,0 +1,16 @@
+"""Functions that test schedules run in real clusters (tests/test_schedules.py): each leaves a
+mark in the cache (a table of the test database) or fails."""
+
+from django.core.cache import cache
+
+
+def mark(name):
+    cache.set(f"schedule-ran:{name}", True, 600)
+
+
+def has_run(name):
+    return cache.get(f"schedule-ran:{name}", False)
+
+
+def fail():
+    raise RuntimeError("a scheduled function that fails")
