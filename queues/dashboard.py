@@ -77,7 +77,7 @@ def minute_chart(per_minute, now):
         "bars": bars,
         "y_ticks": [{"y": round(base - tick * scale, 1), "label": tick} for tick in ticks],
         "x_ticks": [
-            {"x": LEFT + i * SLOT, "label": f"{minute:%H:%M}"}
+            {"x": LEFT + i * SLOT + SLOT // 2, "label": f"{minute:%H:%M}"}
             for i, minute in enumerate(minutes)
             if minute.minute % 10 == 0
         ],
@@ -86,7 +86,7 @@ def minute_chart(per_minute, now):
         "start": start,
         "succeeded": sum(succeeded),
         "failed_attempts": sum(failed),
-        "width": LEFT + MINUTES * SLOT + 4,
+        "width": LEFT + MINUTES * SLOT + 16,  # room for a time label under the last minute
         "height": base + BOTTOM,
         "plot_left": LEFT,
         "plot_right": LEFT + MINUTES * SLOT,

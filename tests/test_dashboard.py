@@ -66,7 +66,7 @@ def test_every_number_says_its_window_and_the_chart_its_times(client, operator_u
     windows = re.findall(r'data-window="([^"]+)"', page)
     assert windows == ["now", "last-hour", "all-time"]
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
-    assert f'Last 60 min <span class="muted">({start:%H:%M} to now' in page
+    assert f'Last 60 min <span class="muted">(since {start:%H:%M}, the chart' in page
     assert "All time: " in page and "Run time percentiles, all time" in page
     ticks = re.findall(r"<text [^>]*data-time-tick>([^<]*)<", page)
     assert len(ticks) == 6 and all(re.fullmatch(r"\d\d:\d0", tick) for tick in ticks)
