@@ -91,3 +91,6 @@ def test_the_job_list_shows_short_ids_times_to_the_second_and_the_error(
     assert "PermanentJobError: simulated bad data" in row
     assert f"{job.attempts}/{job.max_attempts}" in row
     assert 'id="nav-sidebar"' not in page  # the list gets the page's width
+    detail = client.get(f"/admin/queues/job/{job.pk}/change/").content.decode()
+    for moment in (job.created_at, job.run_after, job.finished_at):
+        assert f"{moment:%Y-%m-%d %H:%M:%S}" in detail  # the job's page too, to the second
