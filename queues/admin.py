@@ -121,7 +121,8 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Error")
     def error(self, job):
-        if not job.last_error_class:
+        # A job that succeeded after a retry keeps its last error on its page, not in the list.
+        if not job.last_error_class or job.status == Job.Status.SUCCEEDED:
             return ""
         text = f"{job.last_error_class}: {job.last_error}"
         return format_html('<span title="{}">{}</span>', text[:1000], Truncator(text).chars(70))
