@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.utils.html import format_html
+from django.utils.text import Truncator
 from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages before we prune)
 from django_q import models as q_models
 
@@ -15,6 +17,15 @@ from queues.services import delete_finished_jobs, retry_jobs
 for model in (q_models.Success, q_models.Failure):
     if admin.site.is_registered(model):
         admin.site.unregister(model)
+
+
+def to_the_second(moment):
+    """A job's time in the lists: the date, then the time to the second (backoffs are seconds)."""
+    if moment is None:
+        return None  # the admin's empty value
+    return format_html(
+        '<span class="date">{}</span> {}', f"{moment:%Y-%m-%d}", f"{moment:%H:%M:%S}"
+    )
 
 
 class JobEventInline(admin.TabularInline):
@@ -39,18 +50,19 @@ class JobEventInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
+    # Narrow enough for a 1400 px screen beside the filters: a short id (the full one in its
+    # tooltip and on the job's page), times to the second, the error cut short.
     list_display = [
-        "id",
+        "short_id",
         "job_type",
         "queue",
         "status",
-        "attempts",
-        "max_attempts",
+        "attempts_of",
         "subject",
         "user",
-        "request_id",
-        "created_at",
-        "finished_at",
+        "created",
+        "finished",
+        "error",
     ]
     list_filter = ["queue", "job_type", "status"]
     # A subject's id alone (42 for "conversation:42") finds it too: the search is a substring
@@ -79,6 +91,41 @@ class JobAdmin(admin.ModelAdmin):
         if job is not None:
             job.data = job.data_for(request.user)
         return job
+
+    def get_list_display(self, request):
+        # One queue (the default) needs no column of its own.
+        shown = super().get_list_display(request)
+        return shown if len(conf.QUEUES) > 1 else [name for name in shown if name != "queue"]
+
+    def changelist_view(self, request, extra_context=None):
+        # The wide job list gets the width of the app menu (the breadcrumbs lead back).
+        return super().changelist_view(
+            request, {"is_nav_sidebar_enabled": False, **(extra_context or {})}
+        )
+
+    @admin.display(description="Job", ordering="id")
+    def short_id(self, job):
+        return format_html('<span title="{}">{}…</span>', job.pk, str(job.pk)[:8])
+
+    @admin.display(description="Attempts", ordering="attempts")
+    def attempts_of(self, job):
+        return f"{job.attempts}/{job.max_attempts}"
+
+    @admin.display(description="Created (UTC)", ordering="created_at")
+    def created(self, job):
+        return to_the_second(job.created_at)
+
+    @admin.display(description="Finished (UTC)", ordering="finished_at")
+    def finished(self, job):
+        return to_the_second(job.finished_at)
+
+    @admin.display(description="Error")
+    def error(self, job):
+        # A job that succeeded after a retry keeps its last error on its page, not in the list.
+        if not job.last_error_class or job.status == Job.Status.SUCCEEDED:
+            return ""
+        text = f"{job.last_error_class}: {job.last_error}"
+        return format_html('<span title="{}">{}</span>', text[:1000], Truncator(text).chars(70))
 
     def has_add_permission(self, request):
         return False

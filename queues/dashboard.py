@@ -1,14 +1,19 @@
-"""The staff queue dashboard: server-rendered HTML and SVG, refreshed by the browser."""
+"""The staff queue dashboard: server-rendered HTML and SVG, refreshed by the browser.
+
+Every number says its window: "now" counts the job records the lists below show, the last hour
+is the throughput chart's 60 minutes, "all time" is the counters since the database began.
+"""
 
 from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
+from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from queues import pausing, selectors
 from queues.cancellation import cancel_jobs
@@ -17,59 +22,128 @@ from queues.heartbeats import live_clusters
 from queues.models import Job
 from queues.services import retry_jobs
 
-CHART_WIDTH, CHART_HEIGHT, MINUTES = 600, 120, 60
+MINUTES, LISTED = 60, 20
+# The throughput chart: one slot a minute, axes in the margins.
+SLOT, PLOT_HEIGHT, LEFT, TOP, BOTTOM = 9, 110, 30, 8, 20
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+PERCENTILE_ROW, PERCENTILE_LEFT, PERCENTILE_WIDTH = 16, 34, 460
+# The statuses whose jobs the dashboard lists (and counts, per queue).
+LISTED_STATUSES = (Job.Status.RUNNING, Job.Status.RETRYING, Job.Status.FAILED)
 
 
-def minute_bars(per_minute, now):
-    """Bars for the last hour, one slot a minute: succeeded stacked over failed attempts."""
-    slot = CHART_WIDTH / MINUTES
+def nice_ticks(peak, most=4):
+    """Axis ticks from 0 to a round top at or above `peak`: steps of 1, 2 or 5 times a power
+    of ten, at most `most` steps."""
+    magnitude = 1
+    while True:
+        for step in (magnitude, 2 * magnitude, 5 * magnitude):
+            if peak <= step * most:
+                top = max(-(-peak // step), 1) * step
+                return list(range(0, top + 1, step))
+        magnitude *= 10
+
+
+def minute_chart(per_minute, now):
+    """The last hour, one slot a minute up to the current one: succeeded jobs stacked under
+    failed attempts, a count axis and a time axis (every 10 minutes), and the hour's totals."""
     start = now.replace(second=0, microsecond=0) - timedelta(minutes=MINUTES - 1)
     by_minute = {m["minute"]: m for m in per_minute}
-    rows = [by_minute.get(start + timedelta(minutes=i), {}) for i in range(MINUTES)]
-    peak = max([r.get("succeeded", 0) + r.get("failed", 0) for r in rows] + [1])
+    minutes = [start + timedelta(minutes=i) for i in range(MINUTES)]
+    rows = [by_minute.get(minute, {}) for minute in minutes]
+    succeeded = [row.get("succeeded", 0) for row in rows]
+    failed = [row.get("failed", 0) for row in rows]
+    ticks = nice_ticks(max(s + f for s, f in zip(succeeded, failed, strict=True)))
+    scale = PLOT_HEIGHT / ticks[-1]
+    base = TOP + PLOT_HEIGHT
+
+    def height(count):
+        return max(round(count * scale, 1), 2) if count else 0  # one job stays visible
+
     bars = []
-    for i, row in enumerate(rows):
-        ok_h = CHART_HEIGHT * row.get("succeeded", 0) / peak
-        fail_h = CHART_HEIGHT * row.get("failed", 0) / peak
+    for i, (minute, ok, bad) in enumerate(zip(minutes, succeeded, failed, strict=True)):
+        ok_h, fail_h = height(ok), height(bad)
         bars.append(
             {
-                "x": round(i * slot, 1),
-                "width": round(slot - 1, 1),
-                "ok_y": round(CHART_HEIGHT - ok_h, 1),
-                "ok_h": round(ok_h, 1),
-                "fail_y": round(CHART_HEIGHT - ok_h - fail_h, 1),
-                "fail_h": round(fail_h, 1),
-                "label": f"{start + timedelta(minutes=i):%H:%M}: {row.get('succeeded', 0)} ok, "
-                f"{row.get('failed', 0)} failed",
+                "x": LEFT + i * SLOT + 1,
+                "width": SLOT - 2,
+                "ok_y": round(base - ok_h, 1),
+                "ok_h": ok_h,
+                "fail_y": round(base - ok_h - fail_h, 1),
+                "fail_h": fail_h,
+                "label": f"{minute:%H:%M}: {ok} succeeded, {bad} failed attempt(s)",
             }
         )
-    return {"bars": bars, "peak": peak}
+    return {
+        "bars": bars,
+        "y_ticks": [{"y": round(base - tick * scale, 1), "label": tick} for tick in ticks],
+        "x_ticks": [
+            {"x": LEFT + i * SLOT + SLOT // 2, "label": f"{minute:%H:%M}"}
+            for i, minute in enumerate(minutes)
+            if minute.minute % 10 == 0
+        ],
+        # "now" under the current minute, unless a time label is already that close.
+        "now_label": all(minute.minute % 10 for minute in minutes[-5:]),
+        "start": start,
+        "succeeded": sum(succeeded),
+        "failed_attempts": sum(failed),
+        "width": LEFT + MINUTES * SLOT + 16,  # room for a time label under the last minute
+        "height": base + BOTTOM,
+        "plot_left": LEFT,
+        "plot_right": LEFT + MINUTES * SLOT,
+        "base": base,
+        "label_y": base + 15,
+    }
 
 
 def percentile_bars(buckets):
+    """Run time percentiles as horizontal bars, one row each, on a common scale."""
     values = [(q, selectors.quantile(buckets, q)) for q in PERCENTILES]
     peak = max([v for _, v in values if v] + [0.001])
-    bar_width = CHART_WIDTH / len(values)
-    return [
-        {
-            "label": f"p{round(q * 100)}",
-            "seconds": v,
-            "x": round(i * bar_width + 10, 1),
-            "width": round(bar_width - 20, 1),
-            "h": round(CHART_HEIGHT * (v or 0) / peak, 1),
-            "y": round(CHART_HEIGHT - CHART_HEIGHT * (v or 0) / peak, 1),
-        }
-        for i, (q, v) in enumerate(values)
-    ]
+    return {
+        "rows": [
+            {
+                "label": f"p{round(q * 100)}",
+                "seconds": v,
+                "y": i * PERCENTILE_ROW,
+                "text_y": i * PERCENTILE_ROW + 12,
+                "width": round(PERCENTILE_WIDTH * (v or 0) / peak, 1),
+            }
+            for i, (q, v) in enumerate(values)
+        ],
+        "bar_left": PERCENTILE_LEFT,
+        "value_x": PERCENTILE_LEFT + PERCENTILE_WIDTH + 6,
+        "width": PERCENTILE_LEFT + PERCENTILE_WIDTH + 80,
+        "height": len(values) * PERCENTILE_ROW,
+    }
+
+
+def listed_counts():
+    """{(queue, status): jobs} for the statuses the dashboard lists, from the job records.
+
+    Live and failed jobs apart, each counted from the partial index that holds its rows
+    (`job_live_status_idx`; `job_retention_finished_idx`, an index-only scan): one query over
+    the three statuses reads the whole table."""
+    live = Job.objects.filter(status__in=[Job.Status.RUNNING, Job.Status.RETRYING])
+    failed = Job.objects.filter(status=Job.Status.FAILED)
+    counts = {}
+    for jobs in (live, failed):
+        rows = jobs.values_list("queue", "status").annotate(n=Count("*")).order_by()
+        counts.update(((queue, status), n) for queue, status, n in rows)
+    return counts
 
 
 def retrying_jobs(now):
     """Jobs in their backoff: which attempt failed, why, and in how many seconds the next runs."""
-    jobs = list(Job.objects.filter(status=Job.Status.RETRYING).order_by("run_after")[:20])
+    jobs = list(Job.objects.filter(status=Job.Status.RETRYING).order_by("run_after")[:LISTED])
     for job in jobs:
         job.next_attempt_in = max((job.run_after - now).total_seconds(), 0)
     return jobs
+
+
+def job_list(status, jobs, counts):
+    """A list of the dashboard: its first jobs and how many there are in all queues."""
+    total = sum(n for (_, s), n in counts.items() if s == status)
+    return {"jobs": jobs, "total": total, "more": total - len(jobs)}
 
 
 # Staff sign in through the admin; what they may see and do is the job permissions.
@@ -80,24 +154,31 @@ def queue_dashboard(request):
     stats = selectors.queue_stats(conf.QUEUES)
     totals = selectors.counter_totals()
     paused = pausing.paused_queues()
+    counts = listed_counts()
     cards = []
     for queue, queue_stats in stats.items():
         buckets, _, _ = selectors.histogram(totals, queue, "run_seconds")
+        throughput = minute_chart(queue_stats["per_minute"], now)
+        attempts = throughput["succeeded"] + throughput["failed_attempts"]
         cards.append(
             {
                 "queue": queue,
                 "stats": queue_stats,
-                "throughput": minute_bars(queue_stats["per_minute"], now),
+                "now": {status: counts.get((queue, status), 0) for status in LISTED_STATUSES},
+                "throughput": throughput,
+                "attempt_success": throughput["succeeded"] / attempts if attempts else None,
                 "percentiles": percentile_bars(buckets),
                 "pause": paused.get(queue),
             }
         )
+    running = Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")[:LISTED]
+    failed = Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:LISTED]
     context = {
         "cards": cards,
-        "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT},
-        "retrying_jobs": retrying_jobs(now),
-        "running_jobs": Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")[:20],
-        "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
+        "many_queues": len(cards) > 1,
+        "failed": job_list(Job.Status.FAILED, list(failed), counts),
+        "retrying": job_list(Job.Status.RETRYING, retrying_jobs(now), counts),
+        "running": job_list(Job.Status.RUNNING, list(running), counts),
         "clusters": live_clusters().order_by("queue", "host", "pid"),
         "failing_schedules": selectors.failing_schedules()[:20],
         "refresh_seconds": 5,
@@ -136,14 +217,23 @@ def cancel_job(request, job_id):
 
 @staff_member_required
 @permission_required("queues.pause_queue", raise_exception=True)
-@require_POST
+@require_http_methods(["GET", "POST"])
 def pause_queue(request, queue):
+    """Resume at once; pause only once confirmed: anything else shows the confirmation page."""
     if queue not in conf.QUEUES:
         raise Http404("No such queue.")
-    if request.POST.get("action") == "resume":
+    action = request.POST.get("action")
+    if action == "resume":
         pausing.resume(queue, by=request.user)
         messages.success(request, f"Queue {queue} resumed.")
-    else:
+    elif action == "pause" and request.POST.get("confirm") == "yes":
         pausing.pause(queue, by=request.user)
         messages.success(request, f"Queue {queue} paused: running jobs finish, no job starts.")
+    else:
+        context = {
+            "queue": queue,
+            "pause": pausing.paused_queues().get(queue),
+            "stats": selectors.queue_stats([queue])[queue],
+        }
+        return render(request, "queues/pause_confirm.html", context)
     return redirect("queue-dashboard")

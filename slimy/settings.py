@@ -166,6 +166,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Times to the second everywhere Django formats them (the admin's pages): slimy/formats/.
+FORMAT_MODULE_PATH = ["slimy.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"

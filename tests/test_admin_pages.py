@@ -1,4 +1,4 @@
-"""Admin pages stay the same size however much a conversation holds."""
+"""Admin pages stay the same size however much a conversation holds; the job list is readable."""
 
 import pytest
 
@@ -68,3 +68,36 @@ def test_deleting_messages_in_the_admin_keeps_the_count(admin_client, user):
     assert response.status_code == 302
     conversation.refresh_from_db()
     assert conversation.message_count == 1 == conversation.messages.count()
+
+
+def test_the_job_list_shows_short_ids_times_to_the_second_and_the_error_of_failed_jobs(
+    client, operator_user, user
+):
+    from queues.models import Job
+    from queues.runner import run_job
+    from queues.services import enqueue, retry_jobs
+
+    job = enqueue("database", "test_fails_once", {"user_id": user.pk})
+    run_job(job.pk)
+    job = Job.objects.get(pk=job.pk)
+    client.force_login(operator_user)
+
+    def listed_row():
+        page = client.get("/admin/queues/job/").content.decode()
+        assert 'id="nav-sidebar"' not in page  # the list gets the page's width
+        return page[page.index(f'<span title="{job.pk}">') :].split("</tr>")[0]
+
+    row = listed_row()
+    assert f"{str(job.pk)[:8]}…" in row
+    for moment in (job.created_at, job.finished_at):
+        assert f'<span class="date">{moment:%Y-%m-%d}</span> {moment:%H:%M:%S}' in row
+    assert "PermanentJobError: simulated failure" in row
+    assert f"{job.attempts}/{job.max_attempts}" in row
+    detail = client.get(f"/admin/queues/job/{job.pk}/change/").content.decode()
+    for moment in (job.created_at, job.run_after, job.finished_at):
+        assert f"{moment:%Y-%m-%d %H:%M:%S}" in detail  # the job's page too, to the second
+
+    retry_jobs(Job.objects.filter(pk=job.pk), by=operator_user)
+    run_job(job.pk)
+    assert Job.objects.get(pk=job.pk).status == "succeeded"
+    assert "PermanentJobError" not in listed_row()  # on its page, not beside "Succeeded"

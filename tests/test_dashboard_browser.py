@@ -1,5 +1,6 @@
 """The queue dashboard in a real browser (headless Chromium) against a real cluster."""
 
+import re
 import shutil
 import tempfile
 import time
@@ -11,7 +12,7 @@ import requests
 from django.core.management import call_command
 
 from queues.jobs import DEMO_FAILING_JOB
-from queues.models import Job
+from queues.models import Job, QueuePause
 from queues.services import enqueue
 from tests.support.clients import token_client
 from tests.support.cluster import wait_for
@@ -39,7 +40,7 @@ def browser():
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1400,1200",
+        "--window-size=1400,1000",  # a laptop's screen
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
@@ -47,6 +48,31 @@ def browser():
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def now_and_last_hour(card):
+    """The failed jobs now and the last hour's jobs succeeded and attempts failed, as shown."""
+    from selenium.webdriver.common.by import By
+
+    names = {
+        "failed": "failed",
+        "succeeded": "succeeded_last_hour",
+        "failed_attempts": "failed_attempts_last_hour",
+    }
+    return {
+        key: card.find_element(By.CSS_SELECTOR, f'[data-stat="{name}"]').text
+        for key, name in names.items()
+    }
+
+
+def in_first_viewport(browser, element):
+    """Whether `element` is shown whole on the page as it opens, without scrolling."""
+    return browser.execute_script(
+        "const r = arguments[0].getBoundingClientRect();"
+        "return window.scrollY === 0 && r.top >= 0 && r.bottom <= window.innerHeight"
+        " && r.right <= window.innerWidth;",
+        element,
+    )
 
 
 def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
@@ -69,26 +95,38 @@ def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
     card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
     shown = {
         name: card.find_element(By.CSS_SELECTOR, f'[data-stat="{name}"]').text
-        for name in ("waiting", "running", "succeeded", "failed", "live_clusters")
+        for name in ("waiting", "live_clusters", "succeeded_total", "failed_total")
     }
     api = token_client(operator_user).get("/api/queues/stats").json()["queues"]["database"]
-    assert shown == {name: str(api[name]) for name in shown}
-    assert shown["succeeded"] == "3" and shown["failed"] == "1"
+    assert shown == {name: str(api[name.removesuffix("_total")]) for name in shown}
+    assert (shown["succeeded_total"], shown["failed_total"]) == ("3", "1")
+    # Now: the failed jobs the list shows; the last hour: the chart's minutes.
+    assert now_and_last_hour(card) == {"failed": "1", "succeeded": "3", "failed_attempts": "1"}
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr[data-job]")) == 1
     assert browser.find_elements(By.CSS_SELECTOR, "svg rect.ok")
-    browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg [data-time-tick]")) == 6
+    for size in ((1400, 1000), (1920, 1080)):
+        browser.set_window_size(*size)
+        browser.get(f"{live_server.url}/dashboard/queues")
+        retry = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"] button.retry')
+        assert in_first_viewport(browser, retry), size
+        browser.save_screenshot(str(tmp_path / f"dashboard-{size[0]}.png"))
+    browser.set_window_size(1400, 1000)
 
-    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"]')
-    row.find_element(By.CSS_SELECTOR, "button.retry").click()
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"] button.retry').click()
     wait_for(lambda: "sent back to its queue" in browser.page_source, 10, message="retry message")
     retried = wait_for_job(failing.pk, until="succeeded", timeout=30)
     assert (retried.attempts, retried.retried_by) == (2, operator_user)
 
     browser.get(f"{live_server.url}/dashboard/queues")
-    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{failing.pk}"]')
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr[data-job]")
+    assert "No failed job." in browser.find_element(By.ID, "failed").text
     card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
-    assert card.find_element(By.CSS_SELECTOR, '[data-stat="succeeded"]').text == "4"
+    assert now_and_last_hour(card) == {"failed": "0", "succeeded": "4", "failed_attempts": "1"}
+    assert card.find_element(By.CSS_SELECTOR, '[data-stat="failed_total"]').text == "1"
+    assert "failed for good (counted even if retried since)" in card.text
     browser.save_screenshot(str(tmp_path / "dashboard-after-retry.png"))
-    shutil.copy(tmp_path / "dashboard.png", "/tmp/slimy-dashboard.png")
+    shutil.copy(tmp_path / "dashboard-1400.png", "/tmp/slimy-dashboard.png")
     assert requests.get(f"{live_server.url}/dashboard/queues", timeout=10).url.endswith(
         "/admin/login/?next=/dashboard/queues"
     )
@@ -142,6 +180,15 @@ def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard
     browser.find_element(By.LINK_TEXT, "All jobs").click()
     assert "Conversations" not in browser.page_source  # the operator sees jobs, not user data
     browser.get(f"{live_server.url}/admin/queues/job/?status__exact=failed")
+    # At 1400 px the failed jobs' list fits: no sideways scroll, error and finish time in view.
+    results = browser.find_element(By.CSS_SELECTOR, "#changelist .results")
+    assert (
+        browser.execute_script("return arguments[0].scrollWidth", results) <= results.size["width"]
+    )
+    row = browser.find_element(By.CSS_SELECTOR, f'tr:has(input[value="{from_admin.pk}"])')
+    for column in ("field-finished", "field-error"):
+        assert in_first_viewport(browser, row.find_element(By.CLASS_NAME, column)), column
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row.text)
     checkbox = f'input[name="_selected_action"][value="{from_admin.pk}"]'
     browser.find_element(By.CSS_SELECTOR, checkbox).click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("retry_selected")
@@ -181,6 +228,13 @@ def test_the_operator_pauses_a_queue_cancels_a_job_in_it_and_resumes_it_in_the_b
     )
     assert browser.current_url.endswith("/dashboard/queues")
     card.find_element(By.CSS_SELECTOR, "button.pause").click()
+    (confirm,) = wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "button.confirm-pause"),
+        10,
+        message="the pause's confirmation",
+    )
+    assert not QueuePause.objects.exists()  # asked, not yet paused
+    confirm.click()
     wait_for(lambda: "Queue database paused" in browser.page_source, 10, message="paused")
     card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
     assert card.find_element(By.CSS_SELECTOR, "[data-paused]").text == "paused"

@@ -130,12 +130,23 @@ def test_the_sweeper_counts_a_paused_queues_waiting_deletion_as_live(user, setti
     assert sweep_deletions() == 1  # not paused: that late, its delivery counts as lost
 
 
-def test_an_operator_pauses_and_resumes_from_the_dashboard(client, pauser):
+def test_an_operator_pauses_from_the_dashboard_only_once_confirmed_and_resumes_at_once(
+    client, pauser
+):
     client.force_login(pauser)
     page = client.get("/dashboard/queues").content.decode()
     assert 'class="pause"' in page
+    asked = client.get("/dashboard/queues/database/pause").content.decode()
+    assert "Pause queue “database”?" in asked and 'name="confirm" value="yes"' in asked
 
-    response = client.post("/dashboard/queues/database/pause", {"action": "pause"}, follow=True)
+    for unconfirmed in ({"action": "pause"}, {"action": "pause", "confirm": "no"}, {}):
+        response = client.post("/dashboard/queues/database/pause", unconfirmed)
+        assert response.status_code == 200
+        assert 'class="confirm-pause"' in response.content.decode()
+    assert not QueuePause.objects.exists() and not QueueEvent.objects.exists()
+
+    confirmed = {"action": "pause", "confirm": "yes"}
+    response = client.post("/dashboard/queues/database/pause", confirmed, follow=True)
 
     assert "Queue database paused" in response.content.decode()
     assert 'class="resume"' in response.content.decode()
@@ -152,7 +163,9 @@ def test_an_operator_pauses_and_resumes_from_the_dashboard(client, pauser):
 def test_pausing_needs_its_permission_not_staff_status(client, operator_user, staff_user):
     for user in (staff_user, operator_user):
         client.force_login(user)
-        assert client.post("/dashboard/queues/database/pause").status_code == 403
+        confirmed = {"action": "pause", "confirm": "yes"}
+        assert client.post("/dashboard/queues/database/pause", confirmed).status_code == 403
+        assert client.get("/dashboard/queues/database/pause").status_code == 403
         assert client.get("/admin/queues/queuepause/add/").status_code == 403
     assert not QueuePause.objects.exists()
 
