@@ -39,10 +39,14 @@ DEBUG = env_bool("DEBUG", default=False)
 _DEV_SECRET_KEY = "django-insecure-slimy-development-key-do-not-use-in-production"
 SECRET_KEY = os.environ.get("SECRET_KEY") or (_DEV_SECRET_KEY if DEBUG else "")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: set DEBUG=1 for development (scripts/run does), or SECRET_KEY"
+        " to a private value of at least 50 characters for production."
+    )
 if not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50):
     raise ImproperlyConfigured(
-        "SECRET_KEY must be a private value of at least 50 characters when DEBUG is off."
+        "SECRET_KEY must be a private value of at least 50 characters when DEBUG is off"
+        " (DEBUG=1 for development)."
     )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
