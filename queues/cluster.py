@@ -23,6 +23,7 @@ Its workers run our worker loop (`queues.worker`): the monitor gets no task whos
 runner recorded and acknowledged.
 """
 
+import logging
 import queue
 import signal
 import time
@@ -39,6 +40,7 @@ from queues.worker import IDLE, worker
 # Seconds beyond the queue's timeout a worker gets to record its job's outcome during a stop.
 STOP_GRACE = 5
 POLL = 0.1
+log = logging.getLogger(__name__)
 
 
 class Cluster(q_cluster.Cluster):
@@ -63,6 +65,13 @@ class Cluster(q_cluster.Cluster):
                     f"sentinel exited with code {self.sentinel.exitcode}"
                 )
             time.sleep(POLL)
+        if self.start_event and self.start_event.is_set():
+            log.info(
+                "Worker cluster %s ready: %d workers on queue %r.",
+                self.name,
+                Conf.WORKERS,
+                Conf.CLUSTER_NAME,
+            )
         return self.pid
 
     def sig_handler(self, signum, frame):
