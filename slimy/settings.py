@@ -307,7 +307,7 @@ Q_CLUSTER = {
 # Which broker carries the queues:
 # - `orm` (default): our database broker (queues.broker), jobs stored with the data change;
 # - `redis`: django-q2's Redis broker (queues.redis_broker): more throughput, but Redis cannot
-#   join the transaction and forgets a task whose worker died (see README, Deploying);
+#   join the transaction and forgets a task whose worker died (see docs/deployment.md);
 # - `stock`: django-q2's own ORM broker with its defaults and no persistent connections, only
 #   for the benchmark's reference (bench/run.py).
 QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
@@ -364,7 +364,7 @@ LOGGING = {
 # OpenTelemetry, configured only by its standard variables. Its SDK reads the rest itself
 # (endpoint, headers, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, batch
 # delays); here we only decide whether tracing is on and where spans go. Off, with nothing set up
-# and nothing exported, unless an OTLP endpoint or a traces exporter is named. See README, Tracing.
+# and nothing exported, unless an OTLP endpoint or a traces exporter is named. See docs/tracing.md.
 def _traces_exporter():
     if env_bool("OTEL_SDK_DISABLED"):
         return None
