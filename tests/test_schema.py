@@ -18,9 +18,15 @@ def test_the_unique_key_index_is_there_and_unique():
 
 
 def test_the_broker_tables_raw_sql_indexes_are_there():
-    """django-q2 owns `django_q_ormq`, so its claim indexes are raw SQL (migrations 0006, 0010,
-    and 0011 on PostgreSQL); a django-q2 migration rebuilding the table would drop them."""
-    expected = {"queues_ormq_claim_idx", "queues_ormq_claimed_idx"}
-    if connection.vendor == "postgresql":
-        expected.add("queues_ormq_priority_claim_idx")
+    """django-q2 owns `django_q_ormq`, so its claim indexes and `priority` column are raw SQL
+    (migrations 0006, 0010, 0011 and 0020); a django-q2 migration rebuilding the table would drop
+    them."""
+    expected = {
+        "queues_ormq_claim_idx",
+        "queues_ormq_claimed_idx",
+        "queues_ormq_priority_claim_idx",
+    }
     assert expected <= set(constraints("django_q_ormq"))
+    with connection.cursor() as cursor:
+        columns = connection.introspection.get_table_description(cursor, "django_q_ormq")
+    assert "priority" in {column.name for column in columns}
