@@ -7,8 +7,21 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "slimy.settings")
-    from django.core.management import execute_from_command_line
-
+    try:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+        from django.core.management import execute_from_command_line
+    except ImportError as error:
+        sys.exit(
+            f"Django is not installed for {sys.executable} ({error}). Run manage.py with the"
+            " project's virtualenv: .venv/bin/python manage.py ... (scripts/run creates it)."
+        )
+    # Settings errors first, alone: Django's command runner would otherwise carry on without
+    # settings and fail later with a message that hides the cause.
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 (loads the settings)
+    except ImproperlyConfigured as error:
+        sys.exit(f"manage.py: {error}")
     execute_from_command_line(sys.argv)
 
 

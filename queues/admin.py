@@ -72,18 +72,28 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     actions = ["retry_selected", "cancel_selected"]
     inlines = [JobEventInline]
-    readonly_fields = [field.name for field in Job._meta.fields]
+    readonly_fields = [field.name for field in Job._meta.fields] + ["traceback_text"]
     fieldsets = [
         (None, {"fields": ["id", "queue", "job_type", "status", "subject", "user", "request_id"]}),
         # The trace id of the request that enqueued the job and of its last failed attempt.
         ("Trace", {"fields": ["trace_context"], "classes": ["collapse"]}),
         ("Data and result", {"fields": ["data", "result"]}),
         ("Attempts", {"fields": ["attempts", "max_attempts", "priority", "run_after", "worker"]}),
-        ("Error", {"fields": ["last_error_class", "last_error", "traceback"]}),
+        ("Error", {"fields": ["last_error_class", "last_error", "traceback_text"]}),
         ("Times", {"fields": ["created_at", "started_at", "finished_at"]}),
         ("Operator retry", {"fields": ["retried_by", "retried_at"]}),
         ("Cancellation", {"fields": ["cancel_requested_by", "cancel_requested_at"]}),
     ]
+
+    @admin.display(description="Traceback")
+    def traceback_text(self, job):
+        """Monospace, its indentation kept (the default read-only rendering collapses it)."""
+        if not job.traceback:
+            return "-"
+        return format_html(
+            '<pre style="white-space: pre-wrap; margin: 0; font-size: 12px">{}</pre>',
+            job.traceback,
+        )
 
     def get_object(self, request, object_id, from_field=None):
         # The page is read-only (no change permission), so the redacted copy is never saved.

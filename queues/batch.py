@@ -9,7 +9,6 @@ transactions), so looking for the holder first is race-free there.
 """
 
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
-from django.db.models import BooleanField
 from django.db.models.expressions import RawSQL
 
 from queues import counters, uniqueness
@@ -115,7 +114,8 @@ def _insert_together(kind, jobs, condition=None):
             (*condition, "condition"),
         ]
     if kind.unique:
-        insert += f" ON CONFLICT (unique_key) WHERE {uniqueness.INDEX_PREDICATE} DO NOTHING"
+        holds_key = uniqueness.holds_key_sql(connection.vendor)
+        insert += f" ON CONFLICT (unique_key) WHERE {holds_key} DO NOTHING"
     statements += [
         (f"{insert} RETURNING id, broker_row", params, "stored"),
         (*counters.jobs_enqueued_sql(kind.queue, kind.name, "stored"), "counted"),
@@ -150,8 +150,7 @@ def _holders(keys):
     keys = [key for key in keys if key]
     if not keys:
         return {}
-    holding = RawSQL(uniqueness.INDEX_PREDICATE, [], BooleanField())
-    jobs = Job.objects.alias(holding=holding).filter(unique_key__in=keys, holding=True)
+    jobs = Job.objects.filter(uniqueness.HOLDS_KEY, unique_key__in=keys)
     found = {job.unique_key: job for job in jobs}
     for job in found.values():
         job.deduplicated = True

@@ -26,7 +26,8 @@ On PostgreSQL (see docs/job-queue.md, "The broker"):
   idle pusher waits on `LISTEN` until then or until the next row is due, instead of polling;
 - the runner deletes a job's broker row in the transaction that records the job's outcome, so the
   monitor's acknowledgement costs nothing (`queues.acknowledgement`).
-SQLite keeps django-q2's polling.
+SQLite keeps django-q2's polling and per-row claims (`_poll`), in the same order: by priority,
+with one row in every OLDEST_EVERY the oldest due one.
 """
 
 import os
@@ -36,6 +37,7 @@ import time
 import psycopg
 from django.db import Error as DjangoDatabaseError
 from django.db import connections
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf, logger
@@ -104,7 +106,7 @@ class JobBroker(DatabaseHeartbeats, ORM):
     def dequeue(self):
         if not self.fast:
             rescue_now_and_then(self.list_key)
-            return None if pausing.wait_if_paused(self.list_key) else super().dequeue()
+            return None if pausing.wait_if_paused(self.list_key) else self._poll()
         try:
             # The rescue's "anything to do?" rides on the claim (no statement of its own, even
             # while idle); the rescue itself runs only when it says so.
@@ -125,6 +127,34 @@ class JobBroker(DatabaseHeartbeats, ORM):
             self._failed_last = True
             return None
         self._failed_last = False
+        return tasks
+
+    def _poll(self):
+        """SQLite: django-q2's claim (a row is claimed by moving its `lock`, its visibility
+        timeout, when no other cluster moved it first), taking due rows in `_CLAIM`'s order.
+        Sleeps one poll interval when none is due."""
+        due = self.get_connection().filter(key=self.list_key, lock__lt=timezone.now())
+        done = getattr(self, "_claimed_so_far", 0)
+        oldest = (done + Conf.BULK) // OLDEST_EVERY - done // OLDEST_EVERY
+        columns = ("id", "lock", "payload")
+        urgent = list(
+            due.order_by(RawSQL("priority", []), "lock", "id").values_list(*columns)[
+                : Conf.BULK - oldest
+            ]
+        )
+        rest = due.exclude(id__in=[row[0] for row in urgent]).order_by("lock", "id")
+        rows = sorted(
+            urgent + list(rest.values_list(*columns)[:oldest]), key=lambda r: (r[1], r[0])
+        )
+        tasks = [
+            (row_id, payload)
+            for row_id, lock, payload in rows
+            if self.get_connection().filter(id=row_id, lock=lock).update(lock=self.timeout(None))
+        ]
+        self._claimed_so_far = done + len(tasks)
+        if not tasks:
+            time.sleep(Conf.POLL)
+            return None
         return tasks
 
     def _claim(self, with_rescue_check=False):

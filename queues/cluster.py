@@ -23,6 +23,7 @@ Its workers run our worker loop (`queues.worker`): the monitor gets no task whos
 runner recorded and acknowledged. Its scheduler is `queues.scheduler`'s.
 """
 
+import logging
 import queue
 import signal
 import time
@@ -44,6 +45,7 @@ q_cluster.scheduler = run_due_schedules
 # Seconds beyond the queue's timeout a worker gets to record its job's outcome during a stop.
 STOP_GRACE = 5
 POLL = 0.1
+log = logging.getLogger(__name__)
 
 
 class Cluster(q_cluster.Cluster):
@@ -68,6 +70,13 @@ class Cluster(q_cluster.Cluster):
                     f"sentinel exited with code {self.sentinel.exitcode}"
                 )
             time.sleep(POLL)
+        if self.start_event and self.start_event.is_set():
+            log.info(
+                "Worker cluster %s ready: %d workers on queue %r.",
+                self.name,
+                Conf.WORKERS,
+                Conf.CLUSTER_NAME,
+            )
         return self.pid
 
     def sig_handler(self, signum, frame):

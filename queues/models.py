@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from queues import registry
+from queues.uniqueness import HOLDS_KEY
 
 
 class Job(models.Model):
@@ -147,6 +148,12 @@ class Job(models.Model):
                 fields=["cancel_requested_by"],
                 condition=models.Q(cancel_requested_by__isnull=False),
                 name="job_cancel_requested_by_idx",
+            ),
+        ]
+        constraints = [
+            # One live job per unique key (`queues.uniqueness`); a partial unique index.
+            models.UniqueConstraint(
+                fields=["unique_key"], condition=HOLDS_KEY, name="job_unique_key_idx"
             ),
         ]
 

@@ -32,13 +32,21 @@ INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s,
 RETURNING id, pg_notify('{CHANNEL}', key)
 """
 
+# SQLite: no NOTIFY, pushers poll.
+INSERT_POLLED = (
+    f"INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)"
+)
+
 
 def insert_row(queue, payload, run_after, priority=0):
     """Insert a broker row of `queue` due at `run_after`; its id. PostgreSQL wakes pushers."""
-    if connections[Conf.ORM].vendor != "postgresql":
-        return ORM.get_connection().create(key=queue, payload=payload, lock=run_after).pk
-    # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
-    with connections[Conf.ORM].cursor() as cursor:
+    db = connections[Conf.ORM]
+    with db.cursor() as cursor:
+        if db.vendor != "postgresql":
+            lock = db.ops.adapt_datetimefield_value(run_after)
+            cursor.execute(INSERT_POLLED, [queue, payload, lock, priority])
+            return cursor.lastrowid
+        # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
         cursor.execute(INSERT, [queue, payload, run_after, priority])
         return cursor.fetchone()[0]
 

@@ -454,12 +454,12 @@ def record_failure(job, exc, own_attempt=True):
             release_if_held(job)
         return False
     if retry:
-        logger.error(
+        # Expected (a transient error, retried): a warning, its traceback in the job record only.
+        logger.warning(
             "job attempt failed, retrying in %.1fs: %s: %s",
             delay,
             exc.__class__.__name__,
             exc,
-            exc_info=exc,
         )
     else:
         logger.error("job failed for good: %s: %s", exc.__class__.__name__, exc, exc_info=exc)

@@ -1,18 +1,23 @@
-"""Unique jobs: the key a unique type's job is stored with, and the index that keeps it unique.
+"""Unique jobs: the key a unique type's job is stored with, and the constraint that keeps it unique.
 
 A job of a type declared `unique=Unique(fields, states)` stores `unique_key` (a hash of the type
 and those data fields) and `unique_states` (a bit per status; 0 for other types). The partial
-unique index of migration 0016 holds a job's key only while its status is one of its own
-`unique_states`, so PostgreSQL (and SQLite) refuse a second job with that key in those statuses,
-whoever writes it and however concurrently; a job leaving them frees its key without any write
-of ours (the runner, the rescuer and cancel need not know about keys). Enqueueing uses
-`INSERT ... ON CONFLICT (unique_key) WHERE <the index's predicate> DO NOTHING`.
+unique constraint `job_unique_key_idx` (declared on `Job`, condition `HOLDS_KEY`) holds a job's
+key only while its status is one of its own `unique_states`, so PostgreSQL and SQLite refuse a
+second job with that key in those statuses, whoever writes it and however concurrently; a job
+leaving them frees its key without any write of ours (the runner, the rescuer and cancel need not
+know about keys). Declared on the model, it survives SQLite's table rebuilds. Enqueueing on
+PostgreSQL uses `INSERT ... ON CONFLICT (unique_key) WHERE <the constraint's condition> DO
+NOTHING` (`holds_key_sql`).
 """
 
+import functools
 import hashlib
 import json
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.lookups import GreaterThan
 
 STATE_BITS = {
     "queued": 1,
@@ -22,10 +27,42 @@ STATE_BITS = {
     "failed": 16,
     "cancelled": 32,
 }
-# The partial unique index's predicate; the same text in the ON CONFLICT clause lets PostgreSQL
-# infer the index. Kept in step with migration 0016, which creates the index.
-_WHEN = " ".join(f"WHEN '{state}' THEN {bit}" for state, bit in STATE_BITS.items())
-INDEX_PREDICATE = f"(unique_states & CASE status {_WHEN} ELSE 0 END) <> 0"
+# A job holds its key while the bit of its status is among its `unique_states`.
+HOLDS_KEY = Q(
+    GreaterThan(
+        F("unique_states").bitand(
+            Case(
+                *(When(status=state, then=Value(bit)) for state, bit in STATE_BITS.items()),
+                default=Value(0),
+            )
+        ),
+        0,
+    )
+)
+
+
+@functools.cache
+def holds_key_sql(vendor: str) -> str:
+    """`HOLDS_KEY` as SQL with its values inline, compiled as Django compiles the constraint's
+    condition, so PostgreSQL's ON CONFLICT infers the constraint's index from the same text."""
+    from django.db import connection
+    from django.db.models.sql import Query
+
+    from queues.models import Job
+
+    assert connection.vendor == vendor
+    query = Query(model=Job, alias_cols=False)
+    where = query.build_where(HOLDS_KEY)
+    sql, params = where.as_sql(query.get_compiler(connection=connection), connection)
+    return sql % tuple(_literal(value) for value in params)
+
+
+def _literal(value):
+    """Our own constants only: statuses (no quotes in them) and bits."""
+    if isinstance(value, int):
+        return str(value)
+    assert isinstance(value, str) and "'" not in value, value
+    return f"'{value}'"
 
 
 def key_of(kind, data):

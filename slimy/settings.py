@@ -39,10 +39,14 @@ DEBUG = env_bool("DEBUG", default=False)
 _DEV_SECRET_KEY = "django-insecure-slimy-development-key-do-not-use-in-production"
 SECRET_KEY = os.environ.get("SECRET_KEY") or (_DEV_SECRET_KEY if DEBUG else "")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: set DEBUG=1 for development (scripts/run does), or SECRET_KEY"
+        " to a private value of at least 50 characters for production."
+    )
 if not DEBUG and (SECRET_KEY == _DEV_SECRET_KEY or len(SECRET_KEY) < 50):
     raise ImproperlyConfigured(
-        "SECRET_KEY must be a private value of at least 50 characters when DEBUG is off."
+        "SECRET_KEY must be a private value of at least 50 characters when DEBUG is off"
+        " (DEBUG=1 for development)."
     )
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
@@ -307,7 +311,7 @@ Q_CLUSTER = {
 # Which broker carries the queues:
 # - `orm` (default): our database broker (queues.broker), jobs stored with the data change;
 # - `redis`: django-q2's Redis broker (queues.redis_broker): more throughput, but Redis cannot
-#   join the transaction and forgets a task whose worker died (see README, Deploying);
+#   join the transaction and forgets a task whose worker died (see docs/deployment.md);
 # - `stock`: django-q2's own ORM broker with its defaults and no persistent connections, only
 #   for the benchmark's reference (bench/run.py).
 QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
@@ -364,7 +368,7 @@ LOGGING = {
 # OpenTelemetry, configured only by its standard variables. Its SDK reads the rest itself
 # (endpoint, headers, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, batch
 # delays); here we only decide whether tracing is on and where spans go. Off, with nothing set up
-# and nothing exported, unless an OTLP endpoint or a traces exporter is named. See README, Tracing.
+# and nothing exported, unless an OTLP endpoint or a traces exporter is named. See docs/tracing.md.
 def _traces_exporter():
     if env_bool("OTEL_SDK_DISABLED"):
         return None

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from slimy import health
@@ -8,6 +9,14 @@ from slimy.auth import ObtainTokenView
 from slimy.throttling import throttled_admin_login
 
 urlpatterns = [
+    # A newcomer's first page (and the admin's "View site"): links only, no data.
+    path(
+        "",
+        TemplateView.as_view(
+            template_name="home.html", extra_context={"debug_api": settings.DEBUG}
+        ),
+        name="home",
+    ),
     re_path(r"^api/auth/token/?$", ObtainTokenView.as_view(), name="auth-token"),
     path("api/chat/", include("chat.urls")),
     path("api/queues/", include("queues.urls")),

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from queues.log_context import ContextFilter, JsonFormatter
+from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
 from tests.support.cluster import ROOT
@@ -38,7 +39,20 @@ def test_job_log_lines_are_json_with_the_job_context(user):
         assert line["job_id"] == str(job.pk)
         assert (line["queue"], line["job_type"], line["attempt"]) == ("database", "test_flaky", 1)
         assert (line["request_id"], line["user_id"]) == ("req-9", user.pk)
-    assert "OperationalError" in lines[0]["traceback"]
+    # A retry is expected: a warning without a traceback, which the job record keeps.
+    assert lines[0]["level"] == "WARNING" and "traceback" not in lines[0]
+    assert "OperationalError" in Job.objects.get(pk=job.pk).traceback
+
+
+@pytest.mark.django_db
+def test_a_job_failed_for_good_logs_an_error_with_its_traceback(user, caplog):
+    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    Job.objects.filter(pk=job.pk).update(max_attempts=1)
+    with caplog.at_level(logging.INFO, logger="queues.runner"):
+        run_job(job.pk)
+    (record,) = [r for r in caplog.records if r.name == "queues.runner"]
+    assert (record.levelname, record.getMessage()[:20]) == ("ERROR", "job failed for good:")
+    assert record.exc_info is not None
 
 
 LOG_ONE_LINE = """

@@ -1,4 +1,5 @@
-"""Priorities within a queue: urgent jobs are claimed before older ones, and none starves."""
+"""Priorities within a queue: urgent jobs are claimed before older ones, and none starves, on
+PostgreSQL (one claim statement) and SQLite (django-q2's polled claim) alike."""
 
 import statistics
 import time
@@ -15,8 +16,6 @@ from queues.models import Job
 from queues.services import enqueue, enqueue_many
 from tests.support.cluster import wait_for
 
-pytestmark = pytest.mark.postgres
-
 LOW, HIGH = 9, 0
 
 
@@ -30,7 +29,7 @@ def test_claims_go_by_priority_with_every_fourth_row_the_oldest(monkeypatch):
     for n in range(8):
         broker.enqueue(f"high{n}", run_after=now - timedelta(seconds=30 - n), priority=2 * HIGH)
 
-    order = [broker._claim()[0][0][1] for _ in range(12)]
+    order = [broker.dequeue()[0][1] for _ in range(12)]
     assert OLDEST_EVERY == 4
     assert order == [
         *("high0", "high1", "high2", "low0"),
@@ -48,10 +47,11 @@ def test_a_claim_of_many_takes_its_share_oldest_first_in_the_same_statement(monk
     for n in range(8):
         broker.enqueue(f"high{n}", run_after=now - timedelta(seconds=30 - n), priority=2 * HIGH)
 
-    claimed = sorted(payload for _, payload in broker._claim()[0])
+    claimed = sorted(payload for _, payload in broker.dequeue())
     assert claimed == sorted(["low0", "low1", *(f"high{n}" for n in range(6))])
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db
 def test_both_parts_of_the_claim_use_an_index():
     now = timezone.now()
@@ -103,6 +103,7 @@ def test_a_client_may_only_let_its_jobs_wait(api, settings):
 JOB_SECONDS = 0.02
 
 
+@pytest.mark.postgres
 @pytest.mark.cluster
 @pytest.mark.django_db(transaction=True)
 def test_urgent_jobs_pass_a_backlog_and_the_backlog_still_moves(cluster, user):

@@ -4,7 +4,8 @@ duplicate enqueue returns the job holding the key, race-free across connections.
 import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
@@ -89,6 +90,67 @@ def test_the_operators_retry_leaves_a_failed_job_whose_key_a_live_one_holds(user
     Job.objects.filter(pk=live.pk).update(status="succeeded")
     assert retry_jobs(Job.objects.filter(pk=failed.pk), by=staff_user) == 1
     assert Job.objects.get(pk=failed.pk).status == "queued"
+
+
+def test_the_database_itself_refuses_a_second_job_holding_a_key(user):
+    """The constraint, not only `enqueue`, keeps a key unique: on every database, after every
+    table rebuild (declared on `Job`, SQLite's rebuilds keep it)."""
+    live = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+
+    def twin():
+        fields = (
+            "queue",
+            "job_type",
+            "data",
+            "user",
+            "max_attempts",
+            "unique_key",
+            "unique_states",
+        )
+        return Job(**{name: getattr(live, name) for name in fields})
+
+    with pytest.raises(IntegrityError), transaction.atomic():
+        twin().save(force_insert=True)
+    Job.objects.filter(pk=live.pk).update(status="succeeded")  # no longer holds its key
+    twin().save(force_insert=True)
+    assert Job.objects.filter(unique_key=live.unique_key).count() == 2
+
+
+KEY_AS_INDEX = ("queues", "0020_schedule_failure_counter")
+KEY_AS_CONSTRAINT = ("queues", "0021_unique_key_constraint")
+
+
+def migrate(target=None):
+    """To `target`, or to the latest migration of every app; the state there."""
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([target] if target else executor.loader.graph.leaf_nodes())
+    return executor.loader.project_state(target) if target else None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_constraint_migration_enforces_keys_a_table_rebuild_had_left_unguarded(user):
+    state = migrate(KEY_AS_INDEX)
+    try:
+        with connection.cursor() as cursor:  # as SQLite's rebuild of queues_job left it
+            cursor.execute("DROP INDEX IF EXISTS job_unique_key_idx")
+        OldJob = state.apps.get_model("queues", "Job")
+        key = {"queue": "database", "job_type": "test_unique", "unique_key": "k"}
+        key.update(data={}, max_attempts=3)
+        older = OldJob.objects.create(**key, unique_states=3, user_id=user.pk)
+        newer = OldJob.objects.create(**key, unique_states=3, user_id=user.pk)
+
+        migrate(KEY_AS_CONSTRAINT)
+        states = dict(Job.objects.values_list("pk", "unique_states"))
+        assert (states[older.pk], states[newer.pk]) == (3, 0)  # both kept; the oldest holds it
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Job.objects.create(**key, unique_states=3, user_id=user.pk)
+
+        migrate(KEY_AS_INDEX)  # and back: 0015's index again
+        with pytest.raises(IntegrityError), transaction.atomic():
+            OldJob.objects.create(**key, unique_states=3, user_id=user.pk)
+    finally:
+        migrate()
 
 
 def test_the_api_answers_a_duplicate_with_200_and_the_existing_job(api):

@@ -6,8 +6,8 @@ from django.db import migrations, models
 
 # The app's own jobs (deletions) carry priority 0, client-enqueued ones 1; the claim takes due
 # rows by (priority, lock, id), so a deletion never waits behind another user's flood.
-# django-q2 owns the broker table, so this is raw SQL, on PostgreSQL only (SQLite polls through
-# django-q2's own claim, oldest first).
+# django-q2 owns the broker table, so this is raw SQL, on PostgreSQL only here (SQLite gets the
+# column and index in migration 0020).
 ADD_PRIORITY = """
 ALTER TABLE django_q_ormq ADD COLUMN IF NOT EXISTS priority smallint NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS queues_ormq_priority_claim_idx

@@ -6,6 +6,7 @@ It waits for its database before starting the cluster, so workers started before
 """
 
 import os
+import sys
 import time
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django_q.conf import Conf, logger
 from django_q.management.commands import qcluster
 
 from queues.cluster import Cluster
+from queues.reloading import ReloadingCluster
 
 # Waits between tries while the database is unreachable at start: doubling up to the longest.
 FIRST_WAIT = 0.5
@@ -21,8 +23,21 @@ LONGEST_WAIT = 4.0
 
 
 class Command(qcluster.Command):
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--reload",
+            action="store_true",
+            help="Restart the cluster when the project's Python code changes (development only;"
+            " scripts/run uses it).",
+        )
+
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 (fails early without it: payloads are signed)
+        if options["reload"]:
+            argv = [arg for arg in sys.argv if arg != "--reload"]
+            ReloadingCluster(argv).run()
+            return
         if options["cluster_name"]:
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         wait_for_database(Conf.ORM)
