@@ -17,6 +17,28 @@ for model in (q_models.Success, q_models.Failure):
         admin.site.unregister(model)
 
 
+class ShownFiltersOnly:
+    """An admin list that takes only the lookups of the filters it shows.
+
+    Django's admin otherwise accepts any lookup on the model's own fields in the query string
+    (`?data__title__startswith=PIN%204`, `?traceback__contains=...`), which would tell a hidden
+    value apart one guess at a time. Any other lookup is refused with a 400
+    (`DisallowedModelAdminLookup`). Ordering (`?o=`) is by the shown columns only, and the search
+    (`?q=`) covers `search_fields` only, as Django does anyway.
+    """
+
+    def lookup_allowed(self, lookup, value, request=None):
+        list_filter = self.get_list_filter(request) if request is not None else self.list_filter
+        shown = set()
+        for item in list_filter:
+            field = item[0] if isinstance(item, (list, tuple)) else item
+            if isinstance(field, str):  # a field's filter: its value, or empty or not
+                shown |= {field, f"{field}__exact", f"{field}__isnull"}
+            else:  # a SimpleListFilter names its own parameter
+                shown.add(field.parameter_name)
+        return lookup in shown
+
+
 class JobEventInline(admin.TabularInline):
     """The job's history: who cancelled, asked to stop or retried it, and when."""
 
@@ -38,7 +60,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ShownFiltersOnly, admin.ModelAdmin):
     list_display = [
         "id",
         "job_type",
@@ -77,7 +99,7 @@ class JobAdmin(admin.ModelAdmin):
         # The page is read-only (no change permission), so the redacted copy is never saved.
         job = super().get_object(request, object_id, from_field)
         if job is not None:
-            job.data = job.data_for(request.user)
+            job.data, job.result = job.data_for(request.user), job.result_for(request.user)
         return job
 
     def has_add_permission(self, request):
@@ -152,7 +174,7 @@ class PauseForm(forms.ModelForm):
 
 
 @admin.register(QueuePause)
-class QueuePauseAdmin(admin.ModelAdmin):
+class QueuePauseAdmin(ShownFiltersOnly, admin.ModelAdmin):
     """Add one to pause a queue; delete it (or "Resume selected queues") to resume. Both go
     through `queues.pausing`, which records who and when (`QueueEvent`)."""
 
@@ -194,7 +216,7 @@ class QueuePauseAdmin(admin.ModelAdmin):
 
 
 @admin.register(QueueEvent)
-class QueueEventAdmin(admin.ModelAdmin):
+class QueueEventAdmin(ShownFiltersOnly, admin.ModelAdmin):
     """Every pause and resume: which queue, by whom, when."""
 
     list_display = ["queue", "action", "by", "detail", "at"]

@@ -170,6 +170,14 @@ class Job(models.Model):
         kind = registry.find(self.job_type)
         return kind.redacted(self.data) if kind else self.data
 
+    def result_for(self, viewer):
+        """The job's result as `viewer` may see it: a type's content result (`result_is_content`)
+        to the job's owner only, everyone else its size."""
+        if viewer is not None and viewer.pk is not None and viewer.pk == self.user_id:
+            return self.result
+        kind = registry.find(self.job_type)
+        return kind.redacted_result(self.result) if kind else self.result
+
 
 # Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
 HISTOGRAM_BUCKETS = (

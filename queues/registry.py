@@ -81,6 +81,9 @@ class JobType:
     # Data fields holding user content (titles, messages): erased by `scrub_jobs`, and shown to
     # the job's owner only.
     content_fields: tuple = ()
+    # Whether the handler's return value (`Job.result`) may hold user content too (a
+    # django.tasks task returns whatever it likes): then it is shown and erased like them.
+    result_is_content: bool = False
     # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
     # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
     client_enqueueable: bool = False
@@ -109,6 +112,12 @@ class JobType:
             else v
             for k, v in data.items()
         }
+
+    def redacted_result(self, result):
+        """`result` as anyone but the job's owner may see it: its size, if it is content."""
+        if not self.result_is_content or result is None:
+            return result
+        return f"[{len(json.dumps(result)):,} chars]"
 
     def subject_of(self, data, result=None):
         return self.subject(data, result) or "" if self.subject else ""
@@ -148,6 +157,7 @@ def register(
     priority=0,
     unique=None,
     rank=None,
+    result_is_content=False,
 ):
     """Decorator registering `handler` as job type `name` (its parameters: `queues.handlers`)."""
 
@@ -169,6 +179,7 @@ def register(
             retry or RetryPolicy(),
             subject,
             tuple(content_fields),
+            bool(result_is_content),
             client_enqueueable,
             priority,
             unique,

@@ -1,3 +1,4 @@
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -33,11 +34,17 @@ class JobSerializer(serializers.ModelSerializer):
     type = serializers.CharField(source="job_type")
     user_id = serializers.IntegerField(allow_null=True)
     data = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
 
     def get_data(self, job) -> dict:
         request = self.context.get("request")
         return job.data_for(request.user if request else None)
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_result(self, job):
+        request = self.context.get("request")
+        return job.result_for(request.user if request else None)
 
     @extend_schema_field(JobEventSerializer(many=True))
     def get_history(self, job):

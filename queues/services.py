@@ -255,7 +255,8 @@ def forget_user(user_id):
 
 
 def scrub_jobs(subject):
-    """Erase the user content that job records about `subject` carry in their data.
+    """Erase the user content that job records about `subject` carry in their data (and
+    result, for a type whose result is content).
 
     Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
     finished records there are, so this touches few rows.
@@ -265,10 +266,12 @@ def scrub_jobs(subject):
 
 def _scrub(jobs):
     scrubbed = []
-    for job in jobs.only("id", "job_type", "data"):
+    for job in jobs.only("id", "job_type", "data", "result"):
         kind = registry.find(job.job_type)
-        if kind and any(f in job.data for f in kind.content_fields):
+        content_result = kind and kind.result_is_content and job.result is not None
+        if kind and (content_result or any(f in job.data for f in kind.content_fields)):
             job.data = kind.without_content(job.data)
+            job.result = None if kind.result_is_content else job.result
             scrubbed.append(job)
-    Job.objects.bulk_update(scrubbed, ["data"], batch_size=500)
+    Job.objects.bulk_update(scrubbed, ["data", "result"], batch_size=500)
     return len(scrubbed)
