@@ -14,8 +14,9 @@
 
   `JobCancelled` rolls the handler's transaction back whole and the runner records the job
   `cancelled`. A handler that never checks, or has passed its last check, finishes normally. A
-  request stands until the job finishes: should the attempt fail and be retried, the next
-  attempt's first check stops it.
+  request stands until the job finishes: should the attempt fail and be retried automatically,
+  the next attempt's first check stops it. An operator's retry of a failed job
+  (`services.retry_jobs`) starts afresh: it clears the request.
 - finished: nothing to cancel.
 """
 

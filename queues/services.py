@@ -172,6 +172,8 @@ def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
 def retry_jobs(jobs, *, by=None):
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
 
+    A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
+    so the new attempt's checks do not stop it; the job's history keeps the request.
     A unique type's job whose key another live job holds now is left failed, not counted."""
     now = timezone.now()
     count = 0
@@ -186,6 +188,7 @@ def retry_jobs(jobs, *, by=None):
         job.finished_at = None
         job.retried_by = by
         job.retried_at = now
+        job.cancel_requested_by = job.cancel_requested_at = None
         try:
             with transaction.atomic():  # a newer job may hold its unique key: that one stays
                 job.broker_row = push(job)
