@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
+from django.template.response import TemplateResponse
 from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages before we prune)
 from django_q import models as q_models
 
@@ -22,10 +24,21 @@ class ShownFiltersOnly:
 
     Django's admin otherwise accepts any lookup on the model's own fields in the query string
     (`?data__title__startswith=PIN%204`, `?traceback__contains=...`), which would tell a hidden
-    value apart one guess at a time. Any other lookup is refused with a 400
-    (`DisallowedModelAdminLookup`). Ordering (`?o=`) is by the shown columns only, and the search
-    (`?q=`) covers `search_fields` only, as Django does anyway.
+    value apart one guess at a time. Any other lookup is refused with a 400 page saying so.
+    Ordering (`?o=`) is by the shown columns only, and the search (`?q=`) covers `search_fields`
+    only, as Django does anyway.
     """
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except DisallowedModelAdminLookup as refused:
+            context = {
+                **self.admin_site.each_context(request),
+                "lookup": str(refused).removeprefix("Filtering by ").removesuffix(" not allowed"),
+                "list_url": request.path,
+            }
+            return TemplateResponse(request, "admin/refused_lookup.html", context, status=400)
 
     def lookup_allowed(self, lookup, value, request=None):
         list_filter = self.get_list_filter(request) if request is not None else self.list_filter

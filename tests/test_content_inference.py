@@ -96,6 +96,8 @@ def test_the_admin_list_takes_the_filters_it_shows(viewer, secret_jobs):
 def test_a_refused_admin_lookup_is_a_400_page_not_a_500(viewer, secret_jobs):
     response = viewer.get(ADMIN, {"data__title__startswith": "PIN"})
     assert response.status_code == 400
+    page = response.content.decode()
+    assert "Filter not offered" in page and "data__title__startswith" in page
 
 
 @pytest.mark.parametrize(("parameter", "right", "wrong"), GUESSES)
