@@ -103,7 +103,8 @@ class BulkEnqueueSerializer(EnqueueSerializer):
         child=serializers.DictField(),
         min_length=1,
         max_length=BULK_MAX_ITEMS,
-        help_text="The data of each job.",
+        help_text="The data of each job. At most the smallest of 500, the live-job cap and the"
+        " rate's count (100 with the defaults); more is a 413.",
     )
 
 
