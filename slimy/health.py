@@ -1,5 +1,12 @@
 """`/healthz` (the process answers) and `/readyz` (it can do useful work), for load balancers and
-orchestrators. Both answer JSON; `/readyz` names each check and says which one failed."""
+orchestrators. Both answer JSON; `/readyz` names each check and says which one failed.
+
+Callers are anonymous, so the answer holds status and check names only. What went wrong (an
+error's text, figures, queue names) goes to the log, and to a signed-in holder of
+`queues.view_job` (an operator, e.g. from the dashboard's link), who sees each check's detail.
+"""
+
+import logging
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -9,6 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from queues import pausing, registry, selectors
+
+logger = logging.getLogger("slimy.health")
 
 _migrated = False  # once true, stays true for this process
 
@@ -68,9 +77,8 @@ CHECKS = {
 }
 
 
-@never_cache
-@require_GET
-def readyz(request):
+def run_checks():
+    """{check name: {"ok": bool, "detail": text}}, every check of `CHECKS` in order."""
     results = {}
     for name, check in CHECKS.items():
         if name != "database" and not results["database"]["ok"]:
@@ -81,6 +89,25 @@ def readyz(request):
         except Exception as exc:  # a failing check is the answer, not a 500
             passed, detail = False, f"{exc.__class__.__name__}: {exc}".strip()
         results[name] = {"ok": passed, "detail": detail}
+    return results
+
+
+def _operator(request):
+    """Whether the caller is signed in holding `queues.view_job`; never fails the answer."""
+    try:
+        return request.user.has_perm("queues.view_job")
+    except Exception:  # the database that keeps sessions may be what is down
+        return False
+
+
+@never_cache
+@require_GET
+def readyz(request):
+    results = run_checks()
     failed = [name for name, result in results.items() if not result["ok"]]
+    for name in failed:
+        logger.warning("readiness check %s failed: %s", name, results[name]["detail"])
+    if not _operator(request):
+        results = {name: {"ok": result["ok"]} for name, result in results.items()}
     body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": results}
     return JsonResponse(body, status=503 if failed else 200)

@@ -86,7 +86,9 @@ def test_a_job_claimed_before_the_pause_waits_with_a_broker_row_of_its_own(user)
     assert (job.status, job.attempts) == ("succeeded", 1)
 
 
-def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(client, operator_api, user, settings):
+def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(
+    client, operator_api, operator_user, user, settings
+):
     settings.READY_MAX_BACKLOG_SECONDS = 0
     enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": 1})
     Job.objects.update(run_after=LONG_AGO)
@@ -94,6 +96,7 @@ def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(client, operator_api
 
     pausing.pause("database")
 
+    client.force_login(operator_user)  # the checks' details are for operators
     backlog = client.get("/readyz").json()["checks"]["backlog"]
     assert backlog["ok"] and "paused: database" in backlog["detail"]
     metrics = client.get("/metrics").content.decode()
