@@ -145,4 +145,7 @@ def pause_queue(request, queue):
     else:
         pausing.pause(queue, by=request.user)
         messages.success(request, f"Queue {queue} paused: running jobs finish, no job starts.")
-    return redirect("queue-dashboard")
+    # Back to the dashboard, or for one who may pause but not see jobs, to the paused queues.
+    if request.user.has_perm("queues.view_job"):
+        return redirect("queue-dashboard")
+    return redirect("admin:queues_queuepause_changelist")

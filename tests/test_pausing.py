@@ -152,6 +152,23 @@ def test_an_operator_pauses_and_resumes_from_the_dashboard(client, pauser):
     assert client.post("/dashboard/queues/nope/pause").status_code == 404
 
 
+def test_one_who_may_only_pause_lands_on_a_page_they_may_see(client, make_user):
+    from django.contrib.auth.models import Permission
+
+    only_pauser = make_user("only-pauser", is_staff=True)
+    only_pauser.user_permissions.set(Permission.objects.filter(codename="pause_queue"))
+    client.force_login(only_pauser)
+
+    paused = client.post("/dashboard/queues/database/pause", {"action": "pause"}, follow=True)
+    assert paused.status_code == 200 and "Queue database paused" in paused.content.decode()
+    assert paused.redirect_chain[-1][0] == "/admin/queues/queuepause/"
+    resumed = client.post("/dashboard/queues/database/pause", {"action": "resume"}, follow=True)
+    assert resumed.status_code == 200 and "Queue database resumed" in resumed.content.decode()
+    added = client.post("/admin/queues/queuepause/add/", {"queue": "database"}, follow=True)
+    assert added.status_code == 200 and QueuePause.objects.filter(queue="database").exists()
+    assert client.get("/dashboard/queues").status_code == 403  # jobs stay out of sight
+
+
 def test_pausing_needs_its_permission_not_staff_status(client, operator_user, staff_user):
     for user in (staff_user, operator_user):
         client.force_login(user)
