@@ -267,6 +267,12 @@ def scrub_jobs(subject):
     return _scrub(Job.objects.filter(subject=subject))
 
 
+def drop_content(jobs):
+    """Erase the user content of `jobs` whatever they are about: for jobs that will never run,
+    whose content nothing will ever use (cancelled ones). Returns how many were changed."""
+    return _scrub(jobs)
+
+
 def _scrub(jobs):
     scrubbed = []
     for job in jobs.only("id", "job_type", "data", "result"):
