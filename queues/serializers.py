@@ -104,7 +104,7 @@ class BulkEnqueueSerializer(EnqueueSerializer):
         min_length=1,
         max_length=BULK_MAX_ITEMS,
         help_text="The data of each job. At most the smallest of 500, the live-job cap and the"
-        " rate's count (100 with the defaults); more is a 413.",
+        " rate's count (100 with the defaults); more is a 400 too_many_items.",
     )
 
 

@@ -69,7 +69,7 @@ class CanChangeJobs(HasJobPermission):
 class TooManyItems(exceptions.APIException):
     """A request larger than a limit it could never fit in, however long it waited."""
 
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    status_code = status.HTTP_400_BAD_REQUEST
     default_code = "too_many_items"
 
 
@@ -104,8 +104,9 @@ class EnqueueRateThrottle(UserRateThrottle):
 
 class EnqueueView(generics.GenericAPIView):
     """An enqueue endpoint. A request asking for more jobs than a per-user limit allows at all
-    gets a 413 saying which; the rate is spent once the view has answered: each job of an
-    accepted request, one for a 400, nothing for a refusal by a limit (413, 429)."""
+    gets a 400 `too_many_items` saying which; the rate is spent once the view has answered:
+    each job of an accepted request, one for invalid input, nothing for a refusal by a limit
+    (`too_many_items`, 429)."""
 
     throttle_classes = [EnqueueRateThrottle]
 
@@ -127,6 +128,7 @@ class EnqueueView(generics.GenericAPIView):
         cost = self.jobs_asked(request)
         for setting, limit, what in limits:
             if cost > limit:
+                self.refused_by_limit = True
                 raise TooManyItems(
                     f"{cost} items can never be accepted: at most {limit} {what} per user "
                     f"({setting}); send at most {limit} at once."
@@ -135,11 +137,11 @@ class EnqueueView(generics.GenericAPIView):
         super().check_throttles(request)
 
     def finalize_response(self, request, response, *args, **kwargs):
-        if getattr(self, "throttles_checked", False) and response.status_code < 500:
+        refused = getattr(self, "refused_by_limit", False) or response.status_code == 429
+        if getattr(self, "throttles_checked", False) and not refused and response.status_code < 500:
             cost = self.jobs_asked(request) if response.status_code < 300 else 1
-            if response.status_code not in (413, 429):
-                for throttle in self.get_throttles():
-                    throttle.spend(cost)
+            for throttle in self.get_throttles():
+                throttle.spend(cost)
         return super().finalize_response(request, response, *args, **kwargs)
 
 
