@@ -111,9 +111,7 @@ class JobAdmin(ShownFiltersOnly, admin.ModelAdmin):
     def get_object(self, request, object_id, from_field=None):
         # The page is read-only (no change permission), so the redacted copy is never saved.
         job = super().get_object(request, object_id, from_field)
-        if job is not None:
-            job.data, job.result = job.data_for(request.user), job.result_for(request.user)
-        return job
+        return job.redact_for(request.user) if job is not None else None
 
     def has_add_permission(self, request):
         return False

@@ -95,9 +95,13 @@ def queue_dashboard(request):
     context = {
         "cards": cards,
         "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT},
-        "retrying_jobs": retrying_jobs(now),
+        # Error text redacted where it may be content (`Job.redact_for`), as everywhere.
+        "retrying_jobs": [job.redact_for(request.user) for job in retrying_jobs(now)],
         "running_jobs": Job.objects.filter(status=Job.Status.RUNNING).order_by("started_at")[:20],
-        "failed_jobs": Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20],
+        "failed_jobs": [
+            job.redact_for(request.user)
+            for job in Job.objects.filter(status=Job.Status.FAILED).order_by("-finished_at")[:20]
+        ],
         "clusters": live_clusters().order_by("queue", "host", "pid"),
         "refresh_seconds": 5,
         "now": now,

@@ -35,6 +35,7 @@ class JobSerializer(serializers.ModelSerializer):
     user_id = serializers.IntegerField(allow_null=True)
     data = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
+    last_error = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
 
     def get_data(self, job) -> dict:
@@ -44,7 +45,11 @@ class JobSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.ANY)
     def get_result(self, job):
         request = self.context.get("request")
-        return job.result_for(request.user if request else None)
+        return job.output_for(request.user if request else None)[0]
+
+    def get_last_error(self, job) -> str:
+        request = self.context.get("request")
+        return job.output_for(request.user if request else None)[1]
 
     @extend_schema_field(JobEventSerializer(many=True))
     def get_history(self, job):

@@ -259,7 +259,7 @@ def forget_user(user_id):
 
 def scrub_jobs(subject):
     """Erase the user content that job records about `subject` carry in their data (and
-    result, for a type whose result is content).
+    output, for a type whose output is content).
 
     Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
     finished records there are, so this touches few rows.
@@ -275,12 +275,13 @@ def drop_content(jobs):
 
 def _scrub(jobs):
     scrubbed = []
-    for job in jobs.only("id", "job_type", "data", "result"):
+    for job in jobs.only("id", "job_type", "data", "result", "last_error", "traceback"):
         kind = registry.find(job.job_type)
-        content_result = kind and kind.result_is_content and job.result is not None
-        if kind and (content_result or any(f in job.data for f in kind.content_fields)):
+        output = kind and kind.output_is_content and (job.result, job.last_error, job.traceback)
+        if kind and (any(output or ()) or any(f in job.data for f in kind.content_fields)):
             job.data = kind.without_content(job.data)
-            job.result = None if kind.result_is_content else job.result
+            if kind.output_is_content:
+                job.result, job.last_error, job.traceback = None, "", ""
             scrubbed.append(job)
-    Job.objects.bulk_update(scrubbed, ["data", "result"], batch_size=500)
+    Job.objects.bulk_update(scrubbed, ["data", "result", "last_error", "traceback"], batch_size=500)
     return len(scrubbed)

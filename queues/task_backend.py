@@ -311,6 +311,6 @@ def register_job_types():
             # Arguments and return values may carry anything: shown to nobody but code, erased
             # like content.
             content_fields=("args", "kwargs"),
-            result_is_content=True,
+            output_is_content=True,
             rank=lambda data: broker_priority(data["priority"]),
         )(run_task)

@@ -211,16 +211,36 @@ def test_a_task_return_value_is_content_redacted_for_job_viewers_and_erased(
     run_job(result.id)
 
     shown = operator_api.get(f"/api/queues/jobs/{result.id}").json()
-    assert (shown["status"], shown["result"]) == ("succeeded", "[24 chars]")
+    assert (shown["status"], shown["result"]) == ("succeeded", "[22 chars]")
     admin = Client()
     admin.force_login(operator_user)
     page = admin.get(f"/admin/queues/job/{result.id}/change/").content.decode()
-    assert "[24 chars]" in page and "marker-5678" not in page
+    assert "[22 chars]" in page and "marker-5678" not in page
     assert default_task_backend.get_result(result.id).return_value == "marker-5678 of someone"
 
     scrub_jobs(Job.objects.get(pk=result.id).subject)
     job = Job.objects.get(pk=result.id)
     assert job.result is None and "marker-5678" not in json.dumps(job.data)
+
+
+@pytest.mark.django_db
+def test_a_task_error_text_is_content_too_but_its_class_is_shown(operator_api, operator_user):
+    result = tasks.fails_saying.enqueue("marker-9012")
+    run_job(result.id)
+
+    shown = operator_api.get(f"/api/queues/jobs/{result.id}").json()
+    assert (shown["status"], shown["last_error_class"]) == ("failed", "PermanentJobError")
+    assert shown["last_error"] == "[28 chars]"
+    web = Client()
+    web.force_login(operator_user)
+    for page in (
+        f"/admin/queues/job/{result.id}/change/",
+        "/dashboard/queues",
+        "/dashboard/queues/jobs?status=failed",
+    ):
+        content = web.get(page).content.decode()
+        assert "PermanentJobError" in content and "marker-9012" not in content, page
+    assert "marker-9012" in default_task_backend.get_result(result.id).errors[0].traceback
 
 
 @pytest.mark.django_db
