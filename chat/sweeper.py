@@ -21,9 +21,11 @@ def sweep_deletions():
 
     A job that is waiting long past its time counts as not live (its delivery was lost). A
     conversation whose deletion job failed for good is marked `deletion_failed_at` instead, for
-    operators to retry, rather than queued again every minute.
+    operators to retry, rather than queued again every minute; once no failed job of it is left
+    (an operator retried the job, or retention pruned it) it is watched again like any other.
     """
     now = timezone.now()
+    unmark_retried_deletions()
     cutoff = now - timedelta(seconds=settings.DELETION_SWEEP_AFTER_SECONDS)
     stale = list(
         Conversation.objects.filter(deletion_requested_at__lt=cutoff, deletion_failed_at=None)
@@ -48,3 +50,20 @@ def sweep_deletions():
             "deletion of %d conversation(s) failed for good; see the admin", len(failed_ids)
         )
     return requeued
+
+
+def unmark_retried_deletions():
+    """Clear `deletion_failed_at` of the conversations with no deletion job failed for good left:
+    retried from the job (admin, dashboard, API), whatever became of the retry, or pruned. Returns
+    how many. Few conversations are marked: they are read in batches, all of them."""
+    marked = Conversation.objects.filter(
+        deletion_requested_at__isnull=False, deletion_failed_at__isnull=False
+    ).order_by("pk")
+    unmarked, after = 0, 0
+    while batch := list(marked.filter(pk__gt=after).values_list("pk", flat=True)[:BATCH]):
+        after = batch[-1]
+        subjects = {Conversation.subject_for(pk): pk for pk in batch}
+        failed = subjects_with_failed_jobs("delete_conversation", list(subjects))
+        retried = [pk for subject, pk in subjects.items() if subject not in failed]
+        unmarked += marked.filter(pk__in=retried).update(deletion_failed_at=None)
+    return unmarked

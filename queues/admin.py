@@ -1,5 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.exceptions import DisallowedModelAdminLookup
+from django.template.response import TemplateResponse
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django_q import admin as q_admin  # noqa: F401 (registers django-q2's pages before we prune)
@@ -28,6 +30,39 @@ def to_the_second(moment):
     )
 
 
+class ShownFiltersOnly:
+    """An admin list that takes only the lookups of the filters it shows.
+
+    Django's admin otherwise accepts any lookup on the model's own fields in the query string
+    (`?data__title__startswith=PIN%204`, `?traceback__contains=...`), which would tell a hidden
+    value apart one guess at a time. Any other lookup is refused with a 400 page saying so.
+    Ordering (`?o=`) is by the shown columns only, and the search (`?q=`) covers `search_fields`
+    only, as Django does anyway.
+    """
+
+    def changelist_view(self, request, extra_context=None):
+        try:
+            return super().changelist_view(request, extra_context)
+        except DisallowedModelAdminLookup as refused:
+            context = {
+                **self.admin_site.each_context(request),
+                "lookup": str(refused).removeprefix("Filtering by ").removesuffix(" not allowed"),
+                "list_url": request.path,
+            }
+            return TemplateResponse(request, "admin/refused_lookup.html", context, status=400)
+
+    def lookup_allowed(self, lookup, value, request=None):
+        list_filter = self.get_list_filter(request) if request is not None else self.list_filter
+        shown = set()
+        for item in list_filter:
+            field = item[0] if isinstance(item, (list, tuple)) else item
+            if isinstance(field, str):  # a field's filter: its value, or empty or not
+                shown |= {field, f"{field}__exact", f"{field}__isnull"}
+            else:  # a SimpleListFilter names its own parameter
+                shown.add(field.parameter_name)
+        return lookup in shown
+
+
 class JobEventInline(admin.TabularInline):
     """The job's history: who cancelled, asked to stop or retried it, and when."""
 
@@ -49,7 +84,7 @@ class JobEventInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(ShownFiltersOnly, admin.ModelAdmin):
     # Narrow enough for a 1400 px screen beside the filters: a short id (the full one in its
     # tooltip and on the job's page), times to the second, the error cut short.
     list_display = [
@@ -98,9 +133,7 @@ class JobAdmin(admin.ModelAdmin):
     def get_object(self, request, object_id, from_field=None):
         # The page is read-only (no change permission), so the redacted copy is never saved.
         job = super().get_object(request, object_id, from_field)
-        if job is not None:
-            job.data = job.data_for(request.user)
-        return job
+        return job.redact_for(request.user) if job is not None else None
 
     def get_list_display(self, request):
         # One queue (the default) needs no column of its own.
@@ -209,7 +242,7 @@ class PauseForm(forms.ModelForm):
 
 
 @admin.register(QueuePause)
-class QueuePauseAdmin(admin.ModelAdmin):
+class QueuePauseAdmin(ShownFiltersOnly, admin.ModelAdmin):
     """Add one to pause a queue; delete it (or "Resume selected queues") to resume. Both go
     through `queues.pausing`, which records who and when (`QueueEvent`)."""
 
@@ -251,7 +284,7 @@ class QueuePauseAdmin(admin.ModelAdmin):
 
 
 @admin.register(QueueEvent)
-class QueueEventAdmin(admin.ModelAdmin):
+class QueueEventAdmin(ShownFiltersOnly, admin.ModelAdmin):
     """Every pause and resume: which queue, by whom, when."""
 
     list_display = ["queue", "action", "by", "detail", "at"]

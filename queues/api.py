@@ -81,9 +81,10 @@ def job_type(name, *, queue, schema, **options):
     takes each, and `JobType` stores it): `retry` (a `RetryPolicy`; `settings.JOB_RETRY_POLICIES`
     may override it), `subject` (`(data, result) -> "kind:id"`, what the job is about, so it can
     be found and erased), `content_fields` (data fields holding user content: shown to the job's
-    owner only, erased with its subject), `client_enqueueable` (`POST /api/queues/jobs` takes
-    it), `priority` (0, claimed first, to 9) and `unique` (a `Unique`: at most one job per value
-    of some data fields among jobs in some states).
+    owner only, erased with its subject), `output_is_content` (the handler's return value and
+    error text may hold user content: shown and erased like those fields), `client_enqueueable`
+    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9) and `unique` (a
+    `Unique`: at most one job per value of some data fields among jobs in some states).
     """
     return registry.register(name, queue=queue, schema=schema, **options)
 

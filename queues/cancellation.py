@@ -1,7 +1,8 @@
 """Cancelling jobs: a waiting job is withdrawn at once, a running one is asked to stop.
 
-- `queued`/`retrying`: `cancelled` now, in one transaction with its history event and counters.
-  Its broker row may stay; the runner skips a delivery of a finished job.
+- `queued`/`retrying`: `cancelled` now, in one transaction with its history event and counters,
+  and its content fields erased (it will never run). Its broker row may stay; the runner skips a
+  delivery of a finished job.
 - `running`: the request is recorded (`Job.cancel_requested_at`, `_by`). The worker cannot stop a
   handler from outside without leaving its work half done, so handlers check cooperatively:
 
@@ -14,8 +15,9 @@
 
   `JobCancelled` rolls the handler's transaction back whole and the runner records the job
   `cancelled`. A handler that never checks, or has passed its last check, finishes normally. A
-  request stands until the job finishes: should the attempt fail and be retried, the next
-  attempt's first check stops it.
+  request stands until the job finishes: should the attempt fail and be retried automatically,
+  the next attempt's first check stops it. An operator's retry of a failed job
+  (`services.retry_jobs`) starts afresh: it clears the request.
 - finished: nothing to cancel.
 """
 
@@ -25,9 +27,10 @@ from contextvars import ContextVar
 from django.db import transaction
 from django.utils import timezone
 
-from queues import counters, history
+from queues import counters, history, registry
 from queues.errors import JobCancelled
 from queues.models import Job, JobEvent
+from queues.services import drop_content
 
 # The job whose handler runs in this worker process (set by the runner around the handler).
 _running = ContextVar("queues_running_job", default=None)
@@ -61,6 +64,9 @@ def cancel_jobs(jobs, *, by=None, stop_running=True):
         count = sum(1 for job in waiting if (job.queue, job.job_type) == (queue, job_type))
         counters.jobs_cancelled(queue, job_type, count)
     history.record(waiting, JobEvent.Action.CANCELLED, by=by)
+    # Never to run: nothing will use their content (a title, a message), so it goes now.
+    with_content = registry.types_with_content()
+    drop_content(Job.objects.filter(pk__in=[j.pk for j in waiting if j.job_type in with_content]))
     Job.objects.filter(pk__in=[job.pk for job in running]).update(
         cancel_requested_by=by, cancel_requested_at=now
     )

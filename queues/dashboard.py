@@ -176,8 +176,15 @@ def queue_dashboard(request):
     context = {
         "cards": cards,
         "many_queues": len(cards) > 1,
-        "failed": job_list(Job.Status.FAILED, list(failed), counts),
-        "retrying": job_list(Job.Status.RETRYING, retrying_jobs(now), counts),
+        # Error text redacted where it may be content (`Job.redact_for`), as everywhere.
+        "failed": job_list(
+            Job.Status.FAILED, [job.redact_for(request.user) for job in failed], counts
+        ),
+        "retrying": job_list(
+            Job.Status.RETRYING,
+            [job.redact_for(request.user) for job in retrying_jobs(now)],
+            counts,
+        ),
         "running": job_list(Job.Status.RUNNING, list(running), counts),
         "clusters": live_clusters().order_by("queue", "host", "pid"),
         "failing_schedules": selectors.failing_schedules()[:20],
@@ -236,4 +243,7 @@ def pause_queue(request, queue):
             "stats": selectors.queue_stats([queue])[queue],
         }
         return render(request, "queues/pause_confirm.html", context)
-    return redirect("queue-dashboard")
+    # Back to the dashboard, or for one who may pause but not see jobs, to the paused queues.
+    if request.user.has_perm("queues.view_job"):
+        return redirect("queue-dashboard")
+    return redirect("admin:queues_queuepause_changelist")

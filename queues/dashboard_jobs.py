@@ -30,8 +30,9 @@ def render_jobs_page(request, form, status=200):
             newer_than=form.cleaned_data["newer_than"],
             size=PAGE_SIZE,
         )
-        for job in jobs:  # content fields redacted as everywhere: shown to the owner only
-            job.shown_data = json.dumps(job.data_for(request.user), ensure_ascii=False)
+        for job in jobs:  # content redacted as everywhere: shown to the owner only
+            job.redact_for(request.user)
+            job.shown_data = json.dumps(job.data, ensure_ascii=False)
         query = form.query()
         context |= {
             "jobs": jobs,

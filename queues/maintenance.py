@@ -21,7 +21,8 @@ def prune_finished_jobs():
 
     Counted per user, so one user's flood of jobs never evicts another user's records (jobs with
     no user, enqueued by the app itself, count as one more user). One DELETE per queue and status,
-    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at).
+    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at). It deletes
+    finished jobs only: a row retried while the DELETE runs is left alone.
     """
     keep = {
         Job.Status.SUCCEEDED: conf.JOB_RETENTION["succeeded"],
@@ -39,7 +40,10 @@ def prune_finished_jobs():
                 )
             )
             older = ranked.filter(rank__gt=count).values("pk")
-            deleted += Job.objects.filter(pk__in=older).delete()[0]
+            # The status again in the DELETE's own condition: PostgreSQL re-checks it on a row
+            # changed since the ranking read it, so a job an operator retried meanwhile (live
+            # again, with a new broker row) is not deleted.
+            deleted += Job.objects.filter(pk__in=older, status=status).delete()[0]
     if deleted:
         logger.info("pruned %d finished job records", deleted)
     return deleted

@@ -177,6 +177,22 @@ class Job(models.Model):
         kind = registry.find(self.job_type)
         return kind.redacted(self.data) if kind else self.data
 
+    def output_for(self, viewer):
+        """(result, last_error, traceback) as `viewer` may see them: a type's content output
+        (`output_is_content`) to the job's owner only, everyone else their sizes."""
+        output = (self.result, self.last_error, self.traceback)
+        if viewer is not None and viewer.pk is not None and viewer.pk == self.user_id:
+            return output
+        kind = registry.find(self.job_type)
+        return tuple(kind.redacted_output(value) for value in output) if kind else output
+
+    def redact_for(self, viewer):
+        """This instance with everything `viewer` may not read redacted, for display only (it
+        must never be saved). Returns it."""
+        self.data = self.data_for(viewer)
+        self.result, self.last_error, self.traceback = self.output_for(viewer)
+        return self
+
 
 # Histogram bucket bounds in seconds (Prometheus `le`), for run time and wait time.
 HISTOGRAM_BUCKETS = (

@@ -81,6 +81,10 @@ class JobType:
     # Data fields holding user content (titles, messages): erased by `scrub_jobs`, and shown to
     # the job's owner only.
     content_fields: tuple = ()
+    # Whether the handler's output, its return value (`Job.result`) and its errors' text
+    # (`last_error`, `traceback`), may hold user content too (a django.tasks task returns and
+    # raises whatever it likes): then it is shown and erased like them; the error class stays.
+    output_is_content: bool = False
     # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
     # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
     client_enqueueable: bool = False
@@ -109,6 +113,13 @@ class JobType:
             else v
             for k, v in data.items()
         }
+
+    def redacted_output(self, value):
+        """A result or error text as anyone but the job's owner may see it: its size, if the
+        type's output is content (and there is one)."""
+        if not self.output_is_content or value in (None, ""):
+            return value
+        return f"[{len(value if isinstance(value, str) else json.dumps(value)):,} chars]"
 
     def subject_of(self, data, result=None):
         return self.subject(data, result) or "" if self.subject else ""
@@ -148,6 +159,7 @@ def register(
     priority=0,
     unique=None,
     rank=None,
+    output_is_content=False,
 ):
     """Decorator registering `handler` as job type `name` (its parameters: `queues.handlers`)."""
 
@@ -169,6 +181,7 @@ def register(
             retry or RetryPolicy(),
             subject,
             tuple(content_fields),
+            bool(output_is_content),
             client_enqueueable,
             priority,
             unique,

@@ -401,8 +401,12 @@ def work(job):
 def record_stopped(job):
     """The handler stopped at a stop request (`JobCancelled`); its work has rolled back. The job
     is recorded `cancelled`, by whoever asked, fenced and acknowledged like any outcome."""
+    kind = registry.find(job.job_type)
+    fields = {"status": Job.Status.CANCELLED, "finished_at": timezone.now()}
+    if kind and any(name in job.data for name in kind.content_fields):
+        fields["data"] = kind.without_content(job.data)  # it will not run again: erased
     with transaction.atomic():
-        outcome = finish_statement(job, status=Job.Status.CANCELLED, finished_at=timezone.now())
+        outcome = finish_statement(job, **fields)
         recorded = counters.attempt_cancelled(job, also=[outcome, *acknowledgement()])
         if not recorded:
             transaction.set_rollback(True)

@@ -1,3 +1,4 @@
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -33,11 +34,22 @@ class JobSerializer(serializers.ModelSerializer):
     type = serializers.CharField(source="job_type")
     user_id = serializers.IntegerField(allow_null=True)
     data = serializers.SerializerMethodField()
+    result = serializers.SerializerMethodField()
+    last_error = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
 
     def get_data(self, job) -> dict:
         request = self.context.get("request")
         return job.data_for(request.user if request else None)
+
+    @extend_schema_field(OpenApiTypes.ANY)
+    def get_result(self, job):
+        request = self.context.get("request")
+        return job.output_for(request.user if request else None)[0]
+
+    def get_last_error(self, job) -> str:
+        request = self.context.get("request")
+        return job.output_for(request.user if request else None)[1]
 
     @extend_schema_field(JobEventSerializer(many=True))
     def get_history(self, job):
@@ -96,7 +108,8 @@ class BulkEnqueueSerializer(EnqueueSerializer):
         child=serializers.DictField(),
         min_length=1,
         max_length=BULK_MAX_ITEMS,
-        help_text="The data of each job.",
+        help_text="The data of each job. At most the smallest of 500, the live-job cap and the"
+        " rate's count (100 with the defaults); more is a 400 too_many_items.",
     )
 
 

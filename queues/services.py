@@ -172,6 +172,8 @@ def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
 def retry_jobs(jobs, *, by=None):
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
 
+    A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
+    so the new attempt's checks do not stop it; the job's history keeps the request.
     A unique type's job whose key another live job holds now is left failed, not counted."""
     now = timezone.now()
     count = 0
@@ -186,6 +188,7 @@ def retry_jobs(jobs, *, by=None):
         job.finished_at = None
         job.retried_by = by
         job.retried_at = now
+        job.cancel_requested_by = job.cancel_requested_at = None
         try:
             with transaction.atomic():  # a newer job may hold its unique key: that one stays
                 job.broker_row = push(job)
@@ -255,7 +258,8 @@ def forget_user(user_id):
 
 
 def scrub_jobs(subject):
-    """Erase the user content that job records about `subject` carry in their data.
+    """Erase the user content that job records about `subject` carry in their data (and
+    output, for a type whose output is content).
 
     Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
     finished records there are, so this touches few rows.
@@ -263,12 +267,21 @@ def scrub_jobs(subject):
     return _scrub(Job.objects.filter(subject=subject))
 
 
+def drop_content(jobs):
+    """Erase the user content of `jobs` whatever they are about: for jobs that will never run,
+    whose content nothing will ever use (cancelled ones). Returns how many were changed."""
+    return _scrub(jobs)
+
+
 def _scrub(jobs):
     scrubbed = []
-    for job in jobs.only("id", "job_type", "data"):
+    for job in jobs.only("id", "job_type", "data", "result", "last_error", "traceback"):
         kind = registry.find(job.job_type)
-        if kind and any(f in job.data for f in kind.content_fields):
+        output = kind and kind.output_is_content and (job.result, job.last_error, job.traceback)
+        if kind and (any(output or ()) or any(f in job.data for f in kind.content_fields)):
             job.data = kind.without_content(job.data)
+            if kind.output_is_content:
+                job.result, job.last_error, job.traceback = None, "", ""
             scrubbed.append(job)
-    Job.objects.bulk_update(scrubbed, ["data"], batch_size=500)
+    Job.objects.bulk_update(scrubbed, ["data", "result", "last_error", "traceback"], batch_size=500)
     return len(scrubbed)

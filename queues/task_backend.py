@@ -308,7 +308,9 @@ def register_job_types():
             queue=queue,
             schema=TaskData,
             subject=lambda data, result=None: f"task:{data['task']}"[:128],
-            # Arguments may carry anything: shown to nobody but code, erased like content.
+            # Arguments and return values may carry anything: shown to nobody but code, erased
+            # like content.
             content_fields=("args", "kwargs"),
+            output_is_content=True,
             rank=lambda data: broker_priority(data["priority"]),
         )(run_task)

@@ -66,28 +66,83 @@ class CanChangeJobs(HasJobPermission):
     codename = "change"
 
 
+class TooManyItems(exceptions.APIException):
+    """A request larger than a limit it could never fit in, however long it waited."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "too_many_items"
+
+
 class EnqueueRateThrottle(UserRateThrottle):
+    """`ENQUEUE_RATE` jobs per user, each item of a bulk request counting.
+
+    Checked before the view runs and spent (`spend`) once it has answered: a request refused by
+    a limit (this rate, the live-job cap, a size no request may have) spends nothing.
+    """
+
     scope = "enqueue"
 
     def get_rate(self):
         # The project's REST_FRAMEWORK "enqueue" rate, else the app's default.
         return self.THROTTLE_RATES.get(self.scope, DEFAULT_ENQUEUE_RATE)
 
-
-class BulkEnqueueRateThrottle(EnqueueRateThrottle):
-    """The single enqueue's budget (the same counts), each item of a bulk request counting."""
-
     def allow_request(self, request, view):
-        items = request.data.get("items") if isinstance(request.data, dict) else None
-        self.cost = len(items) if isinstance(items, list) and items else 1
+        self.cost = view.jobs_asked(request)
         return super().allow_request(request, view)
 
     def throttle_success(self):
-        if len(self.history) + self.cost > self.num_requests:
-            return self.throttle_failure()
-        self.history[:0] = [self.now] * self.cost
-        self.cache.set(self.key, self.history, self.duration)
-        return True
+        return len(self.history) + self.cost <= self.num_requests or self.throttle_failure()
+
+    def spend(self, cost):
+        """Count `cost` jobs against the rate (read again: others may have spent since)."""
+        if self.rate is None or getattr(self, "key", None) is None:
+            return
+        now = self.timer()
+        history = [t for t in self.cache.get(self.key, []) if t > now - self.duration]
+        self.cache.set(self.key, [now] * cost + history, self.duration)
+
+
+class EnqueueView(generics.GenericAPIView):
+    """An enqueue endpoint. A request asking for more jobs than a per-user limit allows at all
+    gets a 400 `too_many_items` saying which; the rate is spent once the view has answered:
+    each job of an accepted request, one for invalid input, nothing for a refusal by a limit
+    (`too_many_items`, 429)."""
+
+    throttle_classes = [EnqueueRateThrottle]
+
+    def jobs_asked(self, request):
+        """How many jobs the request asks for."""
+        return 1
+
+    def get_throttles(self):
+        if not hasattr(self, "_throttles"):  # the same instances check and then spend
+            self._throttles = super().get_throttles()
+        return self._throttles
+
+    def check_throttles(self, request):
+        limits = [("CLIENT_LIVE_JOBS_PER_USER", conf.CLIENT_LIVE_JOBS_PER_USER, "live jobs")]
+        for throttle in self.get_throttles():
+            if throttle.rate is not None:
+                per = f"jobs per {throttle.duration} s"
+                limits.append(("ENQUEUE_RATE", throttle.num_requests, per))
+        cost = self.jobs_asked(request)
+        for setting, limit, what in limits:
+            if cost > limit:
+                self.refused_by_limit = True
+                raise TooManyItems(
+                    f"{cost} items can never be accepted: at most {limit} {what} per user "
+                    f"({setting}); send at most {limit} at once."
+                )
+        self.throttles_checked = True
+        super().check_throttles(request)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        refused = getattr(self, "refused_by_limit", False) or response.status_code == 429
+        if getattr(self, "throttles_checked", False) and not refused and response.status_code < 500:
+            cost = self.jobs_asked(request) if response.status_code < 300 else 1
+            for throttle in self.get_throttles():
+                throttle.spend(cost)
+        return super().finalize_response(request, response, *args, **kwargs)
 
 
 def _job_from_url(request, raw_id):
@@ -166,14 +221,13 @@ class JobCancelView(generics.GenericAPIView):
         )
 
 
-class JobCreateView(generics.GenericAPIView):
+class JobCreateView(EnqueueView):
     """`POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller.
 
     202 with the new job; 200 with the existing one when a unique type's job with the same key
     is already there (nothing stored)."""
 
     serializer_class = EnqueueSerializer
-    throttle_classes = [EnqueueRateThrottle]
 
     @extend_schema(
         responses={
@@ -204,7 +258,7 @@ class JobCreateView(generics.GenericAPIView):
         )
 
 
-class JobBulkCreateView(generics.GenericAPIView):
+class JobBulkCreateView(EnqueueView):
     """`POST /api/queues/jobs/bulk`: enqueue many jobs of one client-enqueueable type as the
     caller, all or nothing; each counts as one job towards the rate and the live-job cap.
 
@@ -212,7 +266,10 @@ class JobBulkCreateView(generics.GenericAPIView):
     type's duplicates, nothing stored)."""
 
     serializer_class = BulkEnqueueSerializer
-    throttle_classes = [BulkEnqueueRateThrottle]
+
+    def jobs_asked(self, request):
+        items = request.data.get("items") if isinstance(request.data, dict) else None
+        return len(items) if isinstance(items, list) and items else 1
 
     @extend_schema(
         responses={

@@ -1,5 +1,11 @@
 """`/healthz` (the process answers) and `/readyz` (it can do useful work), for load balancers and
-orchestrators. Both answer JSON; `/readyz` names each check and says which one failed."""
+orchestrators. Both answer JSON; `/readyz` names each check and says which one failed: 503 when
+this process cannot serve, 200 with status "degraded" when only a reported check failed.
+
+Callers are anonymous, so the answer holds status and check names only. What went wrong (an
+error's text, figures, queue names) goes to the log, and to a signed-in holder of
+`queues.view_job` (an operator, e.g. from the dashboard's link), who sees each check's detail.
+"""
 
 import logging
 
@@ -15,6 +21,7 @@ from queues import pausing, registry, selectors
 from queues.push import broker_in_database
 
 logger = logging.getLogger("slimy.health")
+
 _migrated = False  # once true, stays true for this process
 
 
@@ -87,9 +94,14 @@ CHECKS = {
 }
 
 
-@never_cache
-@require_GET
-def readyz(request):
+# Reported, but not a reason to take this web process out of service: with the broker down,
+# requests are still accepted (each job is stored and pushed once the broker answers), so a
+# load balancer that pulled every web process would turn a broker outage into errors.
+REPORTED_ONLY = {"broker"}
+
+
+def run_checks():
+    """{check name: {"ok": bool, "detail": text}}, every check of `CHECKS` in order."""
     results = {}
     for name, check in CHECKS.items():
         if name != "database" and not results["database"]["ok"]:
@@ -100,6 +112,27 @@ def readyz(request):
         except Exception as exc:  # a failing check is the answer, not a 500
             passed, detail = False, f"{exc.__class__.__name__}: {exc}".strip()
         results[name] = {"ok": passed, "detail": detail}
+    return results
+
+
+def _operator(request):
+    """Whether the caller is signed in holding `queues.view_job`; never fails the answer."""
+    try:
+        return request.user.has_perm("queues.view_job")
+    except Exception:  # the database that keeps sessions may be what is down
+        return False
+
+
+@never_cache
+@require_GET
+def readyz(request):
+    results = run_checks()
     failed = [name for name, result in results.items() if not result["ok"]]
-    body = {"status": "unavailable" if failed else "ok", "failed": failed, "checks": results}
-    return JsonResponse(body, status=503 if failed else 200)
+    for name in failed:
+        logger.warning("readiness check %s failed: %s", name, results[name]["detail"])
+    if not _operator(request):
+        results = {name: {"ok": result["ok"]} for name, result in results.items()}
+    unavailable = [name for name in failed if name not in REPORTED_ONLY]
+    status = "unavailable" if unavailable else "degraded" if failed else "ok"
+    body = {"status": status, "failed": failed, "checks": results}
+    return JsonResponse(body, status=503 if unavailable else 200)

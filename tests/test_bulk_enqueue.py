@@ -134,3 +134,48 @@ def test_the_items_users_are_looked_up_once_and_an_unknown_one_is_named(user, ot
     with pytest.raises(JobValidationError, match=r"item 2: .*user_id"):
         enqueue_many("test_sleep", [*items[:2], {"user_id": 424242}, {"user_id": 2**70}])
     assert Job.objects.count() == 100
+
+
+BULK = "/api/queues/jobs/bulk"
+
+
+def bulk_of(count):
+    return {"queue": "database", "type": "test_sleep", "items": [{}] * count}
+
+
+@pytest.mark.parametrize(
+    ("count", "setting"), [(101, "CLIENT_LIVE_JOBS_PER_USER"), (100, "ENQUEUE_RATE")]
+)
+def test_a_bulk_request_that_can_never_fit_a_limit_is_a_400_saying_which(
+    api, monkeypatch, count, setting
+):
+    """More items than the live-job cap (100), or than the rate allows in a window at all,
+    would be refused forever: no 429 with a time to come back."""
+    if setting == "ENQUEUE_RATE":
+        monkeypatch.setattr(EnqueueRateThrottle, "THROTTLE_RATES", {"enqueue": "99/minute"})
+    refused = api.post(BULK, bulk_of(count), format="json")
+    assert refused.status_code == 400 and "Retry-After" not in refused.headers
+    body = refused.json()
+    assert body["error"] == "too_many_items" and setting in body["detail"]
+    assert Job.objects.count() == 0
+
+
+def test_with_the_default_limits_100_items_fit_and_500_never_do(api):
+    assert api.post(BULK, bulk_of(500), format="json").json()["error"] == "too_many_items"
+    assert api.post(BULK, bulk_of(100), format="json").status_code == 202
+    assert Job.objects.count() == 100
+
+
+def test_a_refused_request_spends_nothing_against_the_rate(api, monkeypatch, settings):
+    monkeypatch.setattr(EnqueueRateThrottle, "THROTTLE_RATES", {"enqueue": "10/minute"})
+    settings.CLIENT_LIVE_JOBS_PER_USER = 8
+    assert api.post(BULK, bulk_of(6), format="json").status_code == 202
+    capped = api.post(BULK, bulk_of(4), format="json")  # 10 live > 8: may fit later
+    assert capped.status_code == 429 and capped.json()["error"] == "too_many_live_jobs"
+    assert api.post(BULK, bulk_of(11), format="json").json()["error"] == "too_many_items"
+    assert api.post(BULK, {**bulk_of(1), "type": "nope"}, format="json").status_code == 400
+    Job.objects.update(status="succeeded")
+    # Only the 6 accepted jobs and the invalid request were spent: 3 more fit the rate of 10.
+    assert api.post(BULK, bulk_of(3), format="json").status_code == 202
+    assert api.post(BULK, bulk_of(1), format="json").status_code == 429
+    assert Job.objects.count() == 9

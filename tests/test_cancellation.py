@@ -122,6 +122,33 @@ def test_a_handler_that_checks_stops_and_its_work_rolls_back(user):
     assert counted("cancelled", "test_stoppable") == 1 and counted("running", "test_stoppable") == 0
 
 
+def test_a_cancelled_job_that_never_ran_keeps_no_content(api, operator_user, user):
+    """Nothing will ever use a cancelled job's title or message: it is erased with the cancel,
+    not kept until retention or the user's deletion."""
+    mine = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Secret 1"})
+    theirs = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Secret 2"})
+    kept = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Kept"})
+
+    assert api.post(cancel_url(mine)).json()["data"] == {
+        "user_id": user.pk,
+        "request_id": mine.request_id,
+    }
+    cancel_jobs(Job.objects.filter(pk=theirs.pk), by=operator_user)
+
+    for job in (mine, theirs):
+        job.refresh_from_db()
+        assert job.status == "cancelled" and "title" not in job.data
+    assert Job.objects.get(pk=kept.pk).data["title"] == "Kept"  # live: still to run
+
+
+def test_a_job_stopped_at_a_stop_request_keeps_no_content(user):
+    job = enqueue("database", "test_stoppable", {"user_id": user.pk, "note": "private words"})
+    Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and "note" not in job.data
+
+
 def test_a_handler_that_ignores_a_stop_request_finishes_normally(user):
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())

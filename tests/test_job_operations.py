@@ -6,14 +6,17 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from chat.models import Conversation
+from chat.models import Conversation, Message
+from chat.services import DELETE_IN_ONE_STATEMENT_UP_TO, request_conversation_deletion
 from chat.sweeper import sweep_deletions
 from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
+from tests.support.data import make_conversation
 
 pytestmark = pytest.mark.django_db
 
@@ -141,3 +144,75 @@ def test_sweeper_requeues_stale_deletions_that_have_no_live_job(user, settings):
     assert sweep_deletions() == 0  # now it has a live job
     run_job(requeued.pk)
     assert not Conversation.objects.filter(pk=orphaned.pk).exists()
+
+
+# Each way an operator retries a failed job: (name, how, given the operator's client and API).
+RETRY_PATHS = {
+    "admin": lambda web, api, job: web.post(
+        "/admin/queues/job/", {"action": "retry_selected", "_selected_action": [job.pk]}
+    ),
+    "dashboard": lambda web, api, job: web.post(f"/dashboard/queues/jobs/{job.pk}/retry"),
+    "dashboard bulk": lambda web, api, job: web.post(
+        "/dashboard/queues/jobs/bulk", {"action": "retry", "scope": "selected", "job": [job.pk]}
+    ),
+    "api": lambda web, api, job: api.post(f"/api/queues/jobs/{job.pk}/retry"),
+    "command": lambda web, api, job: call_command("retry_failed", stdout=StringIO()),
+}
+
+
+def stopped_then_failed_deletion(user, operator_api):
+    """A large deletion an operator asked to stop while it ran, whose attempt then failed for
+    good before its check: the state the runner leaves."""
+    conversation = make_conversation(user, messages=DELETE_IN_ONE_STATEMENT_UP_TO + 1)
+    job = request_conversation_deletion(conversation, request_id="stopped-then-failed")
+    Job.objects.filter(pk=job.pk).update(status="running", attempts=1)
+    assert operator_api.post(f"/api/queues/jobs/{job.pk}/cancel").status_code == 202
+    Job.objects.filter(pk=job.pk).update(
+        status="failed", max_attempts=1, finished_at=timezone.now(), last_error="outage"
+    )
+    return conversation, job
+
+
+@pytest.mark.parametrize("path", RETRY_PATHS)
+def test_an_operators_retry_runs_afresh_whatever_stop_was_asked_before(
+    path, user, operator_user, operator_api
+):
+    conversation, job = stopped_then_failed_deletion(user, operator_api)
+    web = Client()
+    web.force_login(operator_user)
+
+    RETRY_PATHS[path](web, operator_api, job)
+
+    job.refresh_from_db()
+    assert (job.status, job.cancel_requested_at, job.cancel_requested_by) == ("queued", None, None)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
+    # The history keeps the old request beside the retry.
+    assert list(job.events.values_list("action", flat=True)) == ["cancel_requested", "retried"]
+
+
+def test_a_failed_deletion_retried_from_its_job_and_stopped_again_is_swept_again(
+    user, operator_api, settings
+):
+    """The sweeper stops watching a conversation whose deletion failed for good; retried from
+    the job, not the conversation, it watches it again, so a retry that ends cancelled (an
+    operator stopped it) or lost is queued again: the deletion the user asked for happens."""
+    settings.DELETION_SWEEP_AFTER_SECONDS = 300
+    conversation, job = stopped_then_failed_deletion(user, operator_api)
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Conversation.objects.filter(pk=conversation.pk).update(deletion_requested_at=long_ago)
+    assert sweep_deletions() == 0
+    assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is not None
+
+    assert operator_api.post(f"/api/queues/jobs/{job.pk}/retry").status_code == 200
+    assert sweep_deletions() == 0  # its retry is live
+    assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is None
+    assert operator_api.post(f"/api/queues/jobs/{job.pk}/cancel").json()["status"] == "cancelled"
+
+    assert sweep_deletions() == 1
+    again = Job.objects.get(subject=job.subject, status="queued")
+    run_job(again.pk)
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()

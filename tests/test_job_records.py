@@ -1,8 +1,10 @@
 """The queues app's public face: enqueue validation, the runner's state machine, retention."""
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -11,7 +13,9 @@ from queues.errors import JobValidationError
 from queues.maintenance import prune_finished_jobs
 from queues.models import Job
 from queues.runner import run_job
+from queues.selectors import counter_totals
 from queues.services import enqueue, retry_jobs
+from tests.support.cluster import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -259,3 +263,77 @@ def test_maintenance_drops_per_minute_stats_older_than_two_hours(db):
         )
     assert prune() == 2
     assert JobMinute.objects.count() == 2
+
+
+def waiting_on_a_lock(statement):
+    """How many sessions wait on a row lock while running `statement` (a prefix of its SQL)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # read afresh inside a transaction
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE %s",
+            [statement + "%"],
+        )
+        return cursor.fetchone()[0]
+
+
+def in_a_thread(fn):
+    """Start `fn` on a thread and a database connection of its own; join() returns its result."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join():
+        thread.join(30)
+        assert not thread.is_alive()
+        return result.get("value")
+
+    return join
+
+
+def waiting_count(job_type):
+    return counter_totals().get(("database", job_type, "waiting"), 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, settings):
+    """The retry holds its row (updated, not committed) while retention's DELETE, which ranked
+    the job among the failed ones to drop, waits on it; the retry commits, and the DELETE, seeing
+    a queued job, leaves it."""
+    settings.JOB_RETENTION = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    with transaction.atomic():
+        assert retry_jobs(Job.objects.filter(pk=failed_job.pk)) == 1
+        prune = in_a_thread(prune_finished_jobs)
+        wait_for(lambda: waiting_on_a_lock('DELETE FROM "queues_job"'), 20, message="the DELETE")
+    assert prune() == 0
+
+    job = Job.objects.get(pk=failed_job.pk)
+    assert job.status == "queued"
+    assert OrmQ.objects.filter(pk=job.broker_row).exists()
+    assert waiting_count("test_permanent") == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_waiting_on_retentions_delete_finds_the_job_gone(failed_job, settings):
+    """The other order: the DELETE holds the row; the retry waits, then retries nothing, and
+    pushes no broker row."""
+    settings.JOB_RETENTION = {"succeeded": 0, "failed": 0, "cancelled": 0}
+    OrmQ.objects.all().delete()
+    with transaction.atomic():
+        assert prune_finished_jobs() == 1
+        retry = in_a_thread(lambda: retry_jobs(Job.objects.filter(pk=failed_job.pk)))
+        wait_for(lambda: waiting_on_a_lock('SELECT "queues_job"'), 20, message="the retry")
+    assert retry() == 0
+
+    assert not Job.objects.filter(pk=failed_job.pk).exists()
+    assert not OrmQ.objects.exists()
+    assert waiting_count("test_permanent") == 0

@@ -173,14 +173,35 @@ def test_one_users_backlog_of_client_jobs_does_not_fail_readyz(client, user, set
     assert "backlog" not in client.get("/readyz").json()["failed"]
 
 
-def test_readyz_fails_when_the_database_is_unreachable(web, tmp_path):
+def test_readyz_fails_when_the_database_is_unreachable_and_says_why_in_the_log_only(web, tmp_path):
     server = web.start(extra_env={"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"})
     response = requests.get(f"{server.url}/readyz", timeout=10)
     assert response.status_code == 503
     body = response.json()
-    assert body["failed"] == ["database", "broker", "migrations", "clusters", "backlog"]
-    assert "OperationalError" in body["checks"]["database"]["detail"]
+    assert body == {
+        "status": "unavailable",
+        "failed": ["database", "broker", "migrations", "clusters", "backlog"],
+        "checks": {name: {"ok": False} for name in body["failed"]},
+    }
+    # A session cookie cannot be checked either: still the same answer, not a 500.
+    cookie = requests.get(f"{server.url}/readyz", cookies={"sessionid": "x"}, timeout=10)
+    assert cookie.status_code == 503 and cookie.json() == body
+    logged = "readiness check database failed: OperationalError"
+    wait_for(lambda: logged in server.log_path.read_text(), 10, message="the log line")
     assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.django_db
+def test_readyz_shows_each_checks_detail_to_operators_only(client, operator_user, user):
+    anonymous = client.get("/readyz").json()
+    assert anonymous["checks"]["clusters"] == {"ok": False}
+    assert all(set(check) == {"ok"} for check in anonymous["checks"].values())
+    client.force_login(user)
+    assert client.get("/readyz").json() == anonymous
+    client.force_login(operator_user)
+    shown = client.get("/readyz").json()
+    assert shown["checks"]["clusters"]["detail"] == "0 cluster(s) seen in the last 30 s"
+    assert shown["failed"] == anonymous["failed"]
 
 
 @pytest.mark.django_db

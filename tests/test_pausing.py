@@ -86,7 +86,9 @@ def test_a_job_claimed_before_the_pause_waits_with_a_broker_row_of_its_own(user)
     assert (job.status, job.attempts) == ("succeeded", 1)
 
 
-def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(client, operator_api, user, settings):
+def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(
+    client, operator_api, operator_user, user, settings
+):
     settings.READY_MAX_BACKLOG_SECONDS = 0
     enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": 1})
     Job.objects.update(run_after=LONG_AGO)
@@ -94,6 +96,7 @@ def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(client, operator_api
 
     pausing.pause("database")
 
+    client.force_login(operator_user)  # the checks' details are for operators
     backlog = client.get("/readyz").json()["checks"]["backlog"]
     assert backlog["ok"] and "paused: database" in backlog["detail"]
     metrics = client.get("/metrics").content.decode()
@@ -158,6 +161,23 @@ def test_an_operator_pauses_from_the_dashboard_only_once_confirmed_and_resumes_a
         ("resumed", pauser.pk),
     ]
     assert client.post("/dashboard/queues/nope/pause").status_code == 404
+
+
+def test_one_who_may_only_pause_lands_on_a_page_they_may_see(client, make_user):
+    from django.contrib.auth.models import Permission
+
+    only_pauser = make_user("only-pauser", is_staff=True)
+    only_pauser.user_permissions.set(Permission.objects.filter(codename="pause_queue"))
+    client.force_login(only_pauser)
+
+    paused = client.post("/dashboard/queues/database/pause", {"action": "pause"}, follow=True)
+    assert paused.status_code == 200 and "Queue database paused" in paused.content.decode()
+    assert paused.redirect_chain[-1][0] == "/admin/queues/queuepause/"
+    resumed = client.post("/dashboard/queues/database/pause", {"action": "resume"}, follow=True)
+    assert resumed.status_code == 200 and "Queue database resumed" in resumed.content.decode()
+    added = client.post("/admin/queues/queuepause/add/", {"queue": "database"}, follow=True)
+    assert added.status_code == 200 and QueuePause.objects.filter(queue="database").exists()
+    assert client.get("/dashboard/queues").status_code == 403  # jobs stay out of sight
 
 
 def test_pausing_needs_its_permission_not_staff_status(client, operator_user, staff_user):

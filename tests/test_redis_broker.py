@@ -169,9 +169,11 @@ def test_accepted_requests_survive_a_redis_outage_and_run_once_it_answers(
     assert Job.objects.filter(pk__in=job_ids, status="queued").count() == 4
     failures = push_failures(client)  # and more: the cluster's rescue fails to push them too
     assert failures["delete_conversation"] >= 1 and failures["test_sleep"] >= 3
-    ready = client.get("/readyz").json()
-    assert "broker" in ready["failed"]
-    assert ready["checks"]["broker"] == {"ok": False, "detail": "unreachable"}
+    # Reported, yet this web process stays in service: it still accepts requests.
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+    assert ready.json()["failed"] == ["broker"]
+    assert ready.json()["checks"]["broker"] == {"ok": False, "detail": "unreachable"}
 
     own_redis.start()  # the same port: the running cluster reconnects
     assert client.get("/readyz").json()["checks"]["broker"] == {"ok": True, "detail": "reachable"}

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 from queues.errors import JobValidationError
 from queues.models import Job
 from queues.runner import run_job
-from queues.services import enqueue
+from queues.services import enqueue, scrub_jobs
 from queues.task_backend import QueueBackend
 from tests.support import tasks
 from tests.support.cluster import wait_for
@@ -201,6 +201,46 @@ def test_task_arguments_are_content_redacted_for_operators_and_erased_with_a_gon
     fetched = default_task_backend.get_result(result.id)
     assert (fetched.status, fetched.args, fetched.kwargs) == (TaskResultStatus.FAILED, [], {})
     assert fetched.errors[0].exception_class_path == "queues.errors.SubjectGone"
+
+
+@pytest.mark.django_db
+def test_a_task_return_value_is_content_redacted_for_job_viewers_and_erased(
+    operator_api, operator_user
+):
+    result = tasks.tagged.enqueue("marker-5678 of someone")
+    run_job(result.id)
+
+    shown = operator_api.get(f"/api/queues/jobs/{result.id}").json()
+    assert (shown["status"], shown["result"]) == ("succeeded", "[22 chars]")
+    admin = Client()
+    admin.force_login(operator_user)
+    page = admin.get(f"/admin/queues/job/{result.id}/change/").content.decode()
+    assert "[22 chars]" in page and "marker-5678" not in page
+    assert default_task_backend.get_result(result.id).return_value == "marker-5678 of someone"
+
+    scrub_jobs(Job.objects.get(pk=result.id).subject)
+    job = Job.objects.get(pk=result.id)
+    assert job.result is None and "marker-5678" not in json.dumps(job.data)
+
+
+@pytest.mark.django_db
+def test_a_task_error_text_is_content_too_but_its_class_is_shown(operator_api, operator_user):
+    result = tasks.fails_saying.enqueue("marker-9012")
+    run_job(result.id)
+
+    shown = operator_api.get(f"/api/queues/jobs/{result.id}").json()
+    assert (shown["status"], shown["last_error_class"]) == ("failed", "PermanentJobError")
+    assert shown["last_error"] == "[28 chars]"
+    web = Client()
+    web.force_login(operator_user)
+    for page in (
+        f"/admin/queues/job/{result.id}/change/",
+        "/dashboard/queues",
+        "/dashboard/queues/jobs?status=failed",
+    ):
+        content = web.get(page).content.decode()
+        assert "PermanentJobError" in content and "marker-9012" not in content, page
+    assert "marker-9012" in default_task_backend.get_result(result.id).errors[0].traceback
 
 
 @pytest.mark.django_db

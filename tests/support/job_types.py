@@ -74,10 +74,14 @@ def stuck(data):
     return {"slept": data["seconds"]}
 
 
-@register("test_stoppable", queue="database", schema=TestData)
+class StoppableData(TestData):
+    note = serializers.CharField(required=False, max_length=200)
+
+
+@register("test_stoppable", queue="database", schema=StoppableData, content_fields=["note"])
 def stoppable(data):
     """Writes a conversation, then works for `seconds`, checking for a stop request as it goes:
-    a stopped run leaves no conversation behind."""
+    a stopped run leaves no conversation behind. `note` is user content."""
     Conversation.objects.create(owner_id=data["user_id"], title="written by test_stoppable")
     deadline = time.monotonic() + data["seconds"]
     while time.monotonic() < deadline:

@@ -53,6 +53,12 @@ def sleepy(seconds):
 
 
 @task
+def fails_saying(words):
+    """Fails for good with `words` in its error, as a task's own code may."""
+    raise PermanentJobError(f"could not handle {words}")
+
+
+@task
 def about_nothing(secret):
     """What it is about is gone: fails at once, and its arguments are erased with the failure."""
     raise SubjectGone("the task's subject is gone")
