@@ -135,7 +135,7 @@ def run_job(job_id):
         return None
     with log_context.bind(**log_fields(job)), tracing.attempt(job):
         # DEBUG: a job's one INFO line is its outcome's, which names the attempt (its record
-        # shows a running one). The start line cost 4% of a worker's CPU at INFO (issue 12).
+        # shows a running one); a second INFO line per job costs a worker measurable CPU.
         logger.debug("job attempt %s/%s started", job.attempts, job.max_attempts)
         try:
             return work(job)

@@ -15,7 +15,7 @@ from queues.conf import conf
 MAINTENANCE = [
     # Retention of finished job records, and per-minute stats older than two hours. Every five
     # minutes: retention counts records, so a later prune only keeps a few more for a while, and
-    # an idle cluster sends fewer statements (docs/benchmarks.md, "idle").
+    # an idle cluster sends fewer statements.
     {
         "name": "queues: prune finished job records",
         "func": "queues.maintenance.prune",

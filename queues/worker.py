@@ -2,13 +2,8 @@
 
 Why: a runner job is finished when `run_job` returns. Its outcome is in our job record and its
 broker row was deleted in the same transaction (`queues.acknowledgement`), and django-q2 saves no
-successes here (`save_limit: -1`). Yet django-q2's worker still pickled every such task onto the
-result queue for the monitor, which then only logged it. In a py-spy profile of the benchmark's
-drain that hand-over took 14% of the cluster's samples (`Queue.put` waking the feeder thread 10.6%,
-the feeder 3.4%) and the monitor 1.5%; django-q2's two INFO lines per task (dropped at the default
-`DJANGO_Q_LOG_LEVEL`, WARNING, but the worker's was formatted first) 0.7%. With this loop the
-workers' own share outside the runner fell from 19% to 11% of the samples and their CPU per job
-by 0.2-0.3 ms (docs/benchmarks.md, "Our worker loop").
+successes here (`save_limit: -1`). django-q2's worker would still pickle every such task onto the
+result queue for the monitor, which would only log it: a large share of a drain's CPU for nothing.
 
 So a task whose outcome the runner recorded and acknowledged goes nowhere, and django-q2 logs
 nothing of it (the runner logs its outcome). Every other task goes to the monitor as
