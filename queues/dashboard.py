@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import permission_required
 from django.db.models import Count
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -237,13 +238,19 @@ def pause_queue(request, queue):
         pausing.pause(queue, by=request.user)
         messages.success(request, f"Queue {queue} paused: running jobs finish, no job starts.")
     else:
+        sees_jobs = request.user.has_perm("queues.view_job")
         context = {
             "queue": queue,
             "pause": pausing.paused_queues().get(queue),
-            "stats": selectors.queue_stats([queue])[queue],
+            "stats": selectors.queue_stats([queue])[queue] if sees_jobs else None,
+            "back": back_from_pausing(request.user),
         }
         return render(request, "queues/pause_confirm.html", context)
-    # Back to the dashboard, or for one who may pause but not see jobs, to the paused queues.
-    if request.user.has_perm("queues.view_job"):
-        return redirect("queue-dashboard")
-    return redirect("admin:queues_queuepause_changelist")
+    return redirect(back_from_pausing(request.user))
+
+
+def back_from_pausing(user):
+    """The dashboard, or for one who may pause but not see jobs, the paused queues' admin list."""
+    if user.has_perm("queues.view_job"):
+        return reverse("queue-dashboard")
+    return reverse("admin:queues_queuepause_changelist")

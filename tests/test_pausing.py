@@ -170,7 +170,12 @@ def test_one_who_may_only_pause_lands_on_a_page_they_may_see(client, make_user):
     only_pauser.user_permissions.set(Permission.objects.filter(codename="pause_queue"))
     client.force_login(only_pauser)
 
-    paused = client.post("/dashboard/queues/database/pause", {"action": "pause"}, follow=True)
+    confirm = client.get("/dashboard/queues/database/pause").content.decode()
+    assert "Pause queue" in confirm and "waiting" not in confirm  # no job counts either
+    assert 'href="/dashboard/queues"' not in confirm  # its way back is a page they may see
+    paused = client.post(
+        "/dashboard/queues/database/pause", {"action": "pause", "confirm": "yes"}, follow=True
+    )
     assert paused.status_code == 200 and "Queue database paused" in paused.content.decode()
     assert paused.redirect_chain[-1][0] == "/admin/queues/queuepause/"
     resumed = client.post("/dashboard/queues/database/pause", {"action": "resume"}, follow=True)
