@@ -111,14 +111,15 @@ def test_qcluster_reload_restarts_the_workers_when_code_changes(tmp_path):
         "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "qcluster.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster", "--reload"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log.open("w") as output:  # the process keeps its own copy open
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster", "--reload"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for(lambda: log.read_text().count(" ready: ") == 1, 60, message=log.read_text)
         os.utime(ROOT / "tests" / "support" / "job_types.py")  # as an editor's save

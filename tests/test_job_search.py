@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection, transaction
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -15,6 +15,7 @@ from chat.models import Conversation
 from queues import dashboard_jobs
 from queues.models import Job
 from queues.services import delete_finished_jobs, enqueue, retry_jobs
+from tests.support.threads import in_a_thread
 
 pytestmark = pytest.mark.django_db
 
@@ -379,26 +380,20 @@ def test_a_deletion_waiting_on_a_retry_leaves_the_retried_job_alone(user):
     """Bulk delete and an operator's retry of the same failed job, at once: the retry wins."""
     job = make_job(user, "failed")
     retried, deleting = threading.Event(), threading.Event()
-    outcome = {}
 
     def delete():
-        try:
-            retried.wait(10)
-            deleting.set()
-            outcome["deleted"] = delete_finished_jobs(Job.objects.filter(pk=job.pk))
-        finally:
-            connection.close()
+        retried.wait(10)
+        deleting.set()
+        return delete_finished_jobs(Job.objects.filter(pk=job.pk))
 
-    thread = threading.Thread(target=delete)
-    thread.start()
+    deleted = in_a_thread(delete)
     with transaction.atomic():
         assert retry_jobs(Job.objects.filter(pk=job.pk)) == 1  # holds the job's row lock
         retried.set()
         deleting.wait(10)
-        thread.join(0.5)  # the deletion now waits on the lock
-        assert thread.is_alive()
-    thread.join(10)
-    assert outcome == {"deleted": 0}
+        deleted.thread.join(0.5)  # the deletion now waits on the lock
+        assert deleted.thread.is_alive()
+    assert deleted() == 0
     assert Job.objects.get(pk=job.pk).status == "queued"
 
 

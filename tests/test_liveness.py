@@ -4,7 +4,6 @@ A worker's attempt is alive while its connection holds the job's advisory lock (
 every outcome is written only if its attempt is still the job's current one.
 """
 
-import threading
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -27,6 +26,7 @@ from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_
 from queues.services import enqueue
 from tests.support.cluster import database_session, wait_for
 from tests.support.data import make_conversation
+from tests.support.threads import in_other_connection
 
 postgres_only = pytest.mark.postgres
 
@@ -35,22 +35,6 @@ def doomed_conversation(user, messages=3):
     conversation = make_conversation(user, title="Doomed", messages=messages)
     job = services.request_conversation_deletion(conversation, request_id="liveness")
     return conversation, job
-
-
-def in_other_connection(fn, *args):
-    """Run `fn` in a thread, on a database connection of its own, and return its result."""
-    result = {}
-
-    def run():
-        try:
-            result["value"] = fn(*args)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(30)
-    return result.get("value")
 
 
 def worker_gone(job_id):

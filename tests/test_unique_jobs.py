@@ -19,6 +19,7 @@ from queues.runner import run_job
 from queues.selectors import counter_totals
 from queues.services import enqueue, retry_jobs
 from tests.support.job_types import NamedTestData
+from tests.support.threads import in_threads
 
 pytestmark = pytest.mark.django_db
 
@@ -167,28 +168,16 @@ def test_the_api_answers_a_duplicate_with_200_and_the_existing_job(api):
 def test_50_concurrent_enqueues_from_separate_connections_make_exactly_one_job(user):
     callers = 50
     start = threading.Barrier(callers)
-    ids, errors = [], []
 
     def enqueue_same():
-        try:
-            with transaction.atomic():
-                start.wait(timeout=30)
-                job = enqueue("database", "test_unique", {"user_id": user.pk, "name": "race"})
-                ids.append(job.pk)
-                # Hold the transaction open a moment, so the others meet an uncommitted row.
-                connection.cursor().execute("SELECT pg_sleep(0.05)")
-        except Exception as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connection.close()
+        with transaction.atomic():
+            start.wait(timeout=30)
+            job = enqueue("database", "test_unique", {"user_id": user.pk, "name": "race"})
+            # Hold the transaction open a moment, so the others meet an uncommitted row.
+            connection.cursor().execute("SELECT pg_sleep(0.05)")
+        return job.pk
 
-    threads = [threading.Thread(target=enqueue_same) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
+    ids = in_threads(enqueue_same, callers)
     assert len(ids) == callers and len(set(ids)) == 1
     assert Job.objects.filter(job_type="test_unique").count() == 1
     assert OrmQ.objects.count() == 1

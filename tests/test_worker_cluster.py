@@ -19,6 +19,7 @@ from tests.support.clients import token_client
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
 from tests.support.data import make_conversation, orphan_message_count
 from tests.support.jobs import wait_for_job, wait_for_jobs
+from tests.support.threads import in_threads
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -177,18 +178,12 @@ def test_50_simultaneous_deletes_make_one_200_and_one_job(live_server, user):
     token = token_client(user)._credentials["HTTP_AUTHORIZATION"]
     url = f"{live_server.url}/api/chat/conversations/{conversation.pk}"
     barrier = threading.Barrier(50)
-    statuses = []
 
     def delete():
         with requests.Session() as session:
-            barrier.wait()
-            statuses.append(session.delete(url, headers={"Authorization": token}).status_code)
+            barrier.wait(30)
+            return session.delete(url, headers={"Authorization": token}, timeout=30).status_code
 
-    threads = [threading.Thread(target=delete) for _ in range(50)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert sorted(statuses) == [200] + [404] * 49
+    assert sorted(in_threads(delete, 50)) == [200] + [404] * 49
     assert Job.objects.filter(job_type="delete_conversation").count() == 1
     assert Conversation.objects.get(pk=conversation.pk).deletion_requested_at <= timezone.now()

@@ -120,14 +120,15 @@ class ClusterFactory:
             **(extra_env or {}),
         }
         log_path = self.tmp_path / f"qcluster-{len(self.clusters)}.log"
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdout=log_path.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with log_path.open("w") as log:  # the process keeps its own copy open
+            process = subprocess.Popen(
+                [sys.executable, "manage.py", "qcluster"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         cluster = Cluster(process, log_path)
         self.clusters.append(cluster)
         if wait:
