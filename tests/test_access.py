@@ -214,7 +214,11 @@ def test_a_session_delete_with_the_csrf_token_works(user, conversation):
     client.get("/admin/login/")  # sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     response = client.delete(f"/api/chat/conversations/{conversation.pk}", HTTP_X_CSRFTOKEN=token)
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.json()["ok"] is True
+    job = Job.objects.get(pk=response.json()["job_id"])
+    assert (job.job_type, job.data["conversation_id"]) == ("delete_conversation", conversation.pk)
+    conversation.refresh_from_db()
+    assert conversation.deletion_requested_at is not None
 
 
 def enqueue_as(client, job_type, data):

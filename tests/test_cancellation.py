@@ -156,8 +156,11 @@ def test_a_handler_that_ignores_a_stop_request_finishes_normally(user):
     assert Job.objects.get(pk=job.pk).status == "succeeded"
 
 
-def test_the_check_does_nothing_outside_a_job():
-    raise_if_stop_requested()
+def test_the_check_does_nothing_outside_a_job(user, django_assert_num_queries):
+    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
+    with django_assert_num_queries(0):  # no job of this process runs: nothing to look up
+        assert raise_if_stop_requested() is None
 
 
 def test_an_operator_cancels_from_the_admin_and_sees_the_history(client, operator_user, user):

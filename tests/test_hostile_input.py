@@ -196,7 +196,10 @@ def test_titles_roles_and_contents_that_are_not_strings_get_a_400(api, conversat
     assert created.status_code == 400
     assert list(created.json()["fields"]) == ["title"]
     renamed = api.patch(f"{CONVERSATIONS}/{conversation.pk}", {"title": value}, format="json")
-    assert renamed.status_code == 400
+    assert renamed.status_code == 400 and list(renamed.json()["fields"]) == ["title"]
+    title = conversation.title
+    conversation.refresh_from_db()
+    assert conversation.title == title  # a refused rename changes nothing
     for field in ("role", "content"):
         body = {"role": "user", "content": "hi", field: value}
         posted = api.post(f"{CONVERSATIONS}/{conversation.pk}/messages", body, format="json")
