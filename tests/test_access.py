@@ -12,7 +12,7 @@ from chat.models import Conversation, Message
 from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
-from tests.support.clients import token_client
+from tests.support.clients import enqueue_via_api, token_client
 
 pytestmark = pytest.mark.django_db
 
@@ -221,16 +221,10 @@ def test_a_session_delete_with_the_csrf_token_works(user, conversation):
     assert conversation.deletion_requested_at is not None
 
 
-def enqueue_as(client, job_type, data):
-    return client.post(
-        "/api/queues/jobs", {"queue": "database", "type": job_type, "data": data}, format="json"
-    )
-
-
 @pytest.mark.parametrize("job_type", ["delete_conversation", "test_fails_once", "no_such_type"])
 def test_clients_enqueue_declared_job_types_only(user, api, job_type):
     conversation = Conversation.objects.create(owner=user, title="Mine")
-    response = enqueue_as(api, job_type, {"conversation_id": conversation.pk})
+    response = enqueue_via_api(api, job_type, {"conversation_id": conversation.pk})
     assert response.status_code == 400
     unknown = f"unknown job type '{job_type}' on queue 'database'"
     assert response.json()["fields"] == {"data": [unknown]}
@@ -246,7 +240,7 @@ def test_a_job_about_someone_elses_conversation_ends_like_one_about_a_missing_on
     outcomes = []
     for conversation_id in (conversation.pk, 987654321):
         data = {"conversation_id": conversation_id, "role": "user", "content": "sneaky"}
-        response = enqueue_as(other_api, "save_message", data)
+        response = enqueue_via_api(other_api, "save_message", data)
         assert response.status_code == 202
         run_job(response.json()["id"])
         body = other_api.get(f"/api/queues/jobs/{response.json()['id']}").json()
@@ -267,7 +261,7 @@ def test_job_content_is_shown_to_its_owner_only_superusers_included(
 ):
     conversation = Conversation.objects.create(owner=user, title="Mine")
     text = "é" * 1204
-    job_id = enqueue_as(
+    job_id = enqueue_via_api(
         api, "save_message", {"conversation_id": conversation.pk, "role": "user", "content": text}
     ).json()["id"]
     assert api.get(f"/api/queues/jobs/{job_id}").json()["data"]["content"] == text
@@ -319,7 +313,7 @@ def test_retry_needs_change_job_on_the_api_the_dashboard_and_the_admin(
     ],
 )
 def test_a_job_cannot_be_enqueued_in_another_users_name(user, other_api, job_type, data):
-    response = enqueue_as(other_api, job_type, {**data, "user_id": user.pk})
+    response = enqueue_via_api(other_api, job_type, {**data, "user_id": user.pk})
     assert response.status_code == 400
     assert list(response.json()["fields"]["data"]) == ["user_id"]
     assert Job.objects.count() == 0

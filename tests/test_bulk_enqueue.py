@@ -8,15 +8,11 @@ from django_q.models import OrmQ
 from queues.errors import JobValidationError
 from queues.models import Job
 from queues.runner import run_job
-from queues.selectors import counter_totals
 from queues.services import enqueue_many
 from queues.views import EnqueueRateThrottle
+from tests.support.jobs import counted
 
 pytestmark = pytest.mark.django_db
-
-
-def counted(job_type, name):
-    return counter_totals().get(("database", job_type, name), 0)
 
 
 def test_enqueue_many_stores_every_job_with_its_broker_row_and_exact_counters(user):
@@ -30,7 +26,7 @@ def test_enqueue_many_stores_every_job_with_its_broker_row_and_exact_counters(us
     assert set(stored.values_list("broker_row", flat=True)) == set(
         OrmQ.objects.values_list("id", flat=True)
     )
-    assert counted("test_sleep", "enqueued") == counted("test_sleep", "waiting") == 30
+    assert counted("enqueued", "test_sleep") == counted("waiting", "test_sleep") == 30
     run_job(jobs[7].pk)
     assert Job.objects.get(pk=jobs[7].pk).result == {"slept": 0.07}
 
@@ -58,7 +54,7 @@ def test_any_invalid_item_stores_nothing_and_is_named_by_its_index(user, items, 
     with pytest.raises(JobValidationError, match=problem):
         enqueue_many("test_sleep", items)
     assert Job.objects.count() == 0 and OrmQ.objects.count() == 0
-    assert counted("test_sleep", "enqueued") == 0
+    assert counted("enqueued", "test_sleep") == 0
 
 
 def test_a_unique_type_in_bulk_stores_one_job_per_key(user):
@@ -69,7 +65,7 @@ def test_a_unique_type_in_bulk_stores_one_job_per_key(user):
     assert jobs[0].pk == existing.pk and jobs[0].deduplicated
     assert jobs[1].pk == jobs[2].pk != jobs[3].pk
     assert Job.objects.count() == 3 and OrmQ.objects.count() == 3
-    assert counted("test_unique", "enqueued") == 3
+    assert counted("enqueued", "test_unique") == 3
 
 
 def test_the_bulk_endpoint_enqueues_as_the_caller(api, user):

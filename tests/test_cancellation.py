@@ -9,19 +9,15 @@ from chat.models import Conversation
 from queues.cancellation import cancel_jobs, raise_if_stop_requested
 from queues.models import Job, JobEvent
 from queues.runner import run_job
-from queues.selectors import counter_totals
 from queues.services import enqueue
 from tests.support.clients import token_client
+from tests.support.jobs import counted
 
 pytestmark = pytest.mark.django_db
 
 
 def cancel_url(job):
     return f"/api/queues/jobs/{job.pk}/cancel"
-
-
-def counted(name, job_type="test_sleep"):
-    return counter_totals().get(("database", job_type, name), 0)
 
 
 def test_the_owner_cancels_a_waiting_job_which_then_never_runs(api, user):

@@ -15,7 +15,7 @@ from django.test import Client
 from chat.models import Conversation
 from queues.models import Job
 from queues.runner import run_job
-from tests.support.clients import token_client
+from tests.support.clients import enqueue_via_api, token_client
 from tests.support.jobs import wait_for_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -23,10 +23,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 VERBOSE_LOGS = {"LOG_LEVEL": "DEBUG", "DJANGO_Q_LOG_LEVEL": "DEBUG"}
 
 
-def enqueue_via_api(client, job_type, data):
-    response = client.post(
-        "/api/queues/jobs", {"queue": "database", "type": job_type, "data": data}, format="json"
-    )
+def enqueued_id(client, job_type, data):
+    response = enqueue_via_api(client, job_type, data)
     assert response.status_code == 202, response.content
     return response.json()["id"]
 
@@ -85,18 +83,18 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
     api, stranger = token_client(user), token_client(other_user)
     first = cluster.start(extra_env=VERBOSE_LOGS)
 
-    created = enqueue_via_api(api, "create_conversation", {"title": f"Secret {marker}"})
+    created = enqueued_id(api, "create_conversation", {"title": f"Secret {marker}"})
     conversation_id = wait_for_job(created, until="succeeded").result["conversation_id"]
     messages_url = f"/api/chat/conversations/{conversation_id}/messages"
     sent = api.post(messages_url, {"role": "user", "content": f"api {marker}"}, format="json")
     assert sent.status_code == 201
-    saved = enqueue_via_api(
+    saved = enqueued_id(
         api,
         "save_message",
         {"conversation_id": conversation_id, "role": "assistant", "content": f"job {marker}"},
     )
     wait_for_job(saved, until="succeeded")
-    refused = enqueue_via_api(
+    refused = enqueued_id(
         stranger,
         "save_message",
         {"conversation_id": conversation_id, "role": "user", "content": f"foreign {marker}"},
@@ -115,7 +113,7 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
 
     # A message still waiting when the deletion is requested is cancelled, not run.
     first.stop()
-    waiting = enqueue_via_api(
+    waiting = enqueued_id(
         api,
         "save_message",
         {"conversation_id": conversation_id, "role": "user", "content": f"late {marker}"},
@@ -177,15 +175,15 @@ PATHS = {
 def test_every_deletion_path_leaves_no_title_or_content_in_the_database(user, other_user, path):
     marker = f"ERASE-ME-{uuid.uuid4().hex}"
     api = token_client(user)
-    created = enqueue_via_api(api, "create_conversation", {"title": f"Secret {marker}"})
+    created = enqueued_id(api, "create_conversation", {"title": f"Secret {marker}"})
     conversation_id = run(created).result["conversation_id"]
     messages_url = f"/api/chat/conversations/{conversation_id}/messages"
     sent = api.post(messages_url, {"role": "user", "content": f"api {marker}"}, format="json")
     assert sent.status_code == 201
     message = {"conversation_id": conversation_id, "role": "user"}
-    saved = enqueue_via_api(api, "save_message", {**message, "content": f"job {marker}"})
+    saved = enqueued_id(api, "save_message", {**message, "content": f"job {marker}"})
     assert run(saved).status == "succeeded"
-    waiting = enqueue_via_api(api, "save_message", {**message, "content": f"waiting {marker}"})
+    waiting = enqueued_id(api, "save_message", {**message, "content": f"waiting {marker}"})
     assert marker in database_dump()
 
     PATHS[path](api, user, conversation_id)
@@ -194,7 +192,7 @@ def test_every_deletion_path_leaves_no_title_or_content_in_the_database(user, ot
     assert Job.objects.get(pk=waiting).status == "cancelled"
     if path == "api":
         # A message enqueued after the deletion ran fails as "conversation gone", keeping none.
-        late = enqueue_via_api(api, "save_message", {**message, "content": f"late {marker}"})
+        late = enqueued_id(api, "save_message", {**message, "content": f"late {marker}"})
         assert run(late).last_error_class == "ConversationGone"
     dump = database_dump()
     assert str(conversation_id) in dump  # the dump is real: ids stay

@@ -12,9 +12,9 @@ from queues.errors import JobValidationError
 from queues.maintenance import prune_finished_jobs
 from queues.models import Job
 from queues.runner import run_job
-from queues.selectors import counter_totals
 from queues.services import enqueue, retry_jobs
 from tests.support.cluster import wait_for
+from tests.support.jobs import counted
 from tests.support.threads import in_a_thread
 
 pytestmark = pytest.mark.django_db
@@ -278,10 +278,6 @@ def waiting_on_a_lock(statement):
         return cursor.fetchone()[0]
 
 
-def waiting_count(job_type):
-    return counter_totals().get(("database", job_type, "waiting"), 0)
-
-
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, settings):
@@ -298,7 +294,7 @@ def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, setti
     job = Job.objects.get(pk=failed_job.pk)
     assert job.status == "queued"
     assert OrmQ.objects.filter(pk=job.broker_row).exists()
-    assert waiting_count("test_permanent") == 1
+    assert counted("waiting", "test_permanent") == 1
 
 
 @pytest.mark.postgres
@@ -316,4 +312,4 @@ def test_a_retry_waiting_on_retentions_delete_finds_the_job_gone(failed_job, set
 
     assert not Job.objects.filter(pk=failed_job.pk).exists()
     assert not OrmQ.objects.exists()
-    assert waiting_count("test_permanent") == 0
+    assert counted("waiting", "test_permanent") == 0

@@ -18,6 +18,7 @@ from queues.models import Job
 from queues.services import enqueue
 from tests.support.cluster import KEEP_ALL_JOBS as KEEP_ALL
 from tests.support.cluster import database_session, wait_for
+from tests.support.data import big_conversation
 from tests.support.redis_queue import ON_REDIS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -120,23 +121,12 @@ def test_a_running_job_stops_at_its_next_check_one_that_ignores_it_finishes(
     assert Job.objects.get(pk=ignoring.pk).attempts == 1
 
 
-def conversation_with_messages(owner, count):
-    conversation = Conversation.objects.create(owner=owner, title="Big")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {Message._meta.db_table} (conversation_id, role, content, created_at)"
-            " SELECT %s, 'user', 'm', now() FROM generate_series(1, %s)",
-            [conversation.pk, count],
-        )
-    return conversation
-
-
 BIG = services.DELETE_IN_ONE_STATEMENT_UP_TO + 4000  # deleted with a stop check after
 
 
 @pytest.mark.postgres
 def test_a_deletion_asked_to_stop_while_it_runs_is_rolled_back_whole(cluster, user, operator_user):
-    conversation = conversation_with_messages(user, BIG)
+    conversation = big_conversation(user, BIG)
     job = services.request_conversation_deletion(conversation, request_id="stop-mid-way")
     # The test holds a message's row from before the deletion starts, so the deletion is certain
     # to be mid-way, waiting on it, when the stop is asked.
@@ -161,7 +151,7 @@ def test_a_deletion_asked_to_stop_while_it_runs_is_rolled_back_whole(cluster, us
 
 @pytest.mark.postgres
 def test_a_stop_asked_after_the_deletion_finished_leaves_it_done(cluster, user, operator_user):
-    conversation = conversation_with_messages(user, BIG)
+    conversation = big_conversation(user, BIG)
     cluster.start(workers=1)
     job = services.request_conversation_deletion(conversation, request_id="stop-too-late")
     wait_for(lambda: statuses([job.pk])[job.pk] in Job.FINISHED, 30, message="the deletion")

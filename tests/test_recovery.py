@@ -17,11 +17,15 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from chat import services
-from chat.models import Conversation, Message
+from chat.models import Message
 from queues.models import Job
 from queues.services import enqueue
 from tests.support.cluster import KEEP_ALL_JOBS, database_session, wait_for
-from tests.support.data import assert_everything_deleted_exactly_once, request_deletions
+from tests.support.data import (
+    assert_everything_deleted_exactly_once,
+    big_conversation,
+    request_deletions,
+)
 from tests.support.jobs import succeeded, wait_for_job, wait_for_jobs
 from tests.support.redis_queue import ON_REDIS
 
@@ -146,13 +150,7 @@ def test_waiting_jobs_whose_broker_rows_were_deleted_run_within_10s_and_once(clu
 
 
 def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
-    conversation = Conversation.objects.create(owner=user, title="Huge")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO chat_message (conversation_id, role, content, created_at) "
-            "SELECT %s, 'user', 'm' || n, now() FROM generate_series(1, 200000) n",
-            [conversation.pk],
-        )
+    conversation = big_conversation(user, 200_000, title="Huge")
     # A reader holding one message makes sure the DELETE is still running at the timeout,
     # however fast this machine deletes.
     blocker = database_session()

@@ -19,13 +19,10 @@ from queues.runner import run_job
 from queues.selectors import counter_totals
 from queues.services import enqueue, retry_jobs
 from tests.support.job_types import NamedTestData
+from tests.support.jobs import counted
 from tests.support.threads import in_threads
 
 pytestmark = pytest.mark.django_db
-
-
-def enqueued_count(job_type):
-    return counter_totals().get(("database", job_type, "enqueued"), 0)
 
 
 def test_a_duplicate_returns_the_live_job_and_stores_and_counts_nothing(user):
@@ -36,7 +33,7 @@ def test_a_duplicate_returns_the_live_job_and_stores_and_counts_nothing(user):
     assert again.pk == first.pk and again.deduplicated and not first.deduplicated
     assert other.pk != first.pk and not other.deduplicated
     assert Job.objects.count() == 2 and OrmQ.objects.count() == 2
-    assert enqueued_count("test_unique") == 2
+    assert counted("enqueued", "test_unique") == 2
     assert counter_totals()[("database", "test_unique", "waiting")] == 2
 
 
@@ -181,7 +178,7 @@ def test_50_concurrent_enqueues_from_separate_connections_make_exactly_one_job(u
     assert len(ids) == callers and len(set(ids)) == 1
     assert Job.objects.filter(job_type="test_unique").count() == 1
     assert OrmQ.objects.count() == 1
-    assert enqueued_count("test_unique") == 1
+    assert counted("enqueued", "test_unique") == 1
 
 
 @pytest.mark.postgres

@@ -1,6 +1,7 @@
 """Waiting for job records to reach a status while real clusters work them."""
 
 from queues.models import Job
+from queues.selectors import counter_totals
 from tests.support.cluster import wait_for
 
 
@@ -44,3 +45,8 @@ def wait_for_job(job_id, *, until=Job.FINISHED, timeout=60, interval=0.05):
 def succeeded(job_ids):
     """How many of `job_ids` have succeeded so far."""
     return Job.objects.filter(pk__in=job_ids, status="succeeded").count()
+
+
+def counted(name: str, job_type: str = "test_sleep", queue: str = "database") -> int:
+    """The queue's counter `name` (enqueued, waiting, running, cancelled, ...) for `job_type`."""
+    return counter_totals().get((queue, job_type, name), 0)
