@@ -37,9 +37,9 @@ def fresh_throttle_counts(django_db_setup, django_db_blocker):
 
 @pytest.fixture
 def make_user(db):
-    def make(username, *, is_staff=False, password="pw-for-tests-123"):
+    def make(username, *, is_staff=False, is_superuser=False, password="pw-for-tests-123"):
         return get_user_model().objects.create_user(
-            username=username, password=password, is_staff=is_staff
+            username=username, password=password, is_staff=is_staff, is_superuser=is_superuser
         )
 
     return make
@@ -58,6 +58,12 @@ def other_user(make_user):
 @pytest.fixture
 def staff_user(make_user):
     return make_user("staff", is_staff=True)
+
+
+@pytest.fixture
+def superuser(make_user):
+    """A staff superuser: every permission, as the admin's owner."""
+    return make_user("root", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from queues.models import Job
 from queues.runner import run_job
 from queues.services import enqueue
 from tests.support.clients import enqueue_via_api, token_client
+from tests.support.users import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -265,9 +266,7 @@ def test_job_content_is_shown_to_its_owner_only_superusers_included(
         api, "save_message", {"conversation_id": conversation.pk, "role": "user", "content": text}
     ).json()["id"]
     assert api.get(f"/api/queues/jobs/{job_id}").json()["data"]["content"] == text
-    root = make_user("root", is_staff=True)
-    root.is_superuser = True
-    root.save()
+    root = make_user("root", is_staff=True, is_superuser=True)
     for viewer in (operator_api, token_client(root)):
         shown = viewer.get(f"/api/queues/jobs/{job_id}").json()["data"]
         assert shown["content"] == "[1,204 chars]"
@@ -282,12 +281,11 @@ def test_job_content_is_shown_to_its_owner_only_superusers_included(
 def test_retry_needs_change_job_on_the_api_the_dashboard_and_the_admin(
     user, operator_user, make_user
 ):
-    from django.contrib.auth.models import Permission
 
     job = enqueue("database", "test_permanent", {"user_id": user.pk})
     run_job(job.pk)
     viewer = make_user("viewer", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    grant(viewer, "view_job")
     session = APIClient()
     session.force_login(viewer)
     assert token_client(viewer).post(f"/api/queues/jobs/{job.pk}/retry").status_code == 403

@@ -8,10 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client(client, staff_user):
-    staff_user.is_superuser = True
-    staff_user.save()
-    client.force_login(staff_user)
+def admin_client(client, superuser):
+    client.force_login(superuser)
     return client
 
 

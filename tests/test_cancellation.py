@@ -12,6 +12,7 @@ from queues.runner import run_job
 from queues.services import enqueue
 from tests.support.clients import token_client
 from tests.support.jobs import counted
+from tests.support.users import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -62,10 +63,9 @@ def test_staff_status_alone_cancels_nothing(client, staff_user, user):
 
 
 def test_a_viewer_of_others_jobs_may_not_cancel_them(make_user, user):
-    from django.contrib.auth.models import Permission
 
     viewer = make_user("viewer", is_staff=True)
-    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    grant(viewer, "view_job")
     job = enqueue("database", "test_sleep", {"user_id": user.pk})
     response = token_client(viewer).post(cancel_url(job))
     assert response.status_code == 403 and response.json()["error"]

@@ -5,13 +5,13 @@ values, and the answer never depends on whether the guess was right."""
 import re
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 
 from chat.models import Conversation
 from queues.models import Job
 from queues.services import enqueue
 from tests.support.clients import token_client
+from tests.support.users import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -41,9 +41,7 @@ GUESSES = [
 def viewer(make_user):
     """An operator who may only look: `queues.view_job`, nothing else."""
     viewer = make_user("viewer", is_staff=True)
-    viewer.user_permissions.add(
-        Permission.objects.get(content_type__app_label="queues", codename="view_job")
-    )
+    grant(viewer, "view_job")
     client = Client()
     client.force_login(viewer)
     return client
@@ -114,7 +112,7 @@ def test_the_dashboard_search_ignores_lookups_it_does_not_offer(
 
 def test_the_job_api_shows_the_viewer_no_content_whatever_the_query(make_user, user, secret_jobs):
     viewer = make_user("api-viewer")
-    viewer.user_permissions.add(Permission.objects.get(codename="view_job"))
+    grant(viewer, "view_job")
     secret, _ = secret_jobs
     url = f"/api/queues/jobs/{secret.pk}"
     bodies = [

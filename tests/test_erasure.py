@@ -76,7 +76,7 @@ def database_dump():
 
 
 def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
-    cluster, user, other_user, staff_user, caplog
+    cluster, user, other_user, superuser, caplog
 ):
     caplog.set_level(logging.DEBUG)
     marker = f"ERASE-ME-{uuid.uuid4().hex}"
@@ -101,10 +101,8 @@ def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
     )
     assert wait_for_job(refused, until="failed").last_error_class == "ConversationGone"
 
-    staff_user.is_superuser = True
-    staff_user.save()
     admin = api.__class__()
-    admin.force_login(staff_user)
+    admin.force_login(superuser)
     change_url = f"/admin/chat/conversation/{conversation_id}/change/"
     form = admin.get(change_url)
     edited = admin.post(change_url, admin_change_data(form, title=f"Edited {marker}"))

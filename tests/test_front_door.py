@@ -101,10 +101,8 @@ def test_a_handler_that_fits_no_calling_convention_is_refused_when_declared(hand
 
 
 @pytest.mark.django_db
-def test_the_admin_finds_a_job_by_its_subject_s_id(client, staff_user, user):
-    staff_user.is_superuser = True
-    staff_user.save()
-    client.force_login(staff_user)
+def test_the_admin_finds_a_job_by_its_subject_s_id(client, superuser, user):
+    client.force_login(superuser)
     about_42 = enqueue(
         "delete_conversation", {"conversation_id": 42, "user_id": user.pk}, request_id="r-a"
     )

@@ -64,11 +64,9 @@ def test_bad_jobs_from_the_api_get_a_400_and_store_nothing(api, body):
 
 
 def test_admin_retry_action_requeues_failed_jobs_and_records_who(
-    client, staff_user, failed_job, user
+    client, superuser, failed_job, user
 ):
-    staff_user.is_superuser = True
-    staff_user.save()
-    client.force_login(staff_user)
+    client.force_login(superuser)
     succeeded = enqueue("database", "test_sleep", {"user_id": user.pk})
     run_job(succeeded.id)
     OrmQ.objects.all().delete()
@@ -86,17 +84,15 @@ def test_admin_retry_action_requeues_failed_jobs_and_records_who(
     failed_job.refresh_from_db()
     assert failed_job.status == "queued"
     assert failed_job.max_attempts == failed_job.attempts + 3
-    assert failed_job.retried_by == staff_user
+    assert failed_job.retried_by == superuser
     assert Job.objects.get(pk=succeeded.pk).status == "succeeded"
     assert OrmQ.objects.count() == 1
     run_job(failed_job.pk)
     assert Job.objects.get(pk=failed_job.pk).attempts == 2
 
 
-def test_admin_jobs_page_filters_and_finds_jobs_by_conversation_id(client, staff_user, user):
-    staff_user.is_superuser = True
-    staff_user.save()
-    client.force_login(staff_user)
+def test_admin_jobs_page_filters_and_finds_jobs_by_conversation_id(client, superuser, user):
+    client.force_login(superuser)
     conversation = Conversation.objects.create(owner=user, title="t")
     job = enqueue(
         "database", "delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk}

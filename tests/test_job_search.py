@@ -6,7 +6,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
@@ -16,6 +15,7 @@ from queues import dashboard_jobs
 from queues.models import Job
 from queues.services import delete_finished_jobs, enqueue, retry_jobs
 from tests.support.threads import in_a_thread
+from tests.support.users import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -47,11 +47,6 @@ def found(response):
 
 def ids(*jobs):
     return [str(job.pk) for job in jobs]
-
-
-def grant(user, *codenames):
-    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    return user
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -27,6 +26,7 @@ from queues.services import enqueue
 from tests.support.cluster import database_session, wait_for
 from tests.support.data import make_conversation
 from tests.support.threads import in_other_connection
+from tests.support.users import grant
 
 postgres_only = pytest.mark.postgres
 
@@ -285,9 +285,7 @@ def test_a_finally_failed_deletion_is_shown_to_operators_not_queued_again(
     assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is not None
 
     operator = make_user("operator", is_staff=True)
-    operator.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_conversation", "delete_conversation"])
-    )
+    grant(operator, "view_conversation", "delete_conversation")
     client = Client()
     client.force_login(operator)
     listing = client.get("/admin/chat/conversation/?deletion_failed_at__isnull=False")

@@ -19,6 +19,7 @@ from queues.models import Job, QueueEvent, QueuePause
 from queues.rescuer import rescue
 from queues.runner import run_job
 from queues.services import enqueue
+from tests.support.users import grant
 
 pytestmark = pytest.mark.django_db
 
@@ -27,11 +28,9 @@ LONG_AGO = timezone.now() - timedelta(hours=1)
 
 @pytest.fixture
 def pauser(make_user):
-    from django.contrib.auth.models import Permission
 
     user = make_user("pauser", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=["view_job", "pause_queue"]))
-    return user
+    return grant(user, "view_job", "pause_queue")
 
 
 def test_manage_py_pauses_and_resumes_a_queue_and_says_so(user):
@@ -164,10 +163,9 @@ def test_an_operator_pauses_from_the_dashboard_only_once_confirmed_and_resumes_a
 
 
 def test_one_who_may_only_pause_lands_on_a_page_they_may_see(client, make_user):
-    from django.contrib.auth.models import Permission
 
     only_pauser = make_user("only-pauser", is_staff=True)
-    only_pauser.user_permissions.set(Permission.objects.filter(codename="pause_queue"))
+    grant(only_pauser, "pause_queue")
     client.force_login(only_pauser)
 
     confirm = client.get("/dashboard/queues/database/pause").content.decode()
