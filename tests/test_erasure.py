@@ -4,6 +4,8 @@ import logging
 import sqlite3
 import subprocess
 import uuid
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 from django.contrib.admin.models import LogEntry
@@ -68,11 +70,11 @@ def database_dump():
             text=True,
         ).stdout
     path = settings["NAME"]
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         logical = "\n".join(db.iterdump())
     # With secure_delete, not even the file's free pages keep deleted text.
-    return logical + open(path, "rb").read().decode("latin-1")
+    return logical + Path(path).read_bytes().decode("latin-1")
 
 
 def test_nothing_of_a_deleted_conversation_remains_in_database_or_logs(
