@@ -16,7 +16,14 @@ from queues import liveness, registry, rescuer, uniqueness
 from queues.api import enqueue
 from queues.broker import JobBroker
 from queues.models import Job
-from queues.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
+from queues.runner import (
+    AttemptSuperseded,
+    begin_attempt,
+    record_failure,
+    record_stopped,
+    run_job,
+    work,
+)
 from tests.support.clients import token_client
 from tests.support.data import make_conversation
 
@@ -130,6 +137,35 @@ def test_a_late_failure_of_a_superseded_attempt_records_nothing(user):
     current = Job.objects.get(pk=job.pk)
     assert (current.status, current.attempts, current.last_error) == ("running", 2, "")
     release_lock(job.pk)
+
+
+def lock_held(job_id):
+    """Whether any session holds the liveness lock of `job_id` (PostgreSQL)."""
+    with connection.cursor() as cursor:
+        held = liveness.job_lock_held_sql("job.id")
+        cursor.execute(f"SELECT {held} FROM (SELECT %s::uuid id) job", [str(job_id)])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_stop_of_a_superseded_attempt_records_nothing_and_lets_the_job_go(user):
+    job = enqueue("test_stoppable", {"user_id": user.pk})
+    stale = begin_attempt(job.pk)
+    Job.objects.filter(pk=job.pk).update(attempts=2)
+
+    record_stopped(stale)
+    current = Job.objects.get(pk=job.pk)
+    assert (current.status, current.attempts, current.finished_at) == ("running", 2, None)
+    if liveness.supported():
+        assert not lock_held(job.pk), "the stale attempt gave its lock back"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_handler_that_checks_for_a_stop_nobody_asked_for_runs_to_the_end(user):
+    job = enqueue("test_stoppable", {"user_id": user.pk})
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.result) == ("succeeded", {"slept": 0.0})
 
 
 # A unique job's key is scoped by its type.
