@@ -168,6 +168,22 @@ def test_a_handler_that_checks_for_a_stop_nobody_asked_for_runs_to_the_end(user)
     assert (job.status, job.result) == ("succeeded", {"slept": 0.0})
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_lost_on_the_last_attempt_fails_the_job_for_good(user, settings):
+    settings.JOB_RETRY_POLICIES = {"test_sleep": {"attempts": 1}}
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    lost = begin_attempt(job.pk)
+    # Its worker dies: its lock goes with its session, and (SQLite) its attempt is long overdue.
+    release_lock(job.pk)
+    Job.objects.filter(pk=job.pk).update(started_at=timezone.now() - timedelta(days=1))
+
+    assert begin_attempt(job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "WorkerLost")
+    assert job.last_error == f"worker {lost.worker} died during attempt 1"
+    assert job.finished_at is not None
+
+
 # A unique job's key is scoped by its type.
 
 
