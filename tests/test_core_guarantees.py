@@ -184,6 +184,18 @@ def test_a_worker_lost_on_the_last_attempt_fails_the_job_for_good(user, settings
     assert job.finished_at is not None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_asked_of_one_job_stops_no_other(user):
+    asked = enqueue("test_stoppable", {"user_id": user.pk})
+    Job.objects.filter(pk=asked.pk).update(cancel_requested_at=timezone.now())
+    other = enqueue("test_stoppable", {"user_id": user.pk})
+
+    run_job(other.pk)
+    run_job(asked.pk)
+    assert Job.objects.get(pk=other.pk).status == "succeeded"
+    assert Job.objects.get(pk=asked.pk).status == "cancelled"
+
+
 # A unique job's key is scoped by its type.
 
 
