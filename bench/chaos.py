@@ -131,7 +131,7 @@ class Run:
     # --- setup -----------------------------------------------------------------------------
     def enqueue(self, count):
         """Enqueue `count` more jobs; their ids."""
-        from queues.services import enqueue
+        from queues.core.services import enqueue
 
         data = {"user_id": self.user.pk, "seconds": self.options.seconds}
         new = [enqueue("database", "chaos_work", data).pk for _ in range(count)]
@@ -339,7 +339,10 @@ def run_scenario(key, options, workdir, pg):
 
         redis_server = RedisServer(workdir).start()
         conf_saved = (Conf.BROKER_CLASS, Conf.REDIS)
-        Conf.BROKER_CLASS, Conf.REDIS = "queues.redis_broker.RedisJobBroker", redis_server.url
+        Conf.BROKER_CLASS, Conf.REDIS = (
+            "queues.django_q2.redis_broker.RedisJobBroker",
+            redis_server.url,
+        )
     run = Run(options, workdir / key, pg, redis_server)
     (workdir / key).mkdir()
     try:

@@ -5,8 +5,8 @@
 
 Use a scratch database of its own: it is migrated, and the conversation and its messages are
 written with one INSERT ... SELECT generate_series. The deletion runs as a worker runs it
-(`queues.runner.run_job`, in the main thread, so the queue's timeout and its cancel apply), and
-the script prints the messages, the seconds the attempt took, and the job's final state.
+(`queues.execution.runner.run_job`, in the main thread, so the queue's timeout and its cancel
+apply), and the script prints the messages, the seconds the attempt took, and the job's final state.
 """
 
 import argparse
@@ -35,8 +35,8 @@ def main():
 
     from chat import services
     from chat.models import Conversation
+    from queues.execution.runner import run_job
     from queues.models import Job
-    from queues.runner import run_job
 
     call_command("migrate", verbosity=0)
     owner, _ = get_user_model().objects.get_or_create(username="huge-deletion-bench")

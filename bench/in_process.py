@@ -4,14 +4,14 @@
     .venv/bin/python bench/in_process.py --statements       # also pg_stat_statements, per job
 
 Each round makes 1,000 conversations of 20 messages, asks for their deletion as the API does, then
-runs every job through `queues.runner.run_job` in this process (as a worker runs it, without the
-pusher and the worker loop), reading the CPU of this process and of its server backend from
-/proc. Without the cluster's 22 processes on 2 cores, this is steadier than a drain: a
+runs every job through `queues.execution.runner.run_job` in this process (as a worker runs it,
+without the pusher and the worker loop), reading the CPU of this process and of its server backend
+from /proc. Without the cluster's 22 processes on 2 cores, this is steadier than a drain: a
 comparison of two versions of the runner reads a few percent here that a drain's noise hides.
 
 Rounds alternate between the runner as it is and the runner plus one `SELECT` round trip per job
-(through `queues.statements.hot_cursor`, as the runner's own statements go), so the table also
-says what a round trip costs each side, measured in the same minutes. The first round of each
+(through `queues.engine.statements.hot_cursor`, as the runner's own statements go), so the table
+also says what a round trip costs each side, measured in the same minutes. The first round of each
 warms up and is not counted. A throwaway PostgreSQL (`bench/pg_server.py`, durable, statements
 not logged) with `pg_stat_statements` loaded; the machine's server is never touched. The
 runner's log lines go to a file in BENCH_LOG_DIR (`/tmp`), as a worker's do.
@@ -51,9 +51,9 @@ def run_round(db, owner_id, jobs, extra_round_trip, statements=None):
     round's jobs' statements to `statements` ({query: [calls, exec ms, plan ms, plans]})."""
     from django.db import connection
 
+    from queues.engine.statements import hot_cursor
+    from queues.execution.runner import run_job
     from queues.models import Job
-    from queues.runner import run_job
-    from queues.statements import hot_cursor
 
     ids = make_conversations(db, owner_id, jobs, 20)
     request_deletions(ids)

@@ -3,10 +3,10 @@
     .venv/bin/python bench/tracing_cost.py [--jobs 400] [--rounds 3] [--baseline DIR]
 
 Runs `delete_conversation` jobs (20 messages each) through the worker's entry point
-(queues.runner.run_job), as a qcluster worker does minus the broker's claim, in a fresh child
-process per mode and round, alternating: tracing off (no OTEL_* variables) and on (OTLP over HTTP
-to bench/otlp_sink.py, started here). `--baseline DIR` adds the same jobs run by another checkout,
-e.g. `git archive main | tar -x -C DIR` before tracing existed, on its own database
+(queues.execution.runner.run_job), as a qcluster worker does minus the broker's claim, in a fresh
+child process per mode and round, alternating: tracing off (no OTEL_* variables) and on (OTLP over
+HTTP to bench/otlp_sink.py, started here). `--baseline DIR` adds the same jobs run by another
+checkout, e.g. `git archive main | tar -x -C DIR` before tracing existed, on its own database
 (`<name>_baseline`): "off" beside it shows what the tracing code costs when off. CPU is the child's
 process time over its jobs, every thread included (the span exporter's too: the child flushes
 before it stops the clock). Enqueueing happens before the clock starts. Uses
@@ -55,7 +55,7 @@ def child(jobs):
 
     from chat.models import Conversation, Message
     from chat.services import request_conversation_deletion
-    from queues.runner import run_job
+    from queues.execution.runner import run_job
 
     owner, _ = get_user_model().objects.get_or_create(username="tracing-cost")
     conversations = Conversation.objects.bulk_create(

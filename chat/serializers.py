@@ -6,7 +6,7 @@ from django.db import models
 from rest_framework import serializers
 
 from chat.models import Conversation, Message
-from queues.fields import StrictCharField, StrictChoiceField
+from queues.web.fields import StrictCharField, StrictChoiceField
 
 # Unicode's Bidi_Control characters (embeddings, overrides, isolates and marks): they reorder
 # how the text around them is displayed, so a title could show one thing and hold another.

@@ -19,7 +19,7 @@ from queues.api import (
     forget_subject,
     types_with_content,
 )
-from queues.statements import hot_cursor
+from queues.engine.statements import hot_cursor
 
 logger = logging.getLogger("chat")
 
@@ -162,8 +162,8 @@ def delete_conversation(*, conversation_id, user_id):
     messages, counting them (the foreign key is checked at commit). Django's collector would send
     the same two DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure
     (`chat.apps`): this path runs `erase_traces` itself, only when the DELETE reports something to
-    erase, and tests/test_conversation_deletion.py checks that nothing else refers to or listens
-    on these models.
+    erase, and tests/chat/test_conversation_deletion.py checks that nothing else refers to or
+    listens on these models.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.

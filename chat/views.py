@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from chat import selectors, services
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.openapi import AUTHENTICATED, WITH_BODY, errors
+from queues.web.openapi import AUTHENTICATED, WITH_BODY, errors
 
 _ID = re.compile(r"[1-9][0-9]{0,17}")
 

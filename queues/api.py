@@ -13,7 +13,7 @@ options beside the handler, the way Oban workers and River's `JobArgs` do::
 
     @job_type("send_receipt", queue="database", schema=SendReceiptData,
               retry=RetryPolicy(attempts=5), subject=lambda data, result: f"order:{data['id']}")
-    def send_receipt(data, job):  # or (data), or (job): see `queues.handlers`
+    def send_receipt(data, job):  # or (data), or (job): see `queues.execution.handlers`
         ...
 
 then enqueue it by name, in the transaction of the change that asks for it (the queue comes from
@@ -28,8 +28,9 @@ A long handler calls `raise_if_stop_requested()` where stopping is safe: an oper
 request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
 """
 
-from queues import registry, selectors, services
-from queues.cancellation import raise_if_stop_requested
+from queues.core import registry, selectors, services
+from queues.core.registry import RetryPolicy, Unique
+from queues.core.schemas import JobData
 from queues.errors import (
     JobCancelled,
     JobError,
@@ -41,10 +42,9 @@ from queues.errors import (
     TransientJobError,
     WorkerLost,
 )
-from queues.handlers import RunningJob
+from queues.execution.cancellation import raise_if_stop_requested
+from queues.execution.handlers import RunningJob
 from queues.models import Job
-from queues.registry import RetryPolicy, Unique
-from queues.schemas import JobData
 
 __all__ = [
     "Job",
@@ -77,7 +77,7 @@ __all__ = [
 def job_type(name, *, queue, schema, **options):
     """Decorator declaring its function as the handler of job type `name` on `queue`.
 
-    `schema`: a `JobData` serializer for the job's data. Options (`queues.registry.register`
+    `schema`: a `JobData` serializer for the job's data. Options (`queues.core.registry.register`
     takes each, and `JobType` stores it): `retry` (a `RetryPolicy`; `settings.JOB_RETRY_POLICIES`
     may override it), `subject` (`(data, result) -> "kind:id"`, what the job is about, so it can
     be found and erased), `content_fields` (data fields holding user content: shown to the job's

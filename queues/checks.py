@@ -12,11 +12,11 @@ from django.conf import settings
 from django.core.checks import Error, Warning
 from django.core.checks import register as register_check
 
-from queues import registry
 from queues.conf import DEFAULTS, conf
+from queues.core import registry
+from queues.core.registry import RetryPolicy
+from queues.maintenance.schedules import MAINTENANCE
 from queues.models import Job
-from queues.registry import RetryPolicy
-from queues.schedules import MAINTENANCE
 
 # Seconds settings that must be whole numbers above zero. QUEUE_REDELIVERY_GRACE may be zero
 # (redelivery right at the timeout), not negative.

@@ -29,12 +29,12 @@ DEFAULTS = {
     # Seconds after a job's timeout before its broker row is handed out again when its worker
     # died silently (django-q2's visibility timeout is `timeout + grace`).
     "QUEUE_REDELIVERY_GRACE": 30,
-    # Seconds between rescue passes of a cluster (queues.rescuer).
+    # Seconds between rescue passes of a cluster (queues.maintenance.rescuer).
     "QUEUE_RESCUE_INTERVAL": 5,
     # Seconds past due after which a waiting job whose broker row was claimed but never begun
     # (on Redis: any waiting job) is pushed again. One whose row is gone: at the next pass.
     "QUEUE_STRANDED_AFTER": 45,
-    # Periodic tasks the project adds to queues' own (queues.schedules), e.g.
+    # Periodic tasks the project adds to queues' own (queues.maintenance.schedules), e.g.
     # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].
     "QUEUE_SCHEDULES": [],
 }

@@ -56,5 +56,5 @@ def is_transient(exc):
 
 
 class JobCancelled(JobError):
-    """Raised by a handler's check (`queues.cancellation.raise_if_stop_requested`) once a stop of
-    its job was requested: the work rolls back and the job is recorded `cancelled`."""
+    """Raised by a handler's check (`queues.execution.cancellation.raise_if_stop_requested`) once a
+    stop of its job was requested: the work rolls back and the job is recorded `cancelled`."""

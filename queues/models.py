@@ -6,8 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from queues import registry
-from queues.uniqueness import HOLDS_KEY
+from queues.core import registry
+from queues.core.uniqueness import HOLDS_KEY
 
 
 class Job(models.Model):
@@ -49,8 +49,8 @@ class Job(models.Model):
         db_index=False,
     )
     request_id = models.CharField(max_length=128, blank=True)
-    # W3C trace context of the enqueuer and of the last attempt (queues.tracing); empty when
-    # tracing is off.
+    # W3C trace context of the enqueuer and of the last attempt (queues.execution.tracing); empty
+    # when tracing is off.
     trace_context = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0, help_text="Attempts started so far.")
@@ -62,8 +62,8 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     # 0 is claimed first; the type's unless the enqueue chose another (docs/job-queue.md).
     priority = models.PositiveSmallIntegerField(default=0)
-    # A unique job type's key (`queues.uniqueness`): one job per key among those whose status is
-    # in `unique_states` (a bit mask), enforced by the partial unique index of migration 0016.
+    # A unique job type's key (`queues.core.uniqueness`): one job per key among those whose status
+    # is in `unique_states` (a bit mask), enforced by the partial unique index of migration 0016.
     unique_key = models.CharField(max_length=64, blank=True, default="", editable=False)
     unique_states = models.PositiveSmallIntegerField(default=0, editable=False)
     # The database broker's row of the job's last push; the rescuer re-pushes a waiting job whose
@@ -82,8 +82,8 @@ class Job(models.Model):
         db_index=False,
     )
     retried_at = models.DateTimeField(null=True, blank=True)
-    # A stop asked of the job while it ran (queues.cancellation); a waiting job is cancelled at
-    # once and keeps who asked here too. The handler sees it at its next check.
+    # A stop asked of the job while it ran (queues.execution.cancellation); a waiting job is
+    # cancelled at once and keeps who asked here too. The handler sees it at its next check.
     cancel_requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -151,7 +151,7 @@ class Job(models.Model):
             ),
         ]
         constraints = [
-            # One live job per unique key (`queues.uniqueness`); a partial unique index.
+            # One live job per unique key (`queues.core.uniqueness`); a partial unique index.
             models.UniqueConstraint(
                 fields=["unique_key"], condition=HOLDS_KEY, name="job_unique_key_idx"
             ),
@@ -304,8 +304,8 @@ class ClusterHeartbeat(models.Model):
 
 
 class DeclaredSchedule(models.Model):
-    """A django-q2 Schedule row created by the schedule sync (queues.schedules): the sync may
-    delete it once it is no longer declared, and never touches schedules without one."""
+    """A django-q2 Schedule row created by the schedule sync (queues.maintenance.schedules): the
+    sync may delete it once it is no longer declared, and never touches schedules without one."""
 
     schedule = models.OneToOneField(
         "django_q.Schedule", primary_key=True, on_delete=models.CASCADE, related_name="+"
@@ -318,8 +318,8 @@ class DeclaredSchedule(models.Model):
 class ScheduleFailureCounter(models.Model):
     """How often a schedule failed, by its name (django-q2's `group` of the tasks it creates):
     to create its task (a cron expression that does not parse, a function that will not import)
-    or in its function. Counted by `queues.scheduler` for `/metrics` and the dashboard; a failing
-    schedule never stops another one."""
+    or in its function. Counted by `queues.django_q2.scheduler` for `/metrics` and the dashboard; a
+    failing schedule never stops another one."""
 
     schedule = models.CharField(max_length=100, unique=True)
     failures = models.BigIntegerField(default=0)
@@ -333,8 +333,8 @@ class ScheduleFailureCounter(models.Model):
 class JobEvent(models.Model):
     """One thing an operator or a user did to a job (cancel, stop request, retry): who and when.
 
-    Written in the transaction of the action itself (`queues.history`). No database constraint on
-    `job`: pruning deletes job records in one statement, and `prune` drops their events after.
+    Written in the transaction of the action itself (`queues.core.history`). No database constraint
+    on `job`: pruning deletes job records in one statement, and `prune` drops their events after.
     """
 
     class Action(models.TextChoices):
@@ -361,7 +361,7 @@ class JobEvent(models.Model):
 
 
 class QueuePause(models.Model):
-    """A paused queue: while its row exists no cluster starts a job of it (`queues.pausing`)."""
+    """A paused queue: while its row exists no cluster starts a job of it (`core.pausing`)."""
 
     queue = models.CharField(max_length=64, primary_key=True)
     paused_by = models.ForeignKey(

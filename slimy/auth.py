@@ -8,7 +8,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues.openapi import WITH_BODY, errors
+from queues.web.openapi import WITH_BODY, errors
 from slimy.throttling import LoginRateThrottle
 
 

@@ -17,8 +17,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
 
-from queues import pausing, registry, selectors
-from queues.push import broker_in_database
+from queues.core import pausing, registry, selectors
+from queues.django_q2.push import broker_in_database
 
 logger = logging.getLogger("slimy.health")
 

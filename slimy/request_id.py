@@ -3,7 +3,7 @@
 import re
 import uuid
 
-from queues import log_context
+from queues.execution import log_context
 
 HEADER = "X-Request-ID"
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

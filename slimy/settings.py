@@ -60,7 +60,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
-    # Before django_q: its `qcluster` command runs our cluster (queues/cluster.py).
+    # Before django_q: its `qcluster` command runs our cluster (queues/django_q2/cluster.py).
     "queues",
     "django_q",
     "django_tasks",
@@ -116,7 +116,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sql
 # django-prometheus' cursor wrapper, and it skips the health check (`SELECT 1`) that Django would
 # run before every job: a connection that raised an error is checked and replaced before the next
 # job anyway (Django's `close_old_connections`, which django-q2 calls per job), and one the server
-# closed while idle is replaced where it is next used (`queues.reconnect`).
+# closed while idle is replaced where it is next used (`queues.engine.reconnect`).
 QCLUSTER = sys.argv[1:2] == ["qcluster"]
 _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=not QCLUSTER)
 DB_VENDOR = "sqlite" if _default_db["ENGINE"].endswith("sqlite3") else "postgresql"
@@ -232,8 +232,8 @@ QUEUES = {
 }
 DEFAULT_QUEUE = "database"
 # `django.tasks` (the django-tasks backport): `@task` functions run as jobs of our queues
-# (queues.task_backend, docs/tasks.md); task queue "default" is DEFAULT_QUEUE.
-TASKS = {"default": {"BACKEND": "queues.task_backend.QueueBackend"}}
+# (queues.extras.task_backend, docs/tasks.md); task queue "default" is DEFAULT_QUEUE.
+TASKS = {"default": {"BACKEND": "queues.extras.task_backend.QueueBackend"}}
 # Per job type overrides of the registered retry policy, e.g.
 # {"delete_conversation": {"attempts": 5, "backoff_seconds": 1.0, "jitter": 0.1}}.
 JOB_RETRY_POLICIES = {}
@@ -253,7 +253,7 @@ CLIENT_LIVE_JOBS_PER_USER = env_int("CLIENT_LIVE_JOBS_PER_USER", 100)
 # job, is queued for deletion again by the sweeper.
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
 # Periodic tasks besides queues' own maintenance, synced into django-q2's schedules after
-# `migrate` (queues.schedules).
+# `migrate` (queues.maintenance.schedules).
 QUEUE_SCHEDULES = [
     {
         "name": "chat: re-queue stalled conversation deletions",
@@ -268,7 +268,8 @@ READY_MAX_BACKLOG_SECONDS = env_int("READY_MAX_BACKLOG_SECONDS", 300)
 # silently (SIGKILL, out of memory): django-q2's visibility timeout is `timeout + grace`.
 QUEUE_REDELIVERY_GRACE = env_int("QUEUE_REDELIVERY_GRACE", 30)
 # Every cluster looks this often (seconds) for work a dead cluster or worker left behind
-# (queues.rescuer). On PostgreSQL that bounds recovery from a crash to about this plus a second.
+# (queues.maintenance.rescuer). On PostgreSQL that bounds recovery from a crash to about this plus a
+# second.
 QUEUE_RESCUE_INTERVAL = env_int("QUEUE_RESCUE_INTERVAL", 5)
 # A waiting job this many seconds past due whose broker row was claimed but never begun (any
 # such job on Redis, which cannot be asked) is pushed again by the rescuer. A due job whose row is
@@ -292,7 +293,8 @@ def _cluster_options(queue):
 Q_CLUSTER = {
     "name": DEFAULT_QUEUE,
     "orm": "default",
-    # Only SQLite polls; on PostgreSQL an idle pusher waits on LISTEN/NOTIFY (queues.broker).
+    # Only SQLite polls; on PostgreSQL an idle pusher waits on LISTEN/NOTIFY
+    # (queues.django_q2.broker).
     "poll": 0.2,
     # Due broker rows claimed per round trip: one per worker keeps every worker busy.
     "bulk": QUEUE_DEFAULTS["workers"],
@@ -302,21 +304,21 @@ Q_CLUSTER = {
     "save_limit": -1,
     "ack_failures": False,
     "max_attempts": 0,
-    "broker_class": "queues.broker.JobBroker",
+    "broker_class": "queues.django_q2.broker.JobBroker",
     "catch_up": False,
     "label": "Django Q (broker)",
     **_cluster_options(DEFAULT_QUEUE),
     "ALT_CLUSTERS": {queue: _cluster_options(queue) for queue in QUEUES if queue != DEFAULT_QUEUE},
 }
 # Which broker carries the queues:
-# - `orm` (default): our database broker (queues.broker), jobs stored with the data change;
-# - `redis`: django-q2's Redis broker (queues.redis_broker): more throughput, but Redis cannot
-#   join the transaction and forgets a task whose worker died (see docs/deployment.md);
+# - `orm` (default): our database broker (queues.django_q2.broker), jobs stored with the data
+# change; - `redis`: django-q2's Redis broker (queues.django_q2.redis_broker): more throughput, but
+# Redis cannot join the transaction and forgets a task whose worker died (see docs/deployment.md);
 # - `stock`: django-q2's own ORM broker with its defaults and no persistent connections, only
 #   for the benchmark's reference (bench/run.py).
 QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
 if QUEUE_BROKER == "redis":
-    Q_CLUSTER["broker_class"] = "queues.redis_broker.RedisJobBroker"
+    Q_CLUSTER["broker_class"] = "queues.django_q2.redis_broker.RedisJobBroker"
     Q_CLUSTER["redis"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 elif QUEUE_BROKER == "stock":
     Q_CLUSTER = {
@@ -340,12 +342,12 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "queues.log_context.ContextFilter"}},
+    "filters": {"context": {"()": "queues.execution.log_context.ContextFilter"}},
     "formatters": {
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s%(context)s",
         },
-        "json": {"()": "queues.log_context.JsonFormatter"},
+        "json": {"()": "queues.execution.log_context.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -4,7 +4,7 @@
 gunicorn workers, runserver, qcluster, other manage.py commands); when it is off this module is
 not even imported. It installs a tracer provider (service name, sampler, endpoint, headers and
 batch delays read by the SDK from OTEL_*), traces Django requests and psycopg queries, and turns
-on job traces (`queues.tracing`).
+on job traces (`queues.execution.tracing`).
 
 qcluster forks its workers after this. The SDK's batch processor restarts its export thread in
 each child (os.register_at_fork), but multiprocessing ends a child with os._exit, which skips the
@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 
-from queues import tracing
+from queues.execution import tracing
 
 _provider = None
 

@@ -19,10 +19,10 @@ urlpatterns = [
     ),
     re_path(r"^api/auth/token/?$", ObtainTokenView.as_view(), name="auth-token"),
     path("api/chat/", include("chat.urls")),
-    path("api/queues/", include("queues.urls")),
+    path("api/queues/", include("queues.web.urls")),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("dashboard/", include("queues.dashboard_urls")),
+    path("dashboard/", include("queues.web.dashboard_urls")),
     # The schema and its docs page are public: they describe the API, they hold no data.
     re_path(
         r"^api/schema/?$",

@@ -105,9 +105,9 @@ def operator_api(operator_user):
 @pytest.fixture
 def failed_job(user):
     """A job of Alice's that failed for good on its first attempt."""
+    from queues.core.services import enqueue
+    from queues.execution.runner import run_job
     from queues.models import Job
-    from queues.runner import run_job
-    from queues.services import enqueue
 
     job = enqueue("database", "test_permanent", {"user_id": user.pk})
     run_job(job.id)
@@ -121,7 +121,7 @@ def redis_queue(monkeypatch):
     from django_q.brokers import get_broker
     from django_q.conf import Conf
 
-    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.redis_broker.RedisJobBroker")
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.django_q2.redis_broker.RedisJobBroker")
     monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
     broker = get_broker("database")
     broker.delete_queue()

@@ -21,7 +21,7 @@ USE_TZ = True
 Q_CLUSTER = {
     "name": "database",
     "orm": "default",
-    "broker_class": "queues.broker.JobBroker",
+    "broker_class": "queues.django_q2.broker.JobBroker",
     "timeout": 135,
     "retry": 150,
 }

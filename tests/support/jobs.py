@@ -1,7 +1,7 @@
 """Waiting for job records to reach a status while real clusters work them."""
 
+from queues.core.selectors import counter_totals
 from queues.models import Job
-from queues.selectors import counter_totals
 from tests.support.cluster import wait_for
 
 

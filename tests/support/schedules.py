@@ -1,5 +1,5 @@
-"""Functions that test schedules run in real clusters (tests/test_schedules.py): each leaves a
-mark in the cache (a table of the test database) or fails."""
+"""Functions that test schedules run in real clusters (tests/queues/test_schedules.py): each leaves
+a mark in the cache (a table of the test database) or fails."""
 
 from django.core.cache import cache
 

@@ -1,4 +1,5 @@
-"""`@task` functions that exist only in tests, run by real clusters (tests/test_task_backend.py).
+"""`@task` functions that exist only in tests, run by real clusters
+(tests/queues/test_task_backend.py).
 
 Workers import this module when they resolve a task's path; its signal receivers then log each
 `task_started` / `task_finished` they see, for the tests to read in the cluster's log.

@@ -4,9 +4,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from queues import registry, selectors
 from queues.api import enqueue
-from queues.jobs import DEMO_FAILING_JOB
+from queues.core import registry, selectors
+from queues.extras.demo_job import DEMO_FAILING_JOB
 from queues.models import Job
 
 POLL_SECONDS = 0.5

@@ -1,4 +1,5 @@
-"""`manage.py qcluster`: django-q2's command and options, running our cluster (`queues.cluster`).
+"""`manage.py qcluster`: django-q2's command and options, running our cluster
+(`queues.django_q2.cluster`).
 
 Found before django-q2's own command because `queues` comes before `django_q` in INSTALLED_APPS.
 It waits for its database before starting the cluster, so workers started before the database
@@ -14,8 +15,8 @@ from django.db import OperationalError, connections
 from django_q.conf import Conf, logger
 from django_q.management.commands import qcluster
 
-from queues.cluster import Cluster
-from queues.reloading import ReloadingCluster
+from queues.django_q2.cluster import Cluster
+from queues.django_q2.reloading import ReloadingCluster
 
 # Waits between tries while the database is unreachable at start: doubling up to the longest.
 FIRST_WAIT = 0.5

@@ -2,8 +2,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from queues import pausing
 from queues.conf import conf
+from queues.core import pausing
 
 
 class Command(BaseCommand):

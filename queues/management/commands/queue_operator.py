@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from queues.operators import OPERATOR_GROUP, OPERATOR_PERMISSIONS, ensure_operator
+from queues.web.operators import OPERATOR_GROUP, OPERATOR_PERMISSIONS, ensure_operator
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
+from queues.core.services import retry_jobs
 from queues.models import Job
-from queues.services import retry_jobs
 
 
 class Command(BaseCommand):

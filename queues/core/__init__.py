@@ -1,0 +1,1 @@
+"""The job record's rules: job types, enqueueing, operations, reads, pausing, history."""

@@ -1,0 +1,224 @@
+"""Job types, registered in one place: each with its queue, handler, data schema, retry policy,
+priority and uniqueness.
+
+Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup like admin
+modules are; `settings.JOB_TYPE_MODULES` names extra ones.
+"""
+
+import json
+import random
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from django.utils.module_loading import autodiscover_modules
+
+from queues.conf import conf
+from queues.errors import JobValidationError
+from queues.execution import handlers
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`attempts` runs in all; the n-th failure waits `backoff_seconds * 2**(n-1)` (± jitter)."""
+
+    attempts: int = 3
+    backoff_seconds: float = 2.0
+    jitter: float = 0.0  # a fraction: 0.1 spreads each delay by ±10%
+
+    def delay_after(self, failed_attempt):
+        delay = self.backoff_seconds * 2 ** (failed_attempt - 1)
+        if self.jitter:
+            delay *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(delay, 0.0)
+
+
+# Statuses a job passes through by itself, each with the statuses it can come from (the
+# operator's retry, failed -> queued, is checked where it happens, `services.retry_jobs`).
+_COMES_FROM = {
+    "queued": (),
+    "running": ("queued", "retrying"),
+    "retrying": ("running",),
+    "succeeded": ("running",),
+    "failed": ("queued", "running", "retrying"),
+    "cancelled": ("queued", "running", "retrying"),
+}
+PRIORITIES = range(10)  # 0 is claimed first (docs/job-queue.md, "Priorities")
+
+
+@dataclass(frozen=True)
+class Unique:
+    """At most one job of the type per value of `fields` (in its data) among the jobs whose
+    status is in `states`; enqueueing another returns that one (docs/job-queue.md, "Unique jobs").
+
+    `states` must hold every status a job can reach them from on its own (e.g. with `running`,
+    also `queued` and `retrying`): the database refuses a second job entering them, and no
+    worker could act on that refusal.
+    """
+
+    fields: tuple
+    states: tuple = ("queued", "running", "retrying")
+
+    def __post_init__(self):
+        object.__setattr__(self, "fields", tuple(self.fields))
+        object.__setattr__(self, "states", tuple(self.states))
+        unknown = set(self.states) - set(_COMES_FROM)
+        if unknown or not self.fields or not self.states:
+            raise ValueError(f"unique jobs need fields and known states, not {self}")
+        for state in self.states:
+            missing = set(_COMES_FROM[state]) - set(self.states)
+            if missing:
+                raise ValueError(f"unique in {state!r} needs {sorted(missing)} too")
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    queue: str
+    handler: object  # callable(data), (data, job) or (job) -> JSON-serializable result
+    schema: type  # a DRF Serializer class validating the job's data
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    subject: object = None  # callable(data, result) -> "kind:id", or None
+    # Data fields holding user content (titles, messages): erased by `scrub_jobs`, and shown to
+    # the job's owner only.
+    content_fields: tuple = ()
+    # Whether the handler's output, its return value (`Job.result`) and its errors' text
+    # (`last_error`, `traceback`), may hold user content too (a django.tasks task returns and
+    # raises whatever it likes): then it is shown and erased like them; the error class stays.
+    output_is_content: bool = False
+    # Whether `POST /api/queues/jobs` takes this type. Others are enqueued by the app itself
+    # (deletion goes through `DELETE`), and their broker rows are claimed before clients' ones.
+    client_enqueueable: bool = False
+    # Claimed before waiting jobs of a higher number, within the anti-starvation share.
+    priority: int = 0
+    unique: Unique = None
+    # callable(data) -> the broker row's claim rank, replacing the one from `priority`
+    # (django.tasks' own priorities: queues.extras.task_backend), or None.
+    rank: object = None
+
+    def broker_rank(self, job):
+        """Lower is claimed first: the job's priority, and within one priority the app's own jobs
+        before client-enqueued ones (docs/job-queue.md, "Fair share" and "Priorities")."""
+        if self.rank is not None:
+            return self.rank(job.data)
+        return 2 * job.priority + (1 if self.client_enqueueable else 0)
+
+    def without_content(self, data):
+        return {k: v for k, v in data.items() if k not in self.content_fields}
+
+    def redacted(self, data):
+        """`data` with each content field replaced by its size, e.g. "[1,204 chars]"."""
+        return {
+            k: f"[{len(v if isinstance(v, str) else json.dumps(v)):,} chars]"
+            if k in self.content_fields
+            else v
+            for k, v in data.items()
+        }
+
+    def redacted_output(self, value):
+        """A result or error text as anyone but the job's owner may see it: its size, if the
+        type's output is content (and there is one)."""
+        if not self.output_is_content or value in (None, ""):
+            return value
+        return f"[{len(value if isinstance(value, str) else json.dumps(value)):,} chars]"
+
+    def subject_of(self, data, result=None):
+        return self.subject(data, result) or "" if self.subject else ""
+
+    @property
+    def retry_policy(self):
+        """The registered policy with `settings.JOB_RETRY_POLICIES[name]` applied over it."""
+        overrides = conf.JOB_RETRY_POLICIES.get(self.name, {})
+        return RetryPolicy(**{**self.retry.__dict__, **overrides})
+
+    def validate(self, data, *, user_checked=False):
+        """The cleaned data, or JobValidationError naming every problem."""
+        if not isinstance(data, dict):
+            raise JobValidationError(f"{self.name}: data must be an object")
+        serializer = self.schema(data=data, context={"user_checked": user_checked})
+        if not serializer.is_valid():
+            problems = "; ".join(
+                f"{name}: {' '.join(str(m) for m in messages)}"
+                for name, messages in serializer.errors.items()
+            )
+            raise JobValidationError(f"{self.name}: invalid data ({problems})", serializer.errors)
+        return serializer.validated_data
+
+
+_types = {}
+
+
+def register(
+    name,
+    *,
+    queue,
+    schema,
+    retry=None,
+    subject=None,
+    content_fields=(),
+    client_enqueueable=False,
+    priority=0,
+    unique=None,
+    rank=None,
+    output_is_content=False,
+):
+    """Decorator registering `handler` as job type `name` (parameters: `execution.handlers`)."""
+
+    def decorator(handler):
+        handlers.wants(handler)  # a handler that fits no calling convention fails here, not later
+        if name in _types:
+            raise ValueError(f"job type {name!r} is already registered")
+        if queue not in conf.QUEUES:
+            raise ValueError(f"job type {name!r} names unknown queue {queue!r}")
+        if priority not in PRIORITIES:
+            raise ValueError(f"job type {name!r}: priority must be in {PRIORITIES}")
+        if unique is not None and set(unique.fields) - set(schema().fields):
+            raise ValueError(f"job type {name!r}: unique fields {unique.fields} not in its data")
+        _types[name] = JobType(
+            name,
+            queue,
+            handler,
+            schema,
+            retry or RetryPolicy(),
+            subject,
+            tuple(content_fields),
+            bool(output_is_content),
+            client_enqueueable,
+            priority,
+            unique,
+            rank,
+        )
+        return handler
+
+    return decorator
+
+
+def get(queue, name, *, client=False):
+    """The registered type `name` on `queue`, or JobValidationError.
+
+    With `client`, a type clients may not enqueue is unknown too, with the same message.
+    """
+    if queue not in conf.QUEUES:
+        raise JobValidationError(f"unknown queue {queue!r}")
+    job_type = _types.get(name)
+    if job_type is None or job_type.queue != queue or (client and not job_type.client_enqueueable):
+        raise JobValidationError(f"unknown job type {name!r} on queue {queue!r}")
+    return job_type
+
+
+def find(name):
+    return _types.get(name)
+
+
+def all_types():
+    return dict(_types)
+
+
+def types_with_content():
+    """Names of the types whose data carries user content (`content_fields`)."""
+    return [name for name, kind in _types.items() if kind.content_fields]
+
+
+def autodiscover():
+    autodiscover_modules("jobs")
+    for module in conf.JOB_TYPE_MODULES:
+        import_module(module)

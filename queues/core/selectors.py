@@ -1,0 +1,235 @@
+"""Reads on jobs: records, counters, cluster heartbeats."""
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from queues.django_q2.heartbeats import live_clusters
+from queues.models import (
+    HISTOGRAM_BUCKETS,
+    Job,
+    JobCounter,
+    JobMinute,
+    QueuePause,
+    ScheduleFailureCounter,
+    bucket_column,
+)
+
+
+def jobs_visible_to(user):
+    """Holders of `queues.view_job` see every job record; anyone else the jobs they enqueued."""
+    return Job.objects.all() if user.has_perm("queues.view_job") else Job.objects.filter(user=user)
+
+
+def search_jobs(
+    viewer,
+    *,
+    job_id=None,
+    job_type="",
+    status="",
+    user="",
+    subject="",
+    created_after=None,
+    created_before=None,
+    finished_after=None,
+    finished_before=None,
+):
+    """The jobs `viewer` may see that match every given filter (the dashboard's Jobs page).
+
+    `user` is a username or a user id; one that names nobody matches no job, like any filter.
+    """
+    jobs = jobs_visible_to(viewer)
+    if job_id:
+        jobs = jobs.filter(pk=job_id)
+    if job_type:
+        jobs = jobs.filter(job_type=job_type)
+    if status:
+        jobs = jobs.filter(status=status)
+    if user:
+        named = Q(username=user) | (Q(pk=int(user)) if user.isascii() and user.isdigit() else Q())
+        # Looked up first: the planner then sees the ids and picks the user's index.
+        users = list(get_user_model().objects.filter(named).values_list("pk", flat=True))
+        jobs = jobs.filter(user__in=users)
+    if subject:
+        jobs = jobs.filter(subject=subject)
+    if created_after:
+        jobs = jobs.filter(created_at__gte=created_after)
+    if created_before:
+        jobs = jobs.filter(created_at__lte=created_before)
+    if finished_after:
+        jobs = jobs.filter(finished_at__gte=finished_after)
+    if finished_before:
+        jobs = jobs.filter(finished_at__lte=finished_before)
+    return jobs
+
+
+def jobs_page(jobs, *, older_than=None, newer_than=None, size=50):
+    """One page of `jobs`, newest first: (jobs, whether newer ones exist, whether older do).
+
+    Keyset pagination on (created_at, id): each page is one index range scan of `size` + 1 rows
+    starting at a position (`older_than` or `newer_than`, a (created_at, id) pair), however deep
+    the page, where an offset would read and skip every row before it.
+    """
+    if newer_than:
+        created_at, pk = newer_than
+        after = jobs.filter(created_at__gte=created_at).exclude(created_at=created_at, pk__lte=pk)
+        rows = list(after.order_by("created_at", "id")[: size + 1])
+        return rows[:size][::-1], len(rows) > size, True
+    if older_than:
+        created_at, pk = older_than
+        jobs = jobs.filter(created_at__lte=created_at).exclude(created_at=created_at, pk__gte=pk)
+    rows = list(jobs.order_by("-created_at", "-id")[: size + 1])
+    return rows[:size], older_than is not None, len(rows) > size
+
+
+def subjects_with_live_jobs(job_type, subjects):
+    """Those of `subjects` with a job of `job_type` on its way: running, or waiting and not
+    overdue (`Job.OVERDUE_AFTER`: its delivery is lost), or waiting in a paused queue."""
+    on_time = timezone.now() - Job.OVERDUE_AFTER
+    paused = QueuePause.objects.values("queue")
+    return set(
+        Job.objects.filter(job_type=job_type, subject__in=subjects)
+        .filter(
+            Q(status=Job.Status.RUNNING)
+            | Q(status__in=Job.WAITING, run_after__gte=on_time)
+            | Q(status__in=Job.WAITING, queue__in=paused)
+        )
+        .values_list("subject", flat=True)
+    )
+
+
+def subjects_with_failed_jobs(job_type, subjects):
+    """Those of `subjects` that have a job of `job_type` that failed for good."""
+    return set(
+        Job.objects.filter(
+            job_type=job_type, subject__in=subjects, status=Job.Status.FAILED
+        ).values_list("subject", flat=True)
+    )
+
+
+def counter_totals():
+    """{(queue, job_type, column): total} of `JobCounter`'s counting columns, summed over the
+    shards. One query."""
+    columns = JobCounter.counted_fields()
+    rows = JobCounter.objects.values_list("queue", "job_type").annotate(*map(Sum, columns))
+    return {
+        (queue, job_type, column): total
+        for queue, job_type, *totals in rows
+        for column, total in zip(columns, totals, strict=True)
+    }
+
+
+def oldest_due_job(queue, job_types=None):
+    """The waiting job of `queue` (of `job_types`, if given) due longest, or None."""
+    due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
+    if job_types is not None:
+        due = due.filter(job_type__in=job_types)
+    return due.order_by("run_after").only("run_after").first()
+
+
+def live_cluster_counts():
+    """{queue: number of clusters seen within the last 30 s}."""
+    rows = live_clusters().values("queue").annotate(n=Count("key"))
+    return {r["queue"]: r["n"] for r in rows}
+
+
+def minutes_since(start):
+    """Per queue and minute: succeeded jobs and failed attempts since `start`."""
+    return (
+        JobMinute.objects.filter(minute__gte=start)
+        .values("queue", "minute")
+        .annotate(succeeded=Sum("succeeded"), failed=Sum("failed"))
+        .order_by("queue", "minute")
+    )
+
+
+def histogram(totals, queue, series, job_type=None):
+    """Cumulative (bound, count) pairs, sum and count of one series, over one or all types."""
+
+    def total(name):
+        return sum(
+            v
+            for (q, t, n), v in totals.items()
+            if q == queue and n == name and (job_type is None or t == job_type)
+        )
+
+    buckets = [(bound, total(bucket_column(series, bound))) for bound in HISTOGRAM_BUCKETS]
+    return buckets, total(f"{series}_sum"), buckets[-1][1]
+
+
+def quantile(buckets, q):
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket that holds q."""
+    count = buckets[-1][1] if buckets else 0
+    if not count:
+        return None
+    rank, lower, below = q * count, 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def queue_stats(queues):
+    """The snapshot behind `/api/queues/stats` and the dashboard: one dict per queue."""
+    now = timezone.now()
+    totals = counter_totals()
+    clusters = live_cluster_counts()
+    minutes = list(minutes_since(now - timedelta(minutes=61)))
+    paused = QueuePause.objects.in_bulk()
+    stats = {}
+    for queue in queues:
+
+        def total(name, queue=queue):
+            return sum(v for (q, _, n), v in totals.items() if q == queue and n == name)
+
+        succeeded, failed = total("succeeded"), total("failed")
+        buckets, run_sum, run_count = histogram(totals, queue, "run_seconds")
+        # A paused queue's jobs wait on purpose: not a backlog.
+        oldest = None if queue in paused else oldest_due_job(queue)
+        throughput = {}
+        for window in (1, 5, 60):
+            # Every minute bucket that overlaps the window, the oldest one in full.
+            since = (now - timedelta(minutes=window)).replace(second=0, microsecond=0)
+            done = sum(
+                m["succeeded"] for m in minutes if m["queue"] == queue and m["minute"] >= since
+            )
+            throughput[f"{window}m"] = round(done / window, 2)
+        stats[queue] = {
+            "waiting": int(total("waiting")),
+            "running": int(total("running")),
+            "succeeded": int(succeeded),
+            "failed": int(failed),
+            "cancelled": int(total("cancelled")),
+            "enqueued": int(total("enqueued")),
+            "attempts_failed": int(total("attempts_failed")),
+            "retries_scheduled": int(total("retries_scheduled")),
+            "success_rate": round(succeeded / (succeeded + failed), 4)
+            if succeeded + failed
+            else None,
+            "run_seconds_avg": round(run_sum / run_count, 4) if run_count else None,
+            "run_seconds_p95": quantile(buckets, 0.95),
+            "throughput_per_minute": throughput,
+            "oldest_waiting_seconds": (
+                round((now - oldest.run_after).total_seconds(), 3) if oldest else 0.0
+            ),
+            "live_clusters": clusters.get(queue, 0),
+            "paused": queue in paused,
+            "paused_at": paused[queue].paused_at if queue in paused else None,
+            "per_minute": [
+                {"minute": m["minute"], "succeeded": m["succeeded"], "failed": m["failed"]}
+                for m in minutes
+                if m["queue"] == queue
+            ],
+        }
+    return stats
+
+
+def failing_schedules():
+    """Schedules that have failed, the latest failure first (`queues.django_q2.scheduler`)."""
+    return ScheduleFailureCounter.objects.order_by("-last_failed_at", "schedule")

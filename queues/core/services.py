@@ -1,0 +1,289 @@
+"""Writes on jobs: enqueue one or many, retry failed ones."""
+
+import logging
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
+from django.db.models import F
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from queues.conf import conf
+from queues.core import history, registry
+from queues.django_q2.push import push, push_statement
+from queues.engine import batch, counters
+from queues.engine.statements import insert_statement
+from queues.errors import JobValidationError, TooManyLiveJobs
+from queues.execution import tracing
+from queues.models import Job, JobEvent
+
+logger = logging.getLogger("queues.services")
+
+
+@transaction.atomic
+def enqueue_for_client(user, queue, job_type, data, *, request_id=None, priority=None):
+    """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
+    _admit_client_jobs(user, queue, job_type, 1, priority)
+    return enqueue(
+        queue, job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority
+    )
+
+
+@transaction.atomic
+def enqueue_many_for_client(user, queue, job_type, items, *, request_id=None, priority=None):
+    """`enqueue_many` on behalf of an API client, each item counting towards the cap."""
+    _admit_client_jobs(user, queue, job_type, len(items), priority)
+    items = [{**data, "user_id": user.pk} if isinstance(data, dict) else data for data in items]
+    return enqueue_many(job_type, items, request_id=request_id, priority=priority)
+
+
+def _admit_client_jobs(user, queue, job_type, count, priority):
+    """Refuse `count` more jobs of a client: types it may not enqueue, a priority more urgent
+    than its type's (a client may only let its own jobs wait), or more live jobs than its cap.
+
+    The user's row is locked while counting, so concurrent requests of one user cannot all pass
+    the cap together; other users never wait on it.
+    """
+    kind = registry.get(queue, job_type, client=True)
+    if priority is not None and priority < kind.priority:
+        raise JobValidationError(
+            f"priority must be at least {kind.priority} for {job_type}",
+            {"priority": [f"Must be at least {kind.priority} for {job_type}."]},
+        )
+    get_user_model().objects.select_for_update().filter(pk=user.pk).exists()
+    cap = conf.CLIENT_LIVE_JOBS_PER_USER
+    client_types = [name for name, t in registry.all_types().items() if t.client_enqueueable]
+    live = Job.objects.filter(user=user, status__in=Job.LIVE, job_type__in=client_types)
+    if live.count() + count > cap:
+        raise TooManyLiveJobs(f"{cap} of your jobs are still waiting or running")
+
+
+def enqueue(
+    queue, job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None
+):
+    """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
+
+    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` carries
+    `user_id` (optional only for types whose schema says so, e.g. `UserlessJobData`);
+    `request_id` names what asked for it (the caller passes its request's id; a new one when it
+    has none), unless `data` carries one; `run_after` defers the first attempt. Unknown queue or
+    type, or data that does not fit the type's schema, raise `JobValidationError` and store
+    nothing.
+    `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
+    vouches for it), so validation does not look the user up again. `priority`: 0 (first) to 9,
+    the type's by default. A unique type's duplicate is not stored: the job holding its key is
+    returned instead, with `deduplicated` set.
+    """
+    kind = registry.get(queue, job_type)
+    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
+    if kind.unique:
+        (job,) = batch.store(kind, [job])
+        return job
+    # No savepoint inside the caller's transaction (two round trips saved): an error here
+    # propagates and rolls the caller's transaction back anyway.
+    with transaction.atomic(savepoint=False):
+        broker_row = push_statement(job)
+        if broker_row is None:  # SQLite, or a broker outside the database (Redis)
+            job.broker_row = push(job)  # the row first, so the job is stored knowing it
+            job.save(force_insert=True)
+            counters.job_enqueued(job)
+        else:
+            # One round trip on PostgreSQL: the record, which stores its broker row's id, the row
+            # (its RETURNING sends the NOTIFY, delivered at commit) and the counters.
+            job.broker_row = RawSQL(f"SELECT id FROM {broker_row[2]}", [])
+            ((job.broker_row,),) = counters.job_enqueued(
+                job, also=[insert_statement(job, returning="broker_row"), broker_row]
+            )
+            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
+    return job
+
+
+def enqueue_if(
+    condition, queue, job_type, data, *, request_id=None, user_checked=False, priority=None
+):
+    """`enqueue`, only if `condition` returns a row, atomically with it (`batch.store_if`).
+
+    `condition`: (sql, params) of a statement returning at most one row, typically the change
+    that asks for the job as a conditional `UPDATE ... RETURNING`. Returns (its row, the job) or
+    (None, None). The data is validated first: invalid data raises before the condition runs.
+    """
+    kind = registry.get(queue, job_type)
+    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
+    return batch.store_if(kind, job, condition)
+
+
+def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priority=None):
+    """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
+
+    Any invalid item raises `JobValidationError` naming its index, and stores nothing. Returns
+    the jobs in the order of `items` (a unique type's duplicates as in `enqueue`).
+    """
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    if not isinstance(items, list) or not items:
+        raise JobValidationError(f"{job_type}: items must be a non-empty list")
+    priority = _priority(kind, priority)
+    # The items' users are looked up in one query, not once per item; an unknown one is left
+    # to the item's validation, which names it.
+    user_ids = {data.get("user_id") for data in items if isinstance(data, dict)}
+    ids = [pk for pk in user_ids if type(pk) is int and 0 < pk < 2**63] if not user_checked else []
+    users = get_user_model().objects.filter(pk__in=ids)
+    known = set(users.values_list("pk", flat=True)) if ids else set()
+    jobs = []
+    for index, data in enumerate(items):
+        checked = user_checked or (isinstance(data, dict) and data.get("user_id") in known)
+        try:
+            jobs.append(_new_job(kind, data, request_id, checked, priority))
+        except (JobValidationError, TypeError) as exc:
+            fields = getattr(exc, "fields", None) or [str(exc)]
+            raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None
+    return batch.store(kind, jobs)
+
+
+def _priority(kind, priority):
+    """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
+    if priority is None:
+        return kind.priority
+    if type(priority) is not int or priority not in registry.PRIORITIES:
+        raise JobValidationError(f"priority must be an integer from 0 to {registry.PRIORITIES[-1]}")
+    return priority
+
+
+def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
+    """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
+    data = {**data}
+    data.setdefault("request_id", request_id or uuid.uuid4().hex)
+    cleaned = dict(kind.validate(data, user_checked=user_checked))
+    return Job(
+        queue=kind.queue,
+        job_type=kind.name,
+        data=cleaned,
+        subject=kind.subject_of(cleaned),
+        user_id=cleaned.get("user_id"),
+        request_id=cleaned["request_id"],
+        max_attempts=kind.retry_policy.attempts,
+        trace_context=tracing.capture(),
+        priority=priority,
+        run_after=run_after or timezone.now(),
+    )
+
+
+@transaction.atomic
+def retry_jobs(jobs, *, by=None):
+    """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
+
+    A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
+    so the new attempt's checks do not stop it; the job's history keeps the request.
+    A unique type's job whose key another live job holds now is left failed, not counted."""
+    now = timezone.now()
+    count = 0
+    failed = Job.objects.select_for_update().filter(
+        pk__in=jobs.values("pk"), status=Job.Status.FAILED
+    )
+    for job in failed:
+        kind = registry.find(job.job_type)
+        job.status = Job.Status.QUEUED
+        job.max_attempts = F("attempts") + (kind.retry_policy.attempts if kind else 1)
+        job.run_after = now
+        job.finished_at = None
+        job.retried_by = by
+        job.retried_at = now
+        job.cancel_requested_by = job.cancel_requested_at = None
+        try:
+            with transaction.atomic():  # a newer job may hold its unique key: that one stays
+                job.broker_row = push(job)
+                job.save()
+        except IntegrityError:
+            continue
+        job.refresh_from_db(fields=["max_attempts"])
+        counters.retried_by_operator(job)
+        history.record([job], JobEvent.Action.RETRIED, by=by)
+        count += 1
+    return count
+
+
+@transaction.atomic
+def delete_finished_jobs(jobs, *, by=None):
+    """Delete the records of those of `jobs` that are finished; a live job is never touched.
+
+    The finished ones are locked first, so a job an operator retries meanwhile either waits for
+    this deletion or, retried first, is no longer finished and stays. Returns how many.
+    """
+    finished = Job.objects.select_for_update().filter(
+        pk__in=jobs.values("pk"), status__in=Job.FINISHED
+    )
+    deleted, _ = Job.objects.filter(pk__in=list(finished.values_list("pk", flat=True))).delete()
+    if deleted:
+        logger.info("%d finished job records deleted by %s", deleted, by)
+    return deleted
+
+
+@transaction.atomic(savepoint=False)
+def cancel_waiting_jobs(subject, job_type):
+    """Withdraw the not-yet-started jobs of `job_type` about `subject`, with their counters, in
+    one transaction (the caller's, if open). Returns how many.
+
+    Their broker rows stay; the runner skips a delivery of a finished job.
+    """
+    cancelled = Job.objects.filter(
+        subject=subject, job_type=job_type, status__in=Job.WAITING
+    ).update(status=Job.Status.CANCELLED, finished_at=timezone.now())
+    counters.jobs_cancelled(registry.find(job_type).queue, job_type, cancelled)
+    return cancelled
+
+
+def _cancel_waiting_content_jobs(jobs):
+    """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
+    waiting = jobs.filter(status__in=Job.WAITING, job_type__in=registry.types_with_content())
+    for queue, job_type in set(waiting.values_list("queue", "job_type")):
+        cancelled = waiting.filter(queue=queue, job_type=job_type).update(
+            status=Job.Status.CANCELLED, finished_at=timezone.now()
+        )
+        counters.jobs_cancelled(queue, job_type, cancelled)
+
+
+def forget_subject(subject):
+    """What `subject` names is gone: withdraw its waiting jobs that carry user content, and
+    erase the content of every job record about it. Returns how many records were scrubbed."""
+    _cancel_waiting_content_jobs(Job.objects.filter(subject=subject))
+    return scrub_jobs(subject)
+
+
+def forget_user(user_id):
+    """A user is being deleted: the same for every job record they enqueued (the records stay,
+    with `user` set to NULL, for operators)."""
+    jobs = Job.objects.filter(user_id=user_id)
+    _cancel_waiting_content_jobs(jobs)
+    return _scrub(jobs)
+
+
+def scrub_jobs(subject):
+    """Erase the user content that job records about `subject` carry in their data (and
+    output, for a type whose output is content).
+
+    Ids, types, times, statuses and error classes stay for operators. Retention bounds how many
+    finished records there are, so this touches few rows.
+    """
+    return _scrub(Job.objects.filter(subject=subject))
+
+
+def drop_content(jobs):
+    """Erase the user content of `jobs` whatever they are about: for jobs that will never run,
+    whose content nothing will ever use (cancelled ones). Returns how many were changed."""
+    return _scrub(jobs)
+
+
+def _scrub(jobs):
+    scrubbed = []
+    for job in jobs.only("id", "job_type", "data", "result", "last_error", "traceback"):
+        kind = registry.find(job.job_type)
+        output = kind and kind.output_is_content and (job.result, job.last_error, job.traceback)
+        if kind and (any(output or ()) or any(f in job.data for f in kind.content_fields)):
+            job.data = kind.without_content(job.data)
+            if kind.output_is_content:
+                job.result, job.last_error, job.traceback = None, "", ""
+            scrubbed.append(job)
+    Job.objects.bulk_update(scrubbed, ["data", "result", "last_error", "traceback"], batch_size=500)
+    return len(scrubbed)

@@ -1,0 +1,1 @@
+"""Everything that touches django-q2: cluster, worker loop, brokers, heartbeats, payloads."""

@@ -1,0 +1,83 @@
+"""Cluster heartbeats in the database, whichever broker carries the jobs.
+
+django-q2 reports a cluster's status through its broker every guard cycle (0.5 s): stock, into the
+Django cache (per process by default) or into Redis. Our brokers keep it in `ClusterHeartbeat`
+instead, so every web process on any host (`/readyz`, the dashboard, `/api/queues/stats`,
+`/metrics`) sees every cluster, on the database broker and on Redis alike.
+"""
+
+import time
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+from django_q.conf import Conf
+from django_q.signing import SignedPackage
+
+from queues.engine import reconnect
+from queues.engine.statements import insert_statement
+from queues.models import ClusterHeartbeat
+
+# How often a running cluster refreshes its heartbeat row, and how old one may be to count.
+HEARTBEAT = 10.0
+LIVE_WITHIN = timedelta(seconds=30)
+_written = {}
+
+
+class DatabaseHeartbeats:
+    """Broker mixin: django-q2's cluster status calls, answered from `ClusterHeartbeat`."""
+
+    @property
+    def queue_name(self):
+        """The queue this broker serves, as operators name it (`database`)."""
+        return self.list_key
+
+    # Written at most every HEARTBEAT seconds, or on a status change, to keep an idle cluster
+    # quiet. Called by the sentinel every guard cycle (0.5 s), which is also when it notices a
+    # connection the server closed, so the heartbeat and the scheduler that share it reconnect
+    # before their next statement.
+    def set_stat(self, key, value, timeout):
+        reconnect.drop_if_hung_up()
+        stat = SignedPackage.loads(value)
+        last = _written.get(key)
+        if last and last[1] == stat.status and time.monotonic() - last[0] < HEARTBEAT:
+            return
+        self._write_stat(key, stat, value)
+
+    @reconnect.once
+    def _write_stat(self, key, stat, value):
+        beat = ClusterHeartbeat(
+            key=key,
+            queue=self.queue_name,
+            host=stat.host,
+            pid=stat.pid,
+            status=stat.status,
+            payload=value,
+            seen_at=timezone.now(),
+        )
+        # One statement (an upsert) where `update_or_create` takes four: BEGIN, SELECT ... FOR
+        # UPDATE, UPDATE, COMMIT; an idle cluster's statements are mostly these.
+        sql, params = insert_statement(beat)
+        quote = connection.ops.quote_name
+        updates = ", ".join(
+            f"{quote(f.column)} = excluded.{quote(f.column)}"
+            for f in ClusterHeartbeat._meta.concrete_fields
+            if not f.primary_key
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(f"{sql} ON CONFLICT ({quote('key')}) DO UPDATE SET {updates}", params)
+        _written[key] = (time.monotonic(), stat.status)
+
+    def get_stat(self, key):
+        beat = live_clusters().filter(key=key).first()
+        return beat.payload if beat else None
+
+    def get_stats(self, pattern):
+        return list(live_clusters().values_list("payload", flat=True))
+
+
+def live_clusters():
+    """Heartbeats of clusters seen recently and not stopped."""
+    return ClusterHeartbeat.objects.filter(seen_at__gte=timezone.now() - LIVE_WITHIN).exclude(
+        status=Conf.STOPPED
+    )

@@ -1,0 +1,1 @@
+"""Running one attempt of a job: the runner, cancellation, timeouts, tracing and log context."""

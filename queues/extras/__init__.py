@@ -1,0 +1,1 @@
+"""Optional integrations: the `django.tasks` backend and the demo job."""

@@ -1,0 +1,1 @@
+"""The queue's upkeep: rescue, retention and the periodic tasks that run them."""

@@ -1,0 +1,66 @@
+"""Periodic upkeep of the job tables, run on the schedules of `queues.maintenance.schedules`."""
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
+from django.utils import timezone
+
+from queues.conf import conf
+from queues.core.history import prune_orphaned_events
+from queues.maintenance.rescuer import rescue
+from queues.models import Job, JobMinute
+
+logger = logging.getLogger("queues.maintenance")
+
+
+def prune_finished_jobs():
+    """Keep each user's newest N succeeded, M failed and K cancelled job records per queue.
+
+    Counted per user, so one user's flood of jobs never evicts another user's records (jobs with
+    no user, enqueued by the app itself, count as one more user). One DELETE per queue and status,
+    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at). It deletes
+    finished jobs only: a row retried while the DELETE runs is left alone.
+    """
+    keep = {
+        Job.Status.SUCCEEDED: conf.JOB_RETENTION["succeeded"],
+        Job.Status.FAILED: conf.JOB_RETENTION["failed"],
+        Job.Status.CANCELLED: conf.JOB_RETENTION["cancelled"],
+    }
+    deleted = 0
+    for queue in conf.QUEUES:
+        for status, count in keep.items():
+            ranked = Job.objects.filter(queue=queue, status=status).annotate(
+                rank=Window(
+                    RowNumber(),
+                    partition_by=[F("user_id")],
+                    order_by=[F("finished_at").desc(nulls_last=True), F("id").desc()],
+                )
+            )
+            older = ranked.filter(rank__gt=count).values("pk")
+            # The status again in the DELETE's own condition: PostgreSQL re-checks it on a row
+            # changed since the ranking read it, so a job an operator retried meanwhile (live
+            # again, with a new broker row) is not deleted.
+            deleted += Job.objects.filter(pk__in=older, status=status).delete()[0]
+    if deleted:
+        logger.info("pruned %d finished job records", deleted)
+    return deleted
+
+
+def prune_minute_stats(keep=timedelta(hours=2)):
+    """Per-minute stats feed charts of the last hour; older minutes are dropped."""
+    return JobMinute.objects.filter(minute__lt=timezone.now() - keep).delete()[0]
+
+
+@transaction.atomic
+def prune():
+    """Everything the maintenance schedule does, every five minutes: in one transaction, so an idle
+    cluster pays one BEGIN and COMMIT for its DELETEs instead of one pair each."""
+    return prune_finished_jobs() + prune_orphaned_events() + prune_minute_stats()
+
+
+def redeliver_stranded_jobs():
+    """Rescue every queue (`rescuer`), also those whose pushers wait on busy workers."""
+    return sum(rescue(queue) for queue in conf.QUEUES)

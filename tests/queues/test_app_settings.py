@@ -1,0 +1,192 @@
+"""The queues app's own settings: defaults that work in a project that sets none of them
+(queues.conf), and system checks that name every bad value (queues.checks)."""
+
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from queues.conf import DEFAULTS, conf
+from tests.support.cluster import ROOT
+
+
+def check(**overrides):
+    """`manage.py check`'s report with `overrides` applied ("" when it finds nothing)."""
+    with override_settings(**overrides):
+        try:
+            call_command("check", stdout=StringIO())
+        except SystemCheckError as report:
+            return str(report)
+    return ""
+
+
+def check_warnings(capsys, **overrides):
+    with override_settings(**overrides):
+        call_command("check")
+    return capsys.readouterr().err
+
+
+def test_the_project_settings_pass_the_checks():
+    assert check() == ""
+    assert check(QUEUE_REDELIVERY_GRACE=0) == ""  # redelivery right at the timeout
+
+
+def test_a_project_that_sets_none_of_the_queue_settings_gets_the_defaults(tmp_path):
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "JOB_TYPE_MODULES"},
+        "DJANGO_SETTINGS_MODULE": "tests.support.bare_project",
+        "BARE_PROJECT_DB": str(tmp_path / "bare.sqlite3"),
+    }
+    manage = [sys.executable, "manage.py"]
+    for command in (["check", "--fail-level", "WARNING"], ["migrate", "-v0"]):
+        done = subprocess.run([*manage, *command], cwd=ROOT, env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()
+    script = (
+        "from django_q.models import Schedule; from queues.conf import conf;"
+        "print(sorted(Schedule.objects.values_list('name', flat=True)));"
+        "print(conf.QUEUES, conf.QUEUE_STRANDED_AFTER, conf.JOB_RETENTION)"
+    )
+    shown = subprocess.run(
+        [*manage, "shell", "-v0", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert shown.stdout.splitlines() == [
+        "['queues: prune finished job records', 'queues: push stranded jobs again']",
+        "{'database': {'workers': 4, 'timeout': 120}} 45 "
+        "{'succeeded': 50, 'failed': 100, 'cancelled': 50}",
+    ], shown.stderr
+
+
+def test_partial_settings_are_merged_over_the_defaults():
+    with override_settings(
+        QUEUE_DEFAULTS={"timeout": 30}, QUEUES={"database": {}, "slow": {"timeout": 600}}
+    ):
+        assert conf.QUEUES == {
+            "database": {"workers": 4, "timeout": 30},
+            "slow": {"workers": 4, "timeout": 600},
+        }
+    with override_settings(JOB_RETENTION={"failed": 7}):
+        assert {**DEFAULTS["JOB_RETENTION"], "failed": 7} == conf.JOB_RETENTION
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("QUEUES", ["database"]),
+        ("QUEUE_DEFAULTS", 120),
+        ("QUEUE_RESCUE_INTERVAL", "5"),
+        ("QUEUE_STRANDED_AFTER", 4.5),
+        ("CLIENT_LIVE_JOBS_PER_USER", True),
+        ("JOB_RETENTION", {"failed": "100"}),
+        ("JOB_RETRY_POLICIES", {"delete_conversation": 5}),
+        ("JOB_TYPE_MODULES", "tests.support.job_types"),
+        ("QUEUE_SCHEDULES", {"name": "x"}),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_an_error(setting, value):
+    report = check(**{setting: value})
+    assert f"(queues.E001) {setting} must be" in report
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"QUEUE_RESCUE_INTERVAL": 0}, "QUEUE_RESCUE_INTERVAL"),
+        ({"QUEUE_STRANDED_AFTER": -1}, "QUEUE_STRANDED_AFTER"),
+        ({"QUEUE_REDELIVERY_GRACE": -1}, "QUEUE_REDELIVERY_GRACE"),
+        ({"CLIENT_LIVE_JOBS_PER_USER": 0}, "CLIENT_LIVE_JOBS_PER_USER"),
+        ({"QUEUES": {"database": {"timeout": 0}}}, 'QUEUES["database"]["timeout"]'),
+        (
+            {"QUEUES": {"database": {}}, "QUEUE_DEFAULTS": {"workers": -2}},
+            'QUEUES["database"]["workers"]',
+        ),
+        ({"JOB_RETENTION": {"failed": -1}}, "JOB_RETENTION['failed']"),
+    ],
+)
+def test_a_zero_or_negative_interval_or_count_is_an_error(overrides, named):
+    report = check(**overrides)
+    assert "(queues.E002)" in report and named in report
+
+
+def test_a_cluster_named_after_no_queue_is_an_error(settings):
+    report = check(Q_CLUSTER={**settings.Q_CLUSTER, "name": "databse"})
+    assert "(queues.E003) Q_CLUSTER serves queue 'databse', which is not in QUEUES." in report
+
+
+@pytest.mark.parametrize("setting", ["QUEUE_STRANDED_AFTER", "QUEUE_RESCUE_INTERVAL"])
+def test_a_stranded_job_must_be_rescued_before_it_counts_as_overdue(setting):
+    fine = {"QUEUE_STRANDED_AFTER": 100, "QUEUE_RESCUE_INTERVAL": 19}
+    assert "queues.E004" not in check(**fine)
+    assert "queues.E004" in check(**{**fine, setting: fine[setting] + 1})
+
+
+def test_a_retry_policy_override_naming_an_unknown_field_is_an_error():
+    report = check(JOB_RETRY_POLICIES={"delete_conversation": {"atempts": 5}})
+    assert "(queues.E005) JOB_RETRY_POLICIES['delete_conversation'] names unknown field" in report
+    assert "'attempts', 'backoff_seconds', 'jitter'" in report
+
+
+def test_retention_of_an_unknown_status_is_an_error():
+    assert "(queues.E006) JOB_RETENTION names unknown status 'success'" in check(
+        JOB_RETENTION={"success": 10}
+    )
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "no func"},
+        {"name": "typo", "func": "chat.sweeper.sweep_deletions", "minute": 5},
+        {"name": "queues: prune finished job records", "func": "queues.maintenance.periodic.prune"},
+        {"name": "gone", "func": "chat.sweeper.no_such_function"},
+        {"name": "bad cron", "func": "queues.maintenance.periodic.prune", "cron": "61 * * * *"},
+        {"name": "short cron", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * *"},
+        {
+            "name": "both",
+            "func": "queues.maintenance.periodic.prune",
+            "cron": "0 3 * * *",
+            "minutes": 5,
+        },
+        {"name": "zero", "func": "queues.maintenance.periodic.prune", "minutes": 0},
+    ],
+)
+def test_a_bad_schedule_declaration_is_an_error(entry):
+    assert "(queues.E007) QUEUE_SCHEDULES entry" in check(QUEUE_SCHEDULES=[entry])
+
+
+def test_a_cron_schedule_passes_the_checks():
+    entry = {"name": "nightly", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * * 1-5"}
+    assert "E007" not in check(QUEUE_SCHEDULES=[entry])
+
+
+def test_a_queue_without_a_cluster_is_a_warning(capsys, settings):
+    queues = {**settings.QUEUES, "reports": {}}
+    report = check_warnings(capsys, QUEUES=queues)
+    assert "(queues.W001) Queue 'reports' has no cluster in Q_CLUSTER" in report
+    alt = {**settings.Q_CLUSTER, "ALT_CLUSTERS": {"reports": {}}}
+    assert "queues.W001" not in check_warnings(capsys, QUEUES=queues, Q_CLUSTER=alt)
+
+
+def test_redelivery_before_a_job_may_end_is_a_warning(capsys, settings):
+    report = check_warnings(capsys, Q_CLUSTER={**settings.Q_CLUSTER, "retry": 60})
+    assert "(queues.W002) Q_CLUSTER retry for queue 'database' is 60 s" in report
+
+
+def test_a_retry_policy_for_an_unregistered_job_type_is_a_warning(capsys):
+    report = check_warnings(capsys, JOB_RETRY_POLICIES={"delete_conversations": {"attempts": 2}})
+    assert "(queues.W003) JOB_RETRY_POLICIES names 'delete_conversations'" in report
+
+
+def test_queues_reads_its_own_settings_only_through_conf():
+    readers = [
+        f"{path.relative_to(ROOT)}: settings.{name}"
+        for path in (ROOT / "queues").rglob("*.py")
+        if path.name not in {"conf.py", "checks.py"}
+        for name in DEFAULTS
+        if f"settings.{name}" in path.read_text().replace("`settings.", "`")
+    ]
+    assert readers == []
