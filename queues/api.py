@@ -28,6 +28,12 @@ A long handler calls `raise_if_stop_requested()` where stopping is safe: an oper
 request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
 from queues.core import registry, selectors, services
 from queues.core.registry import RetryPolicy, Unique
 from queues.core.schemas import JobData
@@ -74,7 +80,9 @@ __all__ = [
 ]
 
 
-def job_type(name, *, queue, schema, **options):
+def job_type(
+    name: str, *, queue: str, schema: type[JobData], **options: Any
+) -> Callable[[registry.Handler], registry.Handler]:
     """Decorator declaring its function as the handler of job type `name` on `queue`.
 
     `schema`: a `JobData` serializer for the job's data. Options (`queues.core.registry.register`
@@ -89,7 +97,15 @@ def job_type(name, *, queue, schema, **options):
     return registry.register(name, queue=queue, schema=schema, **options)
 
 
-def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None):
+def enqueue(
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    run_after: datetime | None = None,
+    priority: int | None = None,
+) -> Job:
     """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
     `data` carries `user_id`. `request_id`: what asked for the job (the caller's request id; a
@@ -109,7 +125,15 @@ def enqueue(job_type, data, *, request_id=None, user_checked=False, run_after=No
     )
 
 
-def enqueue_if(condition, job_type, data, *, request_id=None, user_checked=False, priority=None):
+def enqueue_if(
+    condition: tuple[str, Sequence[Any]],
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    priority: int | None = None,
+) -> tuple[tuple[Any, ...], Job] | tuple[None, None]:
     """`enqueue` only if `condition` returns a row, atomically with it: (the row, the job), or
     (None, None) when it returns none and nothing is stored.
 
@@ -129,7 +153,7 @@ def enqueue_if(condition, job_type, data, *, request_id=None, user_checked=False
     )
 
 
-def _queue_of(job_type):
+def _queue_of(job_type: str) -> str:
     kind = registry.find(job_type)
     if kind is None:
         raise JobValidationError(f"unknown job type {job_type!r}")

@@ -5,11 +5,16 @@ They read the raw settings, not `conf`, so a value of the wrong type is reported
 merged.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from importlib import import_module
+from typing import Any
 
+from django.apps import AppConfig
 from django.conf import settings
-from django.core.checks import Error, Warning
+from django.core.checks import CheckMessage, Error, Warning
 from django.core.checks import register as register_check
 
 from queues.conf import DEFAULTS, conf
@@ -28,11 +33,13 @@ SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
 DJANGO_Q_RETRY = 60
 
 
-def register():
+def register() -> None:
     register_check(check_settings, "queues")
 
 
-def check_settings(app_configs=None, **kwargs):
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     raw = {name: getattr(settings, name, default) for name, default in DEFAULTS.items()}
     problems = _types(raw)
     if problems:  # the checks below assume the types
@@ -48,11 +55,11 @@ def check_settings(app_configs=None, **kwargs):
     ]
 
 
-def _types(raw):
-    def is_int(value):
+def _types(raw: dict[str, Any]) -> list[CheckMessage]:
+    def is_int(value: object) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
-    expected = {
+    expected: dict[str, tuple[Callable[[Any], bool], str]] = {
         "QUEUE_DEFAULTS": (lambda v: isinstance(v, dict), "a dict"),
         "QUEUES": (
             lambda v: isinstance(v, dict) and all(isinstance(o, dict) for o in v.values()),
@@ -90,13 +97,13 @@ def _types(raw):
     ]
 
 
-def _positive(raw):
+def _positive(raw: dict[str, Any]) -> list[CheckMessage]:
     numbers = {name: raw[name] for name in [*POSITIVE_SECONDS, "CLIENT_LIVE_JOBS_PER_USER"]}
     for queue, options in conf.QUEUES.items():
         for option, value in options.items():
             if option in QUEUE_OPTIONS:
                 numbers[f'QUEUES["{queue}"]["{option}"]'] = value
-    problems = [
+    problems: list[CheckMessage] = [
         Error(
             f"{name} must be a whole number above zero, not {value!r}.",
             hint="Intervals and timeouts are seconds; workers and caps are counts.",
@@ -117,17 +124,17 @@ def _positive(raw):
     return problems
 
 
-def _cluster_names():
+def _cluster_names() -> tuple[str, set[str]]:
     """The queue served by `Q_CLUSTER` and those served by its ALT_CLUSTERS."""
     q_cluster = getattr(settings, "Q_CLUSTER", {})
     return q_cluster.get("name", "default"), set(q_cluster.get("ALT_CLUSTERS", {}))
 
 
-def _queues_match_clusters():
+def _queues_match_clusters() -> list[CheckMessage]:
     main, alternatives = _cluster_names()
     clusters = {main, *alternatives}
     queues = set(conf.QUEUES)
-    problems = [
+    problems: list[CheckMessage] = [
         Error(
             f"Q_CLUSTER serves queue {name!r}, which is not in QUEUES.",
             hint=f"Name each django-q2 cluster after a queue: one of {sorted(queues)}.",
@@ -147,7 +154,7 @@ def _queues_match_clusters():
     return problems
 
 
-def _stranded_after(raw):
+def _stranded_after(raw: dict[str, Any]) -> list[CheckMessage]:
     """A lost delivery is rescued within QUEUE_STRANDED_AFTER + QUEUE_RESCUE_INTERVAL of its due
     time; until then its job must still count as live (Job.OVERDUE_AFTER), or the sweeper would
     take it for lost and enqueue its work again."""
@@ -165,13 +172,13 @@ def _stranded_after(raw):
     ]
 
 
-def _redelivery():
+def _redelivery() -> list[CheckMessage]:
     """django-q2 hands a claimed broker row out again after `retry` seconds: before the queue's
     timeout + QUEUE_REDELIVERY_GRACE, a job still running would be delivered again."""
     q_cluster = getattr(settings, "Q_CLUSTER", {})
     main, _ = _cluster_names()
     options = {main: q_cluster, **q_cluster.get("ALT_CLUSTERS", {})}
-    problems = []
+    problems: list[CheckMessage] = []
     for queue, cluster in options.items():
         retry = cluster.get("retry", q_cluster.get("retry", DJANGO_Q_RETRY))
         if queue not in conf.QUEUES or not isinstance(retry, int | float):
@@ -189,9 +196,9 @@ def _redelivery():
     return problems
 
 
-def _retry_policies(raw):
+def _retry_policies(raw: dict[str, Any]) -> list[CheckMessage]:
     known = {field.name for field in fields(RetryPolicy)}
-    problems = []
+    problems: list[CheckMessage] = []
     for job_type, overrides in raw["JOB_RETRY_POLICIES"].items():
         for field in sorted(set(overrides) - known):
             problems.append(
@@ -212,8 +219,8 @@ def _retry_policies(raw):
     return problems
 
 
-def _retention(raw):
-    problems = [
+def _retention(raw: dict[str, Any]) -> list[CheckMessage]:
+    problems: list[CheckMessage] = [
         Error(
             f"JOB_RETENTION names unknown status {status!r}.",
             hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
@@ -233,8 +240,9 @@ def _retention(raw):
     return problems
 
 
-def _schedules(raw):
-    problems, names = [], {entry["name"] for entry in MAINTENANCE}
+def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
+    problems: list[CheckMessage] = []
+    names = {entry["name"] for entry in MAINTENANCE}
     for entry in raw["QUEUE_SCHEDULES"]:
         unknown = set(entry) - SCHEDULE_KEYS
         name = entry.get("name")
@@ -265,7 +273,7 @@ def _schedules(raw):
     return problems
 
 
-def _cron_problem(expression):
+def _cron_problem(expression: object) -> str | None:
     """Why `expression` would fail django-q2's scheduler (croniter reads it), or None."""
     try:
         from croniter import croniter
@@ -276,11 +284,11 @@ def _cron_problem(expression):
     return None
 
 
-def _whole_above_zero(value):
+def _whole_above_zero(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _importable(path):
+def _importable(path: str) -> bool:
     module, _, attribute = path.rpartition(".")
     try:
         return callable(getattr(import_module(module), attribute, None))

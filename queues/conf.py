@@ -6,10 +6,14 @@ Every read in `queues` goes through `conf`, in the spirit of DRF's `api_settings
 reads the environment (`slimy/settings.py`); bad values are reported by `queues.checks`.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from django.conf import settings
 from django.core.signals import setting_changed
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     # Options every queue starts from: worker processes, and seconds a handler may run before it
     # is cut off and retried.
     "QUEUE_DEFAULTS": {"workers": 4, "timeout": 120},
@@ -47,7 +51,7 @@ DEFAULT_ENQUEUE_RATE = "120/minute"
 class QueueSettings:
     """`conf.NAME`: the project's setting NAME, or its default (dicts merged over the default's)."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"queues has no setting {name!r}")
         value = getattr(settings, name, DEFAULTS[name])
@@ -58,18 +62,18 @@ class QueueSettings:
         self.__dict__[name] = value
         return value
 
-    def reload(self):
+    def reload(self) -> None:
         self.__dict__.clear()
 
 
-def _all_dicts(value):
+def _all_dicts(value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
 
 
 conf = QueueSettings()
 
 
-def _setting_changed(setting, **kwargs):
+def _setting_changed(setting: str, **kwargs: Any) -> None:
     if setting in DEFAULTS:
         conf.reload()
 

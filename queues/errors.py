@@ -1,5 +1,9 @@
 """How a job's failure is classified: retried (transient) or failed at once (permanent)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from django.db import DatabaseError, InterfaceError, OperationalError
 
 
@@ -10,9 +14,9 @@ class JobError(Exception):
 class JobValidationError(JobError, ValueError):
     """Raised at enqueue time: unknown queue or type, missing or malformed data. Nothing stored."""
 
-    def __init__(self, message, fields=None):
+    def __init__(self, message: str, fields: dict[Any, Any] | None = None) -> None:
         super().__init__(message)
-        self.fields = fields or {}
+        self.fields: dict[Any, Any] = fields or {}
 
 
 class TooManyLiveJobs(JobError):
@@ -45,7 +49,7 @@ class WorkerLost(TransientJobError):
 TRANSIENT = (TransientJobError, OperationalError, InterfaceError)
 
 
-def is_transient(exc):
+def is_transient(exc: BaseException) -> bool:
     """Database trouble and timeouts are worth retrying; anything else is a bug or bad data.
 
     Integrity and data errors are `DatabaseError`s too, but retrying them gives the same answer.

@@ -5,16 +5,28 @@ Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup 
 modules are; `settings.JOB_TYPE_MODULES` names extra ones.
 """
 
+from __future__ import annotations
+
 import json
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.module_loading import autodiscover_modules
 
 from queues.conf import conf
 from queues.errors import JobValidationError
 from queues.execution import handlers
+
+if TYPE_CHECKING:
+    from queues.core.schemas import JobData
+    from queues.models import Job
+
+# A job type's handler: called with (data), (data, job) or (job) (`queues.execution.handlers`),
+# returning a JSON-serializable result.
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -25,7 +37,7 @@ class RetryPolicy:
     backoff_seconds: float = 2.0
     jitter: float = 0.0  # a fraction: 0.1 spreads each delay by ±10%
 
-    def delay_after(self, failed_attempt):
+    def delay_after(self, failed_attempt: int) -> float:
         delay = self.backoff_seconds * 2 ** (failed_attempt - 1)
         if self.jitter:
             delay *= 1 + random.uniform(-self.jitter, self.jitter)
@@ -34,7 +46,7 @@ class RetryPolicy:
 
 # Statuses a job passes through by itself, each with the statuses it can come from (the
 # operator's retry, failed -> queued, is checked where it happens, `services.retry_jobs`).
-_COMES_FROM = {
+_COMES_FROM: dict[str, tuple[str, ...]] = {
     "queued": (),
     "running": ("queued", "retrying"),
     "retrying": ("running",),
@@ -55,10 +67,10 @@ class Unique:
     worker could act on that refusal.
     """
 
-    fields: tuple
-    states: tuple = ("queued", "running", "retrying")
+    fields: tuple[str, ...] | list[str]  # stored as a tuple
+    states: tuple[str, ...] | list[str] = ("queued", "running", "retrying")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "states", tuple(self.states))
         unknown = set(self.states) - set(_COMES_FROM)
@@ -74,13 +86,13 @@ class Unique:
 class JobType:
     name: str
     queue: str
-    handler: object  # callable(data), (data, job) or (job) -> JSON-serializable result
-    schema: type  # a DRF Serializer class validating the job's data
+    handler: Callable[..., Any]  # (data), (data, job) or (job) -> JSON-serializable result
+    schema: type[JobData]  # the serializer class validating the job's data
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    subject: object = None  # callable(data, result) -> "kind:id", or None
+    subject: Callable[[dict[str, Any], Any], str | None] | None = None  # -> "kind:id"
     # Data fields holding user content (titles, messages): erased by `scrub_jobs`, and shown to
     # the job's owner only.
-    content_fields: tuple = ()
+    content_fields: tuple[str, ...] = ()
     # Whether the handler's output, its return value (`Job.result`) and its errors' text
     # (`last_error`, `traceback`), may hold user content too (a django.tasks task returns and
     # raises whatever it likes): then it is shown and erased like them; the error class stays.
@@ -90,22 +102,22 @@ class JobType:
     client_enqueueable: bool = False
     # Claimed before waiting jobs of a higher number, within the anti-starvation share.
     priority: int = 0
-    unique: Unique = None
+    unique: Unique | None = None
     # callable(data) -> the broker row's claim rank, replacing the one from `priority`
     # (django.tasks' own priorities: queues.extras.task_backend), or None.
-    rank: object = None
+    rank: Callable[[dict[str, Any]], int] | None = None
 
-    def broker_rank(self, job):
+    def broker_rank(self, job: Job) -> int:
         """Lower is claimed first: the job's priority, and within one priority the app's own jobs
         before client-enqueued ones (docs/job-queue.md, "Fair share" and "Priorities")."""
         if self.rank is not None:
             return self.rank(job.data)
         return 2 * job.priority + (1 if self.client_enqueueable else 0)
 
-    def without_content(self, data):
+    def without_content(self, data: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in data.items() if k not in self.content_fields}
 
-    def redacted(self, data):
+    def redacted(self, data: dict[str, Any]) -> dict[str, Any]:
         """`data` with each content field replaced by its size, e.g. "[1,204 chars]"."""
         return {
             k: f"[{len(v if isinstance(v, str) else json.dumps(v)):,} chars]"
@@ -114,23 +126,23 @@ class JobType:
             for k, v in data.items()
         }
 
-    def redacted_output(self, value):
+    def redacted_output(self, value: Any) -> Any:
         """A result or error text as anyone but the job's owner may see it: its size, if the
         type's output is content (and there is one)."""
         if not self.output_is_content or value in (None, ""):
             return value
         return f"[{len(value if isinstance(value, str) else json.dumps(value)):,} chars]"
 
-    def subject_of(self, data, result=None):
+    def subject_of(self, data: dict[str, Any], result: Any = None) -> str:
         return self.subject(data, result) or "" if self.subject else ""
 
     @property
-    def retry_policy(self):
+    def retry_policy(self) -> RetryPolicy:
         """The registered policy with `settings.JOB_RETRY_POLICIES[name]` applied over it."""
         overrides = conf.JOB_RETRY_POLICIES.get(self.name, {})
         return RetryPolicy(**{**self.retry.__dict__, **overrides})
 
-    def validate(self, data, *, user_checked=False):
+    def validate(self, data: object, *, user_checked: bool = False) -> dict[str, Any]:
         """The cleaned data, or JobValidationError naming every problem."""
         if not isinstance(data, dict):
             raise JobValidationError(f"{self.name}: data must be an object")
@@ -144,26 +156,26 @@ class JobType:
         return serializer.validated_data
 
 
-_types = {}
+_types: dict[str, JobType] = {}
 
 
 def register(
-    name,
+    name: str,
     *,
-    queue,
-    schema,
-    retry=None,
-    subject=None,
-    content_fields=(),
-    client_enqueueable=False,
-    priority=0,
-    unique=None,
-    rank=None,
-    output_is_content=False,
-):
+    queue: str,
+    schema: type[JobData],
+    retry: RetryPolicy | None = None,
+    subject: Callable[[dict[str, Any], Any], str | None] | None = None,
+    content_fields: Sequence[str] = (),
+    client_enqueueable: bool = False,
+    priority: int = 0,
+    unique: Unique | None = None,
+    rank: Callable[[dict[str, Any]], int] | None = None,
+    output_is_content: bool = False,
+) -> Callable[[Handler], Handler]:
     """Decorator registering `handler` as job type `name` (parameters: `execution.handlers`)."""
 
-    def decorator(handler):
+    def decorator(handler: Handler) -> Handler:
         handlers.wants(handler)  # a handler that fits no calling convention fails here, not later
         if name in _types:
             raise ValueError(f"job type {name!r} is already registered")
@@ -192,7 +204,7 @@ def register(
     return decorator
 
 
-def get(queue, name, *, client=False):
+def get(queue: str, name: str, *, client: bool = False) -> JobType:
     """The registered type `name` on `queue`, or JobValidationError.
 
     With `client`, a type clients may not enqueue is unknown too, with the same message.
@@ -205,20 +217,20 @@ def get(queue, name, *, client=False):
     return job_type
 
 
-def find(name):
+def find(name: str) -> JobType | None:
     return _types.get(name)
 
 
-def all_types():
+def all_types() -> dict[str, JobType]:
     return dict(_types)
 
 
-def types_with_content():
+def types_with_content() -> list[str]:
     """Names of the types whose data carries user content (`content_fields`)."""
     return [name for name, kind in _types.items() if kind.content_fields]
 
 
-def autodiscover():
+def autodiscover() -> None:
     autodiscover_modules("jobs")
     for module in conf.JOB_TYPE_MODULES:
         import_module(module)

@@ -1,9 +1,14 @@
 """Reads on jobs: records, counters, cluster heartbeats."""
 
-from datetime import timedelta
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from queues.django_q2.heartbeats import live_clusters
@@ -17,25 +22,33 @@ from queues.models import (
     bucket_column,
 )
 
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
 
-def jobs_visible_to(user):
+# {(queue, job_type, column): total}: `JobCounter`'s columns summed over its shards.
+Totals = dict[tuple[str, str, str], float]
+# Cumulative (upper bound in seconds, observations at most that long) pairs of a histogram.
+Buckets = list[tuple[float, float]]
+
+
+def jobs_visible_to(user: User) -> QuerySet[Job]:
     """Holders of `queues.view_job` see every job record; anyone else the jobs they enqueued."""
     return Job.objects.all() if user.has_perm("queues.view_job") else Job.objects.filter(user=user)
 
 
 def search_jobs(
-    viewer,
+    viewer: User,
     *,
-    job_id=None,
-    job_type="",
-    status="",
-    user="",
-    subject="",
-    created_after=None,
-    created_before=None,
-    finished_after=None,
-    finished_before=None,
-):
+    job_id: UUID | None = None,
+    job_type: str = "",
+    status: str = "",
+    user: str = "",
+    subject: str = "",
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    finished_after: datetime | None = None,
+    finished_before: datetime | None = None,
+) -> QuerySet[Job]:
     """The jobs `viewer` may see that match every given filter (the dashboard's Jobs page).
 
     `user` is a username or a user id; one that names nobody matches no job, like any filter.
@@ -65,7 +78,13 @@ def search_jobs(
     return jobs
 
 
-def jobs_page(jobs, *, older_than=None, newer_than=None, size=50):
+def jobs_page(
+    jobs: QuerySet[Job],
+    *,
+    older_than: tuple[datetime, UUID] | None = None,
+    newer_than: tuple[datetime, UUID] | None = None,
+    size: int = 50,
+) -> tuple[list[Job], bool, bool]:
     """One page of `jobs`, newest first: (jobs, whether newer ones exist, whether older do).
 
     Keyset pagination on (created_at, id): each page is one index range scan of `size` + 1 rows
@@ -84,7 +103,7 @@ def jobs_page(jobs, *, older_than=None, newer_than=None, size=50):
     return rows[:size], older_than is not None, len(rows) > size
 
 
-def subjects_with_live_jobs(job_type, subjects):
+def subjects_with_live_jobs(job_type: str, subjects: Iterable[str]) -> set[str]:
     """Those of `subjects` with a job of `job_type` on its way: running, or waiting and not
     overdue (`Job.OVERDUE_AFTER`: its delivery is lost), or waiting in a paused queue."""
     on_time = timezone.now() - Job.OVERDUE_AFTER
@@ -100,7 +119,7 @@ def subjects_with_live_jobs(job_type, subjects):
     )
 
 
-def subjects_with_failed_jobs(job_type, subjects):
+def subjects_with_failed_jobs(job_type: str, subjects: Iterable[str]) -> set[str]:
     """Those of `subjects` that have a job of `job_type` that failed for good."""
     return set(
         Job.objects.filter(
@@ -109,7 +128,7 @@ def subjects_with_failed_jobs(job_type, subjects):
     )
 
 
-def counter_totals():
+def counter_totals() -> Totals:
     """{(queue, job_type, column): total} of `JobCounter`'s counting columns, summed over the
     shards. One query."""
     columns = JobCounter.counted_fields()
@@ -121,7 +140,7 @@ def counter_totals():
     }
 
 
-def oldest_due_job(queue, job_types=None):
+def oldest_due_job(queue: str, job_types: Iterable[str] | None = None) -> Job | None:
     """The waiting job of `queue` (of `job_types`, if given) due longest, or None."""
     due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=timezone.now())
     if job_types is not None:
@@ -129,13 +148,13 @@ def oldest_due_job(queue, job_types=None):
     return due.order_by("run_after").only("run_after").first()
 
 
-def live_cluster_counts():
+def live_cluster_counts() -> dict[str, int]:
     """{queue: number of clusters seen within the last 30 s}."""
     rows = live_clusters().values("queue").annotate(n=Count("key"))
     return {r["queue"]: r["n"] for r in rows}
 
 
-def minutes_since(start):
+def minutes_since(start: datetime) -> QuerySet[JobMinute, Mapping[str, Any]]:
     """Per queue and minute: succeeded jobs and failed attempts since `start`."""
     return (
         JobMinute.objects.filter(minute__gte=start)
@@ -145,10 +164,12 @@ def minutes_since(start):
     )
 
 
-def histogram(totals, queue, series, job_type=None):
+def histogram(
+    totals: Totals, queue: str, series: str, job_type: str | None = None
+) -> tuple[Buckets, float, float]:
     """Cumulative (bound, count) pairs, sum and count of one series, over one or all types."""
 
-    def total(name):
+    def total(name: str) -> float:
         return sum(
             v
             for (q, t, n), v in totals.items()
@@ -159,7 +180,7 @@ def histogram(totals, queue, series, job_type=None):
     return buckets, total(f"{series}_sum"), buckets[-1][1]
 
 
-def quantile(buckets, q):
+def quantile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
     """Prometheus' histogram_quantile: linear interpolation inside the bucket that holds q."""
     count = buckets[-1][1] if buckets else 0
     if not count:
@@ -175,7 +196,7 @@ def quantile(buckets, q):
     return lower
 
 
-def queue_stats(queues):
+def queue_stats(queues: Iterable[str]) -> dict[str, dict[str, Any]]:
     """The snapshot behind `/api/queues/stats` and the dashboard: one dict per queue."""
     now = timezone.now()
     totals = counter_totals()
@@ -185,7 +206,7 @@ def queue_stats(queues):
     stats = {}
     for queue in queues:
 
-        def total(name, queue=queue):
+        def total(name: str, queue: str = queue) -> float:
             return sum(v for (q, _, n), v in totals.items() if q == queue and n == name)
 
         succeeded, failed = total("succeeded"), total("failed")
@@ -230,6 +251,6 @@ def queue_stats(queues):
     return stats
 
 
-def failing_schedules():
+def failing_schedules() -> QuerySet[ScheduleFailureCounter]:
     """Schedules that have failed, the latest failure first (`queues.django_q2.scheduler`)."""
     return ScheduleFailureCounter.objects.order_by("-last_failed_at", "schedule")

@@ -7,12 +7,14 @@ every declared schedule by name and deletes the ones it created earlier that are
 declared (`DeclaredSchedule` marks those); schedules added by hand in the admin are left alone.
 """
 
+from typing import Any
+
 from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS
 
 from queues.conf import conf
 
-MAINTENANCE = [
+MAINTENANCE: list[dict[str, Any]] = [
     # Retention of finished job records, and per-minute stats older than two hours. Every five
     # minutes: retention counts records, so a later prune only keeps a few more for a while, and
     # an idle cluster sends fewer statements.
