@@ -1,7 +1,9 @@
-"""`queues` as a reusable app: it imports nothing from the project, and apps use one front door
-(`queues.api`) to declare job types, enqueue them by name, and receive the job in handlers."""
+"""`queues` as a reusable app: it imports nothing from the project, its modules import each other
+without a cycle, and apps use one front door (`queues.api`) to declare job types, enqueue them by
+name, and receive the job in handlers."""
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,121 @@ def test_the_import_scan_catches_a_project_import(tmp_path):
     source = tmp_path / "module.py"
     source.write_text("def f():\n    from slimy import request_id\nimport chat.models\n")
     assert sorted(imported_modules(source)) == ["chat.models", "slimy"]
+
+
+def module_name(path, root):
+    """`queues/core/registry.py` -> "queues.core.registry"; a package's `__init__.py`: its name."""
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(test):
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(node):
+    """The import statements under `node` that can run: at the top or inside functions, not
+    under `if TYPE_CHECKING:` (read by type checkers only)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for statement in child.orelse:
+                yield from _runtime_imports(statement)
+        else:
+            yield from _runtime_imports(child)
+
+
+def import_graph(root):
+    """{module: {imported module of the same package: line of the first import}} for every module
+    under the package directory `root`. `from a.b import c` imports `a.b.c` when that is a module,
+    else `a.b`."""
+    paths = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = graph[module] = {}
+        for node in _runtime_imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = node.module or ""
+                if node.level:  # relative: from the package, `level - 1` packages up
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{parent}.{base}" if base else parent
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base
+                    for alias in node.names
+                ]
+            for target in targets:
+                if target in paths and target != module:
+                    edges.setdefault(target, node.lineno)
+    return graph
+
+
+def import_cycles(graph):
+    """Cycles of imports, each a list of modules ending where it starts: at least one in each
+    group of modules that import each other, [] when there is none."""
+    cycles, done = [], set()
+    for start in sorted(graph):
+        if start in done:
+            continue
+        # Depth-first from `start`, following imports in order; a module met again while still
+        # on the path closes a cycle.
+        path, on_path, stack = [], {}, [(start, iter(sorted(graph[start])))]
+        path.append(start)
+        on_path[start] = 0
+        while stack:
+            module, targets = stack[-1]
+            target = next(targets, None)
+            if target is None:
+                stack.pop()
+                done.add(path.pop())
+                del on_path[module]
+            elif target in on_path:
+                cycle = [*path[on_path[target] :], target]
+                if not any(set(cycle) <= set(found) for found in cycles):
+                    cycles.append(cycle)
+            elif target not in done:
+                on_path[target] = len(path)
+                path.append(target)
+                stack.append((target, iter(sorted(graph[target]))))
+    return cycles
+
+
+def describe(cycle, graph):
+    """`a -> b (a:12) -> a (b:3)`: each import with the line of the module that makes it."""
+    steps = [cycle[0]]
+    for module, target in itertools.pairwise(cycle):
+        steps.append(f"{target} ({module}:{graph[module][target]})")
+    return " -> ".join(steps)
+
+
+def test_the_queues_modules_import_each_other_without_a_cycle():
+    graph = import_graph(QUEUES_APP)
+    assert len(graph) > 30 and graph["queues.api"]  # the scan sees the app and its imports
+    cycles = [describe(cycle, graph) for cycle in import_cycles(graph)]
+    assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_cycle_scan_follows_function_level_and_module_imports(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from pkg import c\n")
+    (package / "c.py").write_text("import pkg.a\n")
+    (package / "d.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    import pkg.e\n")
+    (package / "e.py").write_text("from pkg.d import typing\n")
+    graph = import_graph(package)
+    assert graph["pkg.a"] == {"pkg.sub.b": 1} and graph["pkg.e"] == {"pkg.d": 1}
+    assert import_cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+    assert describe(import_cycles(graph)[0], graph) == (
+        "pkg.a -> pkg.sub.b (pkg.a:1) -> pkg.c (pkg.sub.b:2) -> pkg.a (pkg.c:1)"
+    )
 
 
 @pytest.mark.django_db
