@@ -5,7 +5,7 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
-from django.db.models import Count, F
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, Q
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -17,6 +17,7 @@ from queues.api import (
     enqueue,
     enqueue_if,
     forget_subject,
+    types_with_content,
 )
 
 logger = logging.getLogger("chat")
@@ -153,14 +154,16 @@ def delete_conversation(*, conversation_id: int, user_id: int) -> dict:
     """Delete the owner's conversation and, by `on_delete=CASCADE`, what refers to it. Idempotent.
 
     Django's collector does the deleting, so a model that comes to refer to a conversation goes
-    with it, and its `post_delete` runs `erase_traces` (`chat.apps`) in this transaction. Messages
+    with it, and its `post_delete` runs `erase_traces` (`chat.apps`) in this transaction, if
+    there is anything to erase. Messages
     have no receivers and nothing cascades from them: one DELETE, never loaded. A conversation
     already gone is a success (jobs are delivered at least once); someone else's is refused.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
     with transaction.atomic(savepoint=False):
-        _, counts = Conversation.objects.filter(pk=conversation_id, owner_id=user_id).delete()
+        doomed = Conversation.objects.filter(pk=conversation_id, owner_id=user_id)
+        _, counts = doomed.annotate(has_traces=_has_traces(conversation_id)).delete()
         deleted = bool(counts.get(Conversation._meta.label))
         refused = not deleted and Conversation.objects.filter(pk=conversation_id).exists()
         if not deleted and not refused:
@@ -178,13 +181,27 @@ def delete_conversation(*, conversation_id: int, user_id: int) -> dict:
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
 
 
+def _has_traces(conversation_id: int) -> ExpressionWrapper:
+    """Whether job records or the admin log keep anything of the conversation for `erase_traces`
+    to erase. Asked in the collector's SELECT, the receiver reads it (`chat.apps`): a deletion
+    with nothing to erase sends no erasure queries."""
+    jobs = Job.objects.filter(
+        subject=Conversation.subject_for(conversation_id), job_type__in=types_with_content()
+    )
+    log = LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
+    )
+    return ExpressionWrapper(Q(Exists(jobs)) | Q(Exists(log)), output_field=BooleanField())
+
+
 def erase_traces(conversation_id: int) -> None:
     """Remove what other tables keep of a deleted conversation's title and content.
 
     Waiting jobs that would add content to it are cancelled and job records about it lose their
     content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
     today, but older entries or a changed `__str__` might). Runs in the deleting transaction, once
-    for every deletion of a conversation, whichever path (`post_delete`, see `chat.apps`).
+    for every deletion of a conversation, whichever path (`post_delete`, see `chat.apps`); the
+    deletion job skips it when its SELECT found nothing to erase (`_has_traces`).
     """
     forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(
