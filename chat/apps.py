@@ -7,10 +7,10 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self):
-        # Erasure is tied to the data, not to a route: the admin, the shell and the CASCADE from a
-        # deleted user all send post_delete, in the deleting transaction. The deletion job deletes
-        # with its own statements and calls the same `erase_traces` (chat.services). Message has
-        # no receivers, so its rows are still deleted in one statement.
+        # Erasure is tied to the data, not to a route: the deletion job, the admin, the shell and
+        # the CASCADE from a deleted user all delete through Django's collector, which sends
+        # post_delete in the deleting transaction. Message has no receivers, so its rows are
+        # still deleted in one statement, never loaded.
         from chat.models import Conversation
 
         post_delete.connect(
@@ -21,4 +21,6 @@ class ChatConfig(AppConfig):
 def _conversation_deleted(sender, instance, **kwargs):
     from chat.services import erase_traces
 
-    erase_traces(instance.pk)
+    # The deletion job asked in its SELECT whether there is anything to erase; others did not.
+    if getattr(instance, "has_traces", True):
+        erase_traces(instance.pk)

@@ -13,6 +13,8 @@ from queues.api import JobData, Unique, job_type, raise_if_stop_requested
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
 # Every chat job type runs on the app's own queue; enqueueing names the type only.
 QUEUE = "database"
+# A deletion of more messages than this checks for a stop request once done (`delete_conversation`).
+CHECK_STOP_AFTER_MESSAGES = 1000
 
 
 def conversation_subject(data, result=None):
@@ -50,10 +52,10 @@ def delete_conversation(data):
         conversation_id=data["conversation_id"], user_id=data["user_id"]
     )
     # A stop asked while a large deletion ran rolls it back whole; the job is recorded cancelled
-    # and the sweeper queues the deletion again later, since it was requested. A small one is a
-    # single statement of a few milliseconds: a check would cost more than it could save (it was
-    # a quarter of a worker's CPU per job), so it finishes like a handler that never checks.
-    if result.get("messages", 0) > services.DELETE_IN_ONE_STATEMENT_UP_TO:
+    # and the sweeper queues the deletion again later, since it was requested. A small one takes a
+    # few milliseconds: a check (a query) would cost more than it could save, so it finishes like
+    # a handler that never checks.
+    if result.get("messages", 0) > CHECK_STOP_AFTER_MESSAGES:
         raise_if_stop_requested()
     return result
 

@@ -52,7 +52,7 @@ class Conversation(ExportModelOperationsMixin("conversation"), models.Model):
 class Message(models.Model):
     """A message of a conversation.
 
-    Deleting a conversation removes its messages with one `DELETE ... WHERE conversation_id = ...`
+    Deleting a conversation removes its messages with one `DELETE ... WHERE conversation_id IN ...`
     (Django's fast delete). That only holds while nothing listens to Message signals and nothing
     cascades from it: keep it that way.
     """

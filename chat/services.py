@@ -5,7 +5,7 @@ import logging
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
-from django.db.models import Count, F
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, Q
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -19,7 +19,6 @@ from queues.api import (
     forget_subject,
     types_with_content,
 )
-from queues.engine.statements import hot_cursor
 
 logger = logging.getLogger("chat")
 
@@ -151,103 +150,58 @@ def retry_failed_deletions(conversations, *, request_id):
     return retried
 
 
-def delete_conversation(*, conversation_id, user_id):
-    """Delete the conversation and its messages. Idempotent.
+def delete_conversation(*, conversation_id: int, user_id: int) -> dict:
+    """Delete the owner's conversation and, by `on_delete=CASCADE`, what refers to it. Idempotent.
 
-    Only the owner's conversation is deleted; one that is already gone is a success, since jobs
-    are delivered at least once.
-
-    One hand-written statement, the job's whole work on the common path (see docs/benchmarks.md):
-    it deletes the conversation, telling whether other tables keep traces of it to erase, and its
-    messages, counting them (the foreign key is checked at commit). Django's collector would send
-    the same two DELETEs after a SELECT, then `post_delete`, whose one receiver is the erasure
-    (`chat.apps`): this path runs `erase_traces` itself, only when the DELETE reports something to
-    erase, and tests/chat/test_conversation_deletion.py checks that nothing else refers to or
-    listens on these models.
+    Django's collector does the deleting, so a model that comes to refer to a conversation goes
+    with it, and its `post_delete` runs `erase_traces` (`chat.apps`) in this transaction, if
+    there is anything to erase. Messages
+    have no receivers and nothing cascades from them: one DELETE, never loaded. A conversation
+    already gone is a success (jobs are delivered at least once); someone else's is refused.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
-    with transaction.atomic(savepoint=False), hot_cursor() as cursor:
-        cursor.execute(*_delete_statement(conversation_id, user_id))
-        deleted = cursor.fetchone()
-        if deleted is not None:
-            traces, messages = deleted
-            if messages is None:  # not deleted with the conversation: SQLite, or many of them
-                messages = _delete_messages(conversation_id)
-            if traces:
-                erase_traces(conversation_id)
-        elif not Conversation.objects.filter(pk=conversation_id).exists():
+    with transaction.atomic(savepoint=False):
+        doomed = Conversation.objects.filter(pk=conversation_id, owner_id=user_id)
+        _, counts = doomed.annotate(has_traces=_has_traces(conversation_id)).delete()
+        deleted = bool(counts.get(Conversation._meta.label))
+        refused = not deleted and Conversation.objects.filter(pk=conversation_id).exists()
+        if not deleted and not refused:
+            # Gone already (an earlier delivery, another path), so no `post_delete` this time:
+            # erase anyway, for job records written about it since.
             erase_traces(conversation_id)
-            logger.info("conversation %s already deleted", conversation_id)
-            return {"deleted": False, "conversation_id": conversation_id}
-    if deleted is None:
+    if refused:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
+    if not deleted:
+        logger.info("conversation %s already deleted", conversation_id)
+        return {"deleted": False, "conversation_id": conversation_id}
+    messages = counts.get(Message._meta.label, 0)
     # DEBUG: the runner's "job succeeded" line is the outcome's one INFO line.
     logger.debug("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
 
 
-# Messages a conversation may have (by its `message_count`, only a hint: bulk writes skip it) to
-# be deleted in its own statement. Counting the rows a CTE deletes costs about 0.5 µs each (a
-# million messages: +0.5 s, twice a plain DELETE); for many, a second statement costs less.
-DELETE_IN_ONE_STATEMENT_UP_TO = 1000
-
-
-def _delete_messages(conversation_id):
-    """DELETE the conversation's messages in a statement of their own; returns how many."""
-    table = connection.ops.quote_name(Message._meta.db_table)
-    with connection.cursor() as cursor:  # a plan for this conversation's size, never a cached one
-        cursor.execute(f"DELETE FROM {table} WHERE conversation_id = %s", [conversation_id])
-        return cursor.rowcount
-
-
-def _delete_statement(conversation_id, user_id):
-    """DELETE the owner's conversation RETURNING whether job records or the admin log keep traces,
-    and how many of its messages it deleted.
-
-    The traces are what `erase_traces` erases: content-carrying job records about it, admin log
-    entries naming it. On PostgreSQL the messages of a conversation whose `message_count` says it
-    has at most `DELETE_IN_ONE_STATEMENT_UP_TO` go in the same statement (a data-modifying CTE),
-    which counts them: never `message_count`, which bulk writes skip. Otherwise (SQLite, or more
-    messages) the count is NULL, and the caller deletes them next (`_delete_messages`).
-    """
-    subject = Conversation.subject_for(conversation_id)
-    types = types_with_content()
-    conversations, jobs, log, log_types = (
-        connection.ops.quote_name(model._meta.db_table)
-        for model in (Conversation, Job, LogEntry, ContentType)
+def _has_traces(conversation_id: int) -> ExpressionWrapper:
+    """Whether job records or the admin log keep anything of the conversation for `erase_traces`
+    to erase. Asked in the collector's SELECT, the receiver reads it (`chat.apps`): a deletion
+    with nothing to erase sends no erasure queries."""
+    jobs = Job.objects.filter(
+        subject=Conversation.subject_for(conversation_id), job_type__in=types_with_content()
     )
-    # The content type's id looked up in the statement: cheaper than `get_for_model` in Python.
-    sql = (
-        f"DELETE FROM {conversations} WHERE id = %s AND owner_id = %s RETURNING "
-        f"EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s"
-        f" AND job_type IN ({', '.join(['%s'] * len(types)) or 'NULL'}))"
-        f" OR EXISTS (SELECT 1 FROM {log} WHERE content_type_id ="
-        f" (SELECT id FROM {log_types} WHERE app_label = %s AND model = %s) AND object_id = %s)"
+    log = LogEntry.objects.filter(
+        content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
     )
-    meta = Conversation._meta
-    params = [conversation_id, user_id, subject, *types]
-    params += [meta.app_label, meta.model_name, str(conversation_id)]
-    if connection.vendor != "postgresql":
-        return f"{sql}, NULL", params
-    messages = connection.ops.quote_name(Message._meta.db_table)
-    sql = (
-        f"WITH conversation AS ({sql} AS traces, message_count <= %s AS few), gone AS ("
-        f"DELETE FROM {messages} WHERE conversation_id = %s"
-        " AND EXISTS (SELECT 1 FROM conversation WHERE few) RETURNING 1)"
-        " SELECT traces, CASE WHEN few THEN (SELECT count(*) FROM gone) END FROM conversation"
-    )
-    return sql, [*params, DELETE_IN_ONE_STATEMENT_UP_TO, conversation_id]
+    return ExpressionWrapper(Q(Exists(jobs)) | Q(Exists(log)), output_field=BooleanField())
 
 
-def erase_traces(conversation_id):
+def erase_traces(conversation_id: int) -> None:
     """Remove what other tables keep of a deleted conversation's title and content.
 
     Waiting jobs that would add content to it are cancelled and job records about it lose their
     content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
-    today, but older entries or a changed `__str__` might). Runs in the deleting transaction for
-    every deletion of a conversation, whichever path (see `chat.apps`); the deletion job's
-    statement tells first whether there is anything to erase (`_delete_statement`).
+    today, but older entries or a changed `__str__` might). Runs in the deleting transaction, once
+    for every deletion of a conversation, whichever path (`post_delete`, see `chat.apps`); the
+    deletion job skips it when its SELECT found nothing to erase (`_has_traces`).
     """
     forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(

@@ -3,17 +3,17 @@
 from unittest import mock
 
 import pytest
+from django.apps import apps
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, connection
-from django.db.models.signals import post_delete, pre_delete
+from django.db import IntegrityError, connection, models
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
 from chat import services
-from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
+from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.data import make_conversation
 
@@ -96,28 +96,99 @@ def test_delete_service_refuses_a_wrong_owner_and_deletes_nothing(other_user, co
     assert Message.objects.filter(conversation=conversation).count() == 3
 
 
-def test_hand_written_deletion_covers_every_relation_and_listener():
-    """`services.delete_conversation` deletes with two statements instead of Django's collector:
-    that holds only while messages are all that refers to a conversation, nothing listens to the
-    deletion of either model but the erasure, which that path runs itself."""
-    assert [rel.related_model for rel in Conversation._meta.related_objects] == [Message]
-    assert not Message._meta.related_objects
-    assert not pre_delete.has_listeners(Conversation) and not pre_delete.has_listeners(Message)
-    assert not post_delete.has_listeners(Message)
-    sync_receivers, async_receivers = post_delete._live_receivers(Conversation)
-    assert sync_receivers == [_conversation_deleted] and not async_receivers
+@pytest.fixture
+def bookmark_model(transactional_db):
+    """A throwaway model referring to conversations with `on_delete=CASCADE`, and its table, as a
+    new app's model would: registered for this test only (SQLite creates tables outside a
+    transaction, hence `transactional_db`)."""
+
+    class Bookmark(models.Model):
+        conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE)
+
+        class Meta:
+            app_label = "chat"
+            db_table = "test_throwaway_bookmark"
+
+        def __str__(self) -> str:
+            return f"Bookmark {self.pk}"
+
+    with connection.schema_editor() as editor:
+        editor.create_model(Bookmark)
+    try:
+        yield Bookmark
+    finally:
+        with connection.schema_editor() as editor:
+            editor.delete_model(Bookmark)
+        del apps.all_models["chat"][Bookmark._meta.model_name]
+        apps.clear_cache()
 
 
-def test_a_deletion_with_nothing_to_erase_sends_one_statement(user, conversation):
-    """PostgreSQL: both DELETEs in one statement (a data-modifying CTE); SQLite: one each."""
-    ContentType.objects.get_for_model(Conversation)  # a per-process cache, warm in a worker
-    with CaptureQueriesContext(connection) as queries:
-        result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
-    statements = [q["sql"] for q in queries.captured_queries]
-    expected = 1 if connection.vendor == "postgresql" else 2
-    assert len(statements) == expected, statements
-    assert all("DELETE FROM" in sql for sql in statements), statements
-    assert result["messages"] == 3  # counted: the fixture's bulk insert left `message_count` at 0
+def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
+    bookmark_model, user, other_user
+):
+    conversation = make_conversation(user)
+    kept = make_conversation(other_user)
+    bookmark_model.objects.bulk_create(
+        [bookmark_model(conversation=c) for c in (conversation, conversation, kept)]
+    )
+    job = services.request_conversation_deletion(conversation, request_id="cascade")
+    trace = admin_log_entry(user, conversation)
+
+    with mock.patch("chat.services.erase_traces", wraps=services.erase_traces) as erase:
+        run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.last_error
+    assert job.result == {"deleted": True, "conversation_id": conversation.pk, "messages": 3}
+    assert not bookmark_model.objects.filter(conversation_id=conversation.pk).exists()
+    assert bookmark_model.objects.filter(conversation_id=kept.pk).count() == 1
+    assert not Conversation.objects.filter(pk=conversation.pk).exists()
+    assert erase.call_args_list == [mock.call(conversation.pk)]
+    trace.refresh_from_db()
+    assert trace.object_repr == f"Conversation {conversation.pk}"
+
+
+def admin_log_entry(user, conversation):
+    """A trace for `erase_traces` to erase: an admin log entry naming the conversation's title."""
+    return LogEntry.objects.create(
+        user=user,
+        content_type=ContentType.objects.get_for_model(Conversation),
+        object_id=str(conversation.pk),
+        object_repr=conversation.title,
+        action_flag=CHANGE,
+    )
+
+
+DELETION_PATHS = {
+    "service": lambda c: services.delete_conversation(conversation_id=c.pk, user_id=c.owner_id),
+    "instance": lambda c: c.delete(),
+    "queryset": lambda c: Conversation.objects.filter(pk=c.pk).delete(),
+    "owner": lambda c: c.owner.delete(),
+}
+
+
+@pytest.mark.parametrize("path", DELETION_PATHS)
+def test_every_path_erases_the_traces_of_a_deletion_exactly_once(path, user, conversation):
+    conversation_id = conversation.pk  # `delete()` sets it to None
+    admin_log_entry(user, conversation)
+    with mock.patch("chat.services.erase_traces", wraps=services.erase_traces) as erase:
+        DELETION_PATHS[path](conversation)
+    assert erase.call_args_list == [mock.call(conversation_id)]
+    assert not Conversation.objects.filter(pk=conversation_id).exists()
+
+
+def test_an_already_deleted_conversation_still_has_its_traces_erased(user, conversation):
+    services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    with mock.patch("chat.services.erase_traces", wraps=services.erase_traces) as erase:
+        again = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    assert again == {"deleted": False, "conversation_id": conversation.pk}
+    assert erase.call_args_list == [mock.call(conversation.pk)]
+
+
+def test_the_message_count_is_what_was_deleted_not_message_count(user, conversation):
+    Conversation.objects.filter(pk=conversation.pk).update(message_count=5000)
+    result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    assert result["messages"] == 3
 
 
 def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
@@ -131,17 +202,6 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
     services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     saved.refresh_from_db()
     assert saved.data == {"conversation_id": conversation.pk, "user_id": user.pk}
-
-
-def test_many_messages_go_in_a_statement_of_their_own_and_are_still_counted(user, conversation):
-    """A CTE's count costs per row: a conversation whose count says "many" takes two statements."""
-    many = services.DELETE_IN_ONE_STATEMENT_UP_TO + 1
-    Conversation.objects.filter(pk=conversation.pk).update(message_count=many)
-    with CaptureQueriesContext(connection) as queries:
-        result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
-    assert len(queries) == 2, [q["sql"][:60] for q in queries]
-    assert result["messages"] == 3  # what the DELETE deleted, not `message_count`
-    assert not Message.objects.filter(conversation_id=conversation.pk).exists()
 
 
 def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
@@ -160,16 +220,21 @@ def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
 def _queries_to_delete(user, messages):
     conversation = make_conversation(user, title="Sized", messages=messages)
     with CaptureQueriesContext(connection) as queries:
-        services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+        result = services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
+    assert result["messages"] == messages
     return [q["sql"] for q in queries.captured_queries]
 
 
-def test_deleting_1000_messages_costs_the_same_few_queries_as_one(user):
+def test_deleting_1000_messages_sends_the_same_statements_as_20(user):
+    """Django's collector deletes messages with one `DELETE ... WHERE conversation_id IN (...)`,
+    never loading them, only while nothing listens to Message signals and nothing cascades from
+    it (`Message`'s docstring): else it would fetch every message first."""
     ContentType.objects.get_for_model(Conversation)  # a per-process cache, warm in a worker
-    one = _queries_to_delete(user, 1)
+    twenty = _queries_to_delete(user, 20)
     thousand = _queries_to_delete(user, 1000)
-    assert len(thousand) == len(one) <= 8, thousand
-    # Messages go in one statement, never loaded into Python.
-    message_table = Message._meta.db_table
-    assert not any(sql.startswith("SELECT") and message_table in sql for sql in thousand)
-    assert sum(1 for sql in thousand if f'DELETE FROM "{message_table}"' in sql) == 1
+    # The SELECT of the conversation (asking whether there are traces to erase: none here) and
+    # the two DELETEs.
+    assert len(thousand) == len(twenty) == 3, thousand
+    message_table = connection.ops.quote_name(Message._meta.db_table)
+    on_messages = [sql.split(" WHERE ")[0] for sql in thousand if message_table in sql]
+    assert on_messages == [f"DELETE FROM {message_table}"], thousand

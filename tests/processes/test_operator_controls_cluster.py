@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from chat import services
+from chat import jobs, services
 from chat.models import Conversation, Message
 from queues.core import pausing
 from queues.core.services import enqueue
@@ -121,7 +121,7 @@ def test_a_running_job_stops_at_its_next_check_one_that_ignores_it_finishes(
     assert Job.objects.get(pk=ignoring.pk).attempts == 1
 
 
-BIG = services.DELETE_IN_ONE_STATEMENT_UP_TO + 4000  # deleted with a stop check after
+BIG = jobs.CHECK_STOP_AFTER_MESSAGES + 4000  # deleted with a stop check after
 
 
 @pytest.mark.postgres

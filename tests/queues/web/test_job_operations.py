@@ -10,8 +10,9 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from chat.jobs import CHECK_STOP_AFTER_MESSAGES
 from chat.models import Conversation, Message
-from chat.services import DELETE_IN_ONE_STATEMENT_UP_TO, request_conversation_deletion
+from chat.services import request_conversation_deletion
 from chat.sweeper import sweep_deletions
 from queues.core.services import enqueue
 from queues.execution.runner import run_job
@@ -159,7 +160,7 @@ RETRY_PATHS = {
 def stopped_then_failed_deletion(user, operator_api):
     """A large deletion an operator asked to stop while it ran, whose attempt then failed for
     good before its check: the state the runner leaves."""
-    conversation = make_conversation(user, messages=DELETE_IN_ONE_STATEMENT_UP_TO + 1)
+    conversation = make_conversation(user, messages=CHECK_STOP_AFTER_MESSAGES + 1)
     job = request_conversation_deletion(conversation, request_id="stopped-then-failed")
     Job.objects.filter(pk=job.pk).update(status="running", attempts=1)
     assert operator_api.post(f"/api/queues/jobs/{job.pk}/cancel").status_code == 202
