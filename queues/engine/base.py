@@ -46,6 +46,8 @@ class Engine:
         """`release` on a path that recorded nothing, unless the connection (its lock) is gone."""
         raise NotImplementedError
 
+    # The same on both databases (the ORM, `push`, `counters`): implemented here.
+
     def redeliver(self, job: Job) -> None:
         """Give `job` a new broker row and store its id on the job record."""
         from queues.django_q2.push import push

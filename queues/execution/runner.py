@@ -140,12 +140,12 @@ def begin_attempt(job_id: UUID | str) -> Job | None:
     if not held:
         look_again_if_waiting(job_id, now)
         return None
-    # Finished, not due yet, lost by its worker, or missing: the general path below decides,
-    # under the lock it takes again.
+    # Finished, not due yet, lost by its worker, or missing (or no one-statement begin: SQLite):
+    # the general path below decides, under the lock it takes again.
     db.release(job_id)
     with transaction.atomic():
-        # Saves a disk flush per job: a worker crash cannot lose this commit, only a database
-        # crash that also loses the work can.
+        # Saves a disk flush per job (PostgreSQL): a worker crash cannot lose this commit, only
+        # a database crash that also loses the work can.
         db.commit_asynchronously()
         held, job = db.lock_for_attempt(job_id, now)
         if not held:
