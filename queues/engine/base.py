@@ -7,6 +7,13 @@ line on what it is for.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from queues.models import Job
+
 
 class Engine:
     """The storage engine's interface. Methods raise NotImplementedError until implemented."""
@@ -16,5 +23,58 @@ class Engine:
     # --- storing jobs: enqueue, enqueue_if, enqueue_many, operator retries -------------------
 
     # --- attempts: begin, finish, retry, cancel, counters, acknowledgement, liveness ----------
+
+    def begin(
+        self, job_id: UUID | str, *, now: datetime, due: datetime, worker: str
+    ) -> tuple[bool, Job | None]:
+        """(whether this delivery may act on the job, the job begun if it was waiting and due)."""
+        raise NotImplementedError
+
+    def commit_asynchronously(self) -> None:
+        """Let this transaction commit without waiting for the disk, where a crash cannot tell."""
+        raise NotImplementedError
+
+    def lock_for_attempt(self, job_id: UUID | str, now: datetime) -> tuple[bool, Job | None]:
+        """(whether this delivery may act on the job, the job locked for update or None)."""
+        raise NotImplementedError
+
+    def release(self, job_id: UUID | str) -> None:
+        """Give back the liveness lock of `job_id` that this connection took."""
+        raise NotImplementedError
+
+    def release_if_connected(self, job_id: UUID | str) -> None:
+        """`release` on a path that recorded nothing, unless the connection (its lock) is gone."""
+        raise NotImplementedError
+
+    # The same on both databases (the ORM, `push`, `counters`): implemented here.
+
+    def redeliver(self, job: Job) -> None:
+        """Give `job` a new broker row and store its id on the job record."""
+        from queues.django_q2.push import push
+        from queues.models import Job
+
+        Job.objects.filter(pk=job.pk).update(broker_row=push(job))
+
+    def count_started(self, job: Job) -> None:
+        """Count the start of an attempt of the waiting `job`."""
+        from queues.engine import counters
+
+        counters.attempt_started(job)
+
+    def count_lost(self, job: Job, *, final: bool) -> None:
+        """Count the attempt of a `running` job whose worker is gone; `final`: the job failed."""
+        from queues.engine import counters
+
+        counters.worker_lost(job, final=final)
+
+    def finish(
+        self, job: Job, fields: dict[str, Any], seconds: float = 0.0, *, own_attempt: bool = True
+    ) -> bool:
+        """Record `fields` if `job`'s attempt is current, with counters and ack; whether it was."""
+        raise NotImplementedError
+
+    def cancel_query(self) -> bool:
+        """Cancel the statement this connection is running, if any; whether there was one."""
+        raise NotImplementedError
 
     # --- broker rows: push, claim, hand back, notify; rescue; heartbeats; pause state ---------

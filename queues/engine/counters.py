@@ -8,7 +8,6 @@ job type's in this process's shard: gauges as running deltas (`waiting`, `runnin
 as a `_sum` and cumulative buckets.
 """
 
-import functools
 import math
 import os
 
@@ -50,50 +49,6 @@ def attempt_started(job):
     _add(job, **deltas)
 
 
-def attempt_started_sql(source):
-    """(sql, named params): what `attempt_started` adds, for each row of the CTE `source`.
-
-    `source` has the job's queue, job_type, run_after (when it became due) and started_at; every
-    attempt observes its wait, as `attempt_started` does. For the runner's begin statement, which
-    counts the start in the statement that makes it.
-    """
-    sql = _counted_rows_sql(
-        "s.queue, s.job_type",
-        "%(counter_shard)s",
-        f"{source} s",
-        {"waiting": -1, "running": 1},
-        observed=("wait_seconds", "extract(epoch FROM s.started_at - s.run_after)::float8"),
-    )
-    return sql, {"counter_shard": os.getpid() % SHARDS}
-
-
-@functools.cache
-def _succeeded_sql():
-    """What `attempt_succeeded` adds, as constant CTEs (prepared once per connection by the
-    runner's cursor) sharing one set of parameters: the CTE `attempt` (queue, job_type, shard,
-    seconds, minute), then the counters' upsert and the minute's, which read it: five values for
-    psycopg to adapt in Python for every job, where the two upserts took eleven apart."""
-    attempt = (
-        "SELECT %s::varchar AS queue, %s::varchar AS job_type, %s::smallint AS shard,"
-        " %s::float8 AS seconds, %s::timestamptz AS minute"
-    )
-    counted = _counted_rows_sql(
-        "a.queue, a.job_type",
-        "a.shard",
-        "attempt a",
-        {"succeeded": 1, "running": -1},
-        observed=("run_seconds", "a.seconds"),
-    )
-    table = connection.ops.quote_name(JobMinute._meta.db_table)
-    added = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("succeeded", "run_seconds"))
-    minute = (
-        f"INSERT INTO {table} (queue, job_type, minute, shard, succeeded, failed, run_seconds)"
-        " SELECT a.queue, a.job_type, a.minute, a.shard, 1, 0, a.seconds FROM attempt a"
-        f" ON CONFLICT (queue, job_type, minute, shard) DO UPDATE SET {added}"
-    )
-    return attempt, counted, minute
-
-
 def _counted_rows_sql(key, shard, source, deltas, observed=None, where=None):
     """An upsert adding `deltas` ({column: SQL expression}) and one observation of the histogram
     `observed` ((series, seconds expression)), if any, to the counters row of `key` and `shard`
@@ -126,13 +81,8 @@ def worker_lost(job, *, final):
 
 def attempt_succeeded(job, seconds, also=()):
     """`also`: the statements recording the outcome, sent first in the same round trip; the
-    first one's rows are returned (as for `attempt_failed`)."""
-    if connection.vendor == "postgresql":
-        attempt, counted, minute_added = _succeeded_sql()
-        params = [job.queue, job.job_type, os.getpid() % SHARDS, seconds, _this_minute()]
-        return execute_together(
-            [*also, (attempt, params, "attempt"), (counted, []), (minute_added, [])]
-        )
+    first one's rows are returned (as for `attempt_failed`). PostgreSQL's engine sends its own,
+    prepared form of these counters (`queues.engine.postgresql.succeeded_counted_sql`)."""
     deltas = {"succeeded": 1, "running": -1}
     _observe(deltas, "run_seconds", seconds)
     return _add(job, {"succeeded": 1, "run_seconds": seconds}, also, **deltas)
@@ -194,12 +144,13 @@ def _minute_upsert(queue, job_type, minute):
     return _upsert(
         JobMinute,
         ["queue", "job_type", "minute", "shard"],
-        [(queue, job_type, _this_minute(), os.getpid() % SHARDS, *values)],
+        [(queue, job_type, this_minute(), os.getpid() % SHARDS, *values)],
         ["succeeded", "failed", "run_seconds"],
     )
 
 
-def _this_minute():
+def this_minute():
+    """The minute a finished attempt is counted in (`JobMinute`)."""
     return timezone.now().replace(second=0, microsecond=0)
 
 
