@@ -19,11 +19,16 @@ def engine(using: str = DEFAULT_DB_ALIAS) -> Engine:
     vendor = connections[using].vendor
     found = _engines.get(vendor)
     if found is None:
+        engine_class: type[Engine]
         if vendor == "postgresql":
-            from queues.engine.postgresql import PostgreSQLEngine as found_class
+            from queues.engine.postgresql import PostgreSQLEngine
+
+            engine_class = PostgreSQLEngine
         elif vendor == "sqlite":
-            from queues.engine.sqlite import SQLiteEngine as found_class
+            from queues.engine.sqlite import SQLiteEngine
+
+            engine_class = SQLiteEngine
         else:
             raise NotImplementedError(f"queues has no storage engine for {vendor!r}")
-        found = _engines[vendor] = found_class()
+        found = _engines[vendor] = engine_class()
     return found

@@ -278,7 +278,8 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
     liveness lock and acknowledges no delivery. Returns whether the outcome was recorded.
     """
     kind = registry.find(job.job_type)
-    retry = is_transient(exc) and job.attempts < job.max_attempts
+    # A type no longer declared (removed from the code) cannot run again: it fails for good.
+    retry = kind is not None and is_transient(exc) and job.attempts < job.max_attempts
     now = timezone.now()
     fields: dict[str, Any] = {
         "last_error": str(exc) or exc.__class__.__name__,
@@ -286,13 +287,13 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
         "traceback": "".join(traceback.format_exception(exc)),
     }
     with transaction.atomic():
-        if retry:
+        if kind is not None and retry:
             delay = kind.retry_policy.delay_after(job.attempts)
             job.run_after = now + timedelta(seconds=delay)
             fields.update(status=Job.Status.RETRYING, run_after=job.run_after, broker_row=push(job))
         else:
             fields.update(status=Job.Status.FAILED, finished_at=now)
-            if isinstance(exc, SubjectGone):  # nothing will ever use its content
+            if kind is not None and isinstance(exc, SubjectGone):  # its content is never used
                 fields["data"] = kind.without_content(job.data)
         # One statement: the fenced outcome, its counters and (a worker's) the acknowledgement.
         seconds = ran_for(job, now)
