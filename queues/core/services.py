@@ -1,22 +1,27 @@
 """Writes on jobs: enqueue one or many, retry failed ones."""
 
+from __future__ import annotations
+
 import logging
 import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
-from django.db.models import F
-from django.db.models.expressions import RawSQL
+from django.db import IntegrityError, transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from queues.conf import conf
 from queues.core import history, registry
-from queues.django_q2.push import push, push_statement
-from queues.engine import batch, counters
-from queues.engine.statements import insert_statement
+from queues.django_q2.push import push
+from queues.engine import counters, engine
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.execution import tracing
 from queues.models import Job, JobEvent
+
+if TYPE_CHECKING:
+    from queues.core.registry import JobType
 
 logger = logging.getLogger("queues.services")
 
@@ -25,9 +30,7 @@ logger = logging.getLogger("queues.services")
 def enqueue_for_client(user, queue, job_type, data, *, request_id=None, priority=None):
     """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
     _admit_client_jobs(user, queue, job_type, 1, priority)
-    return enqueue(
-        queue, job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority
-    )
+    return enqueue(job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority)
 
 
 @transaction.atomic
@@ -60,68 +63,68 @@ def _admit_client_jobs(user, queue, job_type, count, priority):
 
 
 def enqueue(
-    queue, job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None
-):
-    """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    run_after: datetime | None = None,
+    priority: int | None = None,
+) -> Job:
+    """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
-    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` carries
-    `user_id` (optional only for types whose schema says so, e.g. `UserlessJobData`);
-    `request_id` names what asked for it (the caller passes its request's id; a new one when it
-    has none), unless `data` carries one; `run_after` defers the first attempt. Unknown queue or
-    type, or data that does not fit the type's schema, raise `JobValidationError` and store
-    nothing.
-    `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
-    vouches for it), so validation does not look the user up again. `priority`: 0 (first) to 9,
-    the type's by default. A unique type's duplicate is not stored: the job holding its key is
-    returned instead, with `deduplicated` set.
+    `data` carries `user_id` (optional only for types whose schema says so, e.g.
+    `UserlessJobData`). `request_id`: what asked for the job (the caller's request id; a new one
+    when it has none), unless `data` carries one. `user_checked`: the caller read `user_id` from a
+    row whose foreign key vouches for the user, so validation does not look the user up.
+    `run_after` defers its first attempt; `priority` (0 first, to 9) overrides the type's. An
+    unknown type, or data that does not fit its schema, raise `JobValidationError` and store
+    nothing. Returns the `Job`; for a unique type's duplicate, the job already holding its key
+    (`job.deduplicated` is set).
     """
-    kind = registry.get(queue, job_type)
+    kind = _kind(job_type)
     job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
-    if kind.unique:
-        (job,) = batch.store(kind, [job])
-        return job
-    # No savepoint inside the caller's transaction (two round trips saved): an error here
-    # propagates and rolls the caller's transaction back anyway.
-    with transaction.atomic(savepoint=False):
-        broker_row = push_statement(job)
-        if broker_row is None:  # SQLite, or a broker outside the database (Redis)
-            job.broker_row = push(job)  # the row first, so the job is stored knowing it
-            job.save(force_insert=True)
-            counters.job_enqueued(job)
-        else:
-            # One round trip on PostgreSQL: the record, which stores its broker row's id, the row
-            # (its RETURNING sends the NOTIFY, delivered at commit) and the counters.
-            job.broker_row = RawSQL(f"SELECT id FROM {broker_row[2]}", [])
-            ((job.broker_row,),) = counters.job_enqueued(
-                job, also=[insert_statement(job, returning="broker_row"), broker_row]
-            )
-            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
-    return job
+    return engine().store_job(kind, job)
 
 
 def enqueue_if(
-    condition, queue, job_type, data, *, request_id=None, user_checked=False, priority=None
-):
-    """`enqueue`, only if `condition` returns a row, atomically with it (`batch.store_if`).
+    update: QuerySet,
+    values: dict[str, Any],
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    priority: int | None = None,
+) -> Job | None:
+    """`enqueue` only if `update.update(**values)` changes a row, atomically with that change.
 
-    `condition`: (sql, params) of a statement returning at most one row, typically the change
-    that asks for the job as a conditional `UPDATE ... RETURNING`. Returns (its row, the job) or
-    (None, None). The data is validated first: invalid data raises before the condition runs.
+    `update` selects at most one row: typically the change that asks for the job, filtered so
+    it matches only while the job is wanted. Returns the job (or its unique key's holder, with
+    `deduplicated` set), or None when no row matched and nothing is stored. The data is
+    validated first: invalid data raises before anything changes. On PostgreSQL with the broker
+    in the database the change and the job are one statement, so the caller needs no
+    transaction (and pays no BEGIN and COMMIT round trips); elsewhere they share one.
     """
-    kind = registry.get(queue, job_type)
+    kind = _kind(job_type)
     job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
-    return batch.store_if(kind, job, condition)
+    return engine().store_if(kind, job, update, values)
 
 
-def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priority=None):
+def enqueue_many(
+    job_type: str,
+    items: list[dict[str, Any]],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    priority: int | None = None,
+) -> list[Job]:
     """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
 
     Any invalid item raises `JobValidationError` naming its index, and stores nothing. Returns
     the jobs in the order of `items` (a unique type's duplicates as in `enqueue`).
     """
-    kind = registry.find(job_type)
-    if kind is None:
-        raise JobValidationError(f"unknown job type {job_type!r}")
+    kind = _kind(job_type)
     if not isinstance(items, list) or not items:
         raise JobValidationError(f"{job_type}: items must be a non-empty list")
     priority = _priority(kind, priority)
@@ -139,7 +142,15 @@ def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priori
         except (JobValidationError, TypeError) as exc:
             fields = getattr(exc, "fields", None) or [str(exc)]
             raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None
-    return batch.store(kind, jobs)
+    return engine().store(kind, jobs)
+
+
+def _kind(job_type: str) -> JobType:
+    """The registered type `job_type`, or JobValidationError."""
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    return kind
 
 
 def _priority(kind, priority):

@@ -13,7 +13,7 @@ from django_q.models import OrmQ
 from chat.models import Conversation, Message
 from chat.services import DELETE_IN_ONE_STATEMENT_UP_TO, request_conversation_deletion
 from chat.sweeper import sweep_deletions
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.data import make_conversation
@@ -67,7 +67,7 @@ def test_admin_retry_action_requeues_failed_jobs_and_records_who(
     client, superuser, failed_job, user
 ):
     client.force_login(superuser)
-    succeeded = enqueue("database", "test_sleep", {"user_id": user.pk})
+    succeeded = enqueue("test_sleep", {"user_id": user.pk})
     run_job(succeeded.id)
     OrmQ.objects.all().delete()
 
@@ -94,9 +94,7 @@ def test_admin_retry_action_requeues_failed_jobs_and_records_who(
 def test_admin_jobs_page_filters_and_finds_jobs_by_conversation_id(client, superuser, user):
     client.force_login(superuser)
     conversation = Conversation.objects.create(owner=user, title="t")
-    job = enqueue(
-        "database", "delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk}
-    )
+    job = enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk})
     found = client.get("/admin/queues/job/", {"q": str(conversation.pk), "status": "queued"})
     assert found.status_code == 200
     assert list(found.context["cl"].result_list) == [job]
@@ -132,7 +130,7 @@ def test_sweeper_requeues_stale_deletions_that_have_no_live_job(user, settings):
         deletion_requested_at=long_ago
     )
     Conversation.objects.filter(pk=recent.pk).update(deletion_requested_at=timezone.now())
-    enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": tracked.pk})
+    enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": tracked.pk})
 
     assert sweep_deletions() == 1
     requeued = Job.objects.get(subject=f"conversation:{orphaned.pk}")
