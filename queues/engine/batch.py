@@ -16,7 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models import QuerySet
 
 from queues.core import uniqueness
-from queues.django_q2.push import push
+from queues.django_q2 import push as pushing
 from queues.models import Job
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def stored(job: Job, broker_row: int | None) -> Job:
     job.broker_row = broker_row
     job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
     if broker_row is None:
-        push(job)
+        pushing.push(job)
     return job
 
 

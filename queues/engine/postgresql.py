@@ -14,7 +14,8 @@ from django.db.models.sql import Query, UpdateQuery
 from django_q.models import OrmQ
 
 from queues.core import uniqueness
-from queues.django_q2.push import CHANNEL, _payload, _priority, broker_in_database, push
+from queues.django_q2 import push as pushing
+from queues.django_q2.push import CHANNEL
 from queues.engine import batch, counters
 from queues.engine.base import Engine
 from queues.engine.statements import (
@@ -83,7 +84,9 @@ def broker_rows_of_stored(jobs: list[Job]) -> tuple[str, list[Any]]:
     """(sql, params) of `BROKER_ROWS_OF_STORED` for `jobs`."""
     sql = BROKER_ROWS_OF_STORED.format(rows=", ".join([BROKER_ROW_VALUES] * len(jobs)))
     params = [
-        v for job in jobs for v in (job.pk, job.queue, _payload(job), job.run_after, _priority(job))
+        v
+        for job in jobs
+        for v in (job.pk, job.queue, pushing._payload(job), job.run_after, pushing._priority(job))
     ]
     return sql, params
 
@@ -116,12 +119,15 @@ class PostgreSQLEngine(Engine):
         # No savepoint inside the caller's transaction (two round trips saved): an error here
         # propagates and rolls the caller's transaction back anyway.
         with transaction.atomic(savepoint=False):
-            if not broker_in_database():  # Redis: the row once the record commits
-                job.broker_row = push(job)
+            if not pushing.broker_in_database():  # Redis: the row once the record commits
+                job.broker_row = pushing.push(job)
                 job.save(force_insert=True)
                 counters.job_enqueued(job)
                 return job
-            row = (INSERT_BROKER_ROW, [job.queue, _payload(job), job.run_after, _priority(job)])
+            row = (
+                INSERT_BROKER_ROW,
+                [job.queue, pushing._payload(job), job.run_after, pushing._priority(job)],
+            )
             job.broker_row = RawSQL("SELECT id FROM broker_row", [])
             ((job.broker_row,),) = counters.job_enqueued(
                 job, also=[insert_statement(job, returning="broker_row"), (*row, "broker_row")]
@@ -135,7 +141,7 @@ class PostgreSQLEngine(Engine):
         """With the broker in the database, one statement: the queryset's UPDATE as a CTE the
         INSERT selects from, so it needs no transaction of its own (no BEGIN and COMMIT when the
         caller has none open). With Redis, the change then `store`, in one transaction."""
-        if not broker_in_database():
+        if not pushing.broker_in_database():
             return batch.store_after_update(kind, job, update, values, self._insert)
         batch.set_unique_key(kind, [job])
         rows = self._insert_together(kind, [job], update_returning_sql(update, values))
@@ -180,7 +186,7 @@ class PostgreSQLEngine(Engine):
         of each job stored. With a `condition` (`store_if`: one job) it is a CTE the INSERT
         selects from, and the one row returned, if the condition returned one, is (id or None,
         broker row, the condition's columns...)."""
-        in_database = broker_in_database()
+        in_database = pushing.broker_in_database()
         for job in jobs:
             job.broker_row = RawSQL(NEXT_BROKER_ROW_ID, []) if in_database else None
         if condition is None:

@@ -10,7 +10,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import QuerySet
 from django_q.models import OrmQ
 
-from queues.django_q2.push import push
+from queues.django_q2 import push as pushing
 from queues.engine import batch, counters
 from queues.engine.base import Engine
 from queues.models import Job
@@ -41,7 +41,7 @@ class SQLiteEngine(Engine):
         if kind.unique:
             return self.store(kind, [job])[0]
         with transaction.atomic(savepoint=False):
-            job.broker_row = push(job)
+            job.broker_row = pushing.push(job)
             job.save(force_insert=True)
             counters.job_enqueued(job)
         return job
@@ -72,7 +72,7 @@ class SQLiteEngine(Engine):
         held = batch.holders([job.unique_key for job in jobs])
         stored = [job for job in jobs if job.unique_key not in held]
         for job in stored:
-            job.broker_row = push(job)
+            job.broker_row = pushing.push(job)
             job.save(force_insert=True)
             counters.job_enqueued(job)
         return {job.pk for job in stored}
