@@ -8,14 +8,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from queues.conf import conf
 from queues.core import history, registry
-from queues.django_q2.push import push
-from queues.engine import counters, engine
+from queues.engine import engine
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.execution import tracing
 from queues.models import Job, JobEvent
@@ -27,14 +26,30 @@ logger = logging.getLogger("queues.services")
 
 
 @transaction.atomic
-def enqueue_for_client(user, queue, job_type, data, *, request_id=None, priority=None):
+def enqueue_for_client(
+    user: Any,
+    queue: str,
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    priority: int | None = None,
+) -> Job:
     """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
     _admit_client_jobs(user, queue, job_type, 1, priority)
     return enqueue(job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority)
 
 
 @transaction.atomic
-def enqueue_many_for_client(user, queue, job_type, items, *, request_id=None, priority=None):
+def enqueue_many_for_client(
+    user: Any,
+    queue: str,
+    job_type: str,
+    items: list[dict[str, Any]],
+    *,
+    request_id: str | None = None,
+    priority: int | None = None,
+) -> list[Job]:
     """`enqueue_many` on behalf of an API client, each item counting towards the cap."""
     _admit_client_jobs(user, queue, job_type, len(items), priority)
     items = [{**data, "user_id": user.pk} if isinstance(data, dict) else data for data in items]
@@ -153,7 +168,7 @@ def _kind(job_type: str) -> JobType:
     return kind
 
 
-def _priority(kind, priority):
+def _priority(kind: JobType, priority: int | None) -> int:
     """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
     if priority is None:
         return kind.priority
@@ -162,7 +177,14 @@ def _priority(kind, priority):
     return priority
 
 
-def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
+def _new_job(
+    kind: JobType,
+    data: dict[str, Any],
+    request_id: str | None,
+    user_checked: bool,
+    priority: int,
+    run_after: datetime | None = None,
+) -> Job:
     """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
     data = {**data}
     data.setdefault("request_id", request_id or uuid.uuid4().hex)
@@ -182,7 +204,7 @@ def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
 
 
 @transaction.atomic
-def retry_jobs(jobs, *, by=None):
+def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
 
     A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
@@ -202,14 +224,8 @@ def retry_jobs(jobs, *, by=None):
         job.retried_by = by
         job.retried_at = now
         job.cancel_requested_by = job.cancel_requested_at = None
-        try:
-            with transaction.atomic():  # a newer job may hold its unique key: that one stays
-                job.broker_row = push(job)
-                job.save()
-        except IntegrityError:
+        if not engine().store_retry(job):  # a newer job holds its unique key: that one stays
             continue
-        job.refresh_from_db(fields=["max_attempts"])
-        counters.retried_by_operator(job)
         history.record([job], JobEvent.Action.RETRIED, by=by)
         count += 1
     return count
@@ -232,27 +248,21 @@ def delete_finished_jobs(jobs, *, by=None):
 
 
 @transaction.atomic(savepoint=False)
-def cancel_waiting_jobs(subject, job_type):
+def cancel_waiting_jobs(subject: str, job_type: str) -> int:
     """Withdraw the not-yet-started jobs of `job_type` about `subject`, with their counters, in
     one transaction (the caller's, if open). Returns how many.
 
     Their broker rows stay; the runner skips a delivery of a finished job.
     """
-    cancelled = Job.objects.filter(
-        subject=subject, job_type=job_type, status__in=Job.WAITING
-    ).update(status=Job.Status.CANCELLED, finished_at=timezone.now())
-    counters.jobs_cancelled(registry.find(job_type).queue, job_type, cancelled)
-    return cancelled
+    jobs = Job.objects.filter(subject=subject, job_type=job_type)
+    return engine().cancel_waiting(jobs, registry.find(job_type).queue, job_type)
 
 
-def _cancel_waiting_content_jobs(jobs):
+def _cancel_waiting_content_jobs(jobs: QuerySet) -> None:
     """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
     waiting = jobs.filter(status__in=Job.WAITING, job_type__in=registry.types_with_content())
     for queue, job_type in set(waiting.values_list("queue", "job_type")):
-        cancelled = waiting.filter(queue=queue, job_type=job_type).update(
-            status=Job.Status.CANCELLED, finished_at=timezone.now()
-        )
-        counters.jobs_cancelled(queue, job_type, cancelled)
+        engine().cancel_waiting(jobs.filter(queue=queue, job_type=job_type), queue, job_type)
 
 
 def forget_subject(subject):

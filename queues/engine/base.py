@@ -55,6 +55,16 @@ class Engine:
         transaction; its id. The database broker's pushers learn of it (at commit)."""
         raise NotImplementedError
 
+    def store_retry(self, job: Job) -> bool:
+        """Store a failed `job` sent back to its queue by an operator (its fields set for a fresh
+        start) with a new broker row, counted; False, nothing changed, if its unique key is held."""
+        raise NotImplementedError
+
+    def cancel_waiting(self, jobs: QuerySet, queue: str, job_type: str) -> int:
+        """Cancel those of `jobs` (of `queue` and `job_type`) that wait, with their counters, in
+        the caller's transaction; how many."""
+        raise NotImplementedError
+
     # --- attempts: begin, finish, retry, cancel, counters, acknowledgement, liveness ----------
 
     # --- broker rows: push, claim, hand back, notify; rescue; heartbeats; pause state ---------

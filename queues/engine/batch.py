@@ -1,4 +1,5 @@
-"""Storing jobs, the part both engines share: unique keys, duplicates and their holders.
+"""Storing jobs, the part both engines share: unique keys, duplicates and their holders;
+operators' retries and the withdrawal of waiting jobs.
 
 A unique type's job is stored only if no job holds its key (`queues.core.uniqueness`); a
 duplicate gets the job holding the key instead, with `deduplicated` set. The engines insert
@@ -12,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from queues.core import uniqueness
 from queues.django_q2 import push as pushing
+from queues.engine import counters
 from queues.models import Job
 
 if TYPE_CHECKING:
@@ -67,6 +70,31 @@ def store_after_update(
         if not update.update(**values):
             return None
         return store(kind, [job], insert)[0]
+
+
+def store_retry(job: Job) -> bool:
+    """Store a failed `job`, its fields already set for a fresh start, with a new broker row, and
+    count the operator's retry; in a savepoint, so that when a newer job holds its unique key
+    nothing changes and the answer is False."""
+    try:
+        with transaction.atomic():
+            job.broker_row = pushing.push(job)
+            job.save()
+    except IntegrityError:
+        return False
+    job.refresh_from_db(fields=["max_attempts"])
+    counters.retried_by_operator(job)
+    return True
+
+
+def cancel_waiting(jobs: QuerySet, queue: str, job_type: str) -> int:
+    """Cancel those of `jobs` (of `queue` and `job_type`) that wait, with their counters, in the
+    caller's transaction; how many. Their broker rows stay: the runner skips a finished job."""
+    cancelled = jobs.filter(status__in=Job.WAITING).update(
+        status=Job.Status.CANCELLED, finished_at=timezone.now()
+    )
+    counters.jobs_cancelled(queue, job_type, cancelled)
+    return cancelled
 
 
 def set_unique_key(kind: JobType, jobs: Iterable[Job]) -> None:

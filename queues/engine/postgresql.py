@@ -167,6 +167,14 @@ class PostgreSQLEngine(Engine):
             cursor.execute(INSERT_BROKER_ROW, [queue, payload, run_after, priority])
             return cursor.fetchone()[0]
 
+    def store_retry(self, job: Job) -> bool:
+        """The record and a new broker row in a savepoint, then the operator's retry counted."""
+        return batch.store_retry(job)
+
+    def cancel_waiting(self, jobs: QuerySet, queue: str, job_type: str) -> int:
+        """An UPDATE of the waiting ones, then the counters, if any changed."""
+        return batch.cancel_waiting(jobs, queue, job_type)
+
     def _insert(self, kind: JobType, jobs: list[Job]) -> set[Hashable]:
         """Insert those of `jobs` whose unique key is free; return their ids."""
         stored: set[Hashable] = set()

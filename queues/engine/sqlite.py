@@ -67,6 +67,14 @@ class SQLiteEngine(Engine):
             cursor.execute(INSERT_BROKER_ROW, [queue, payload, lock, priority])
             return cursor.lastrowid
 
+    def store_retry(self, job: Job) -> bool:
+        """The record and a new broker row in a savepoint, then the operator's retry counted."""
+        return batch.store_retry(job)
+
+    def cancel_waiting(self, jobs: QuerySet, queue: str, job_type: str) -> int:
+        """An UPDATE of the waiting ones, then the counters, if any changed."""
+        return batch.cancel_waiting(jobs, queue, job_type)
+
     def _insert(self, kind: JobType, jobs: list[Job]) -> set[Hashable]:
         """Insert those of `jobs` whose unique key no job holds; return their ids."""
         held = batch.holders([job.unique_key for job in jobs])
