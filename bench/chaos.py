@@ -131,10 +131,10 @@ class Run:
     # --- setup -----------------------------------------------------------------------------
     def enqueue(self, count):
         """Enqueue `count` more jobs; their ids."""
-        from queues.core.services import enqueue
+        from queues.api import enqueue
 
         data = {"user_id": self.user.pk, "seconds": self.options.seconds}
-        new = [enqueue("database", "chaos_work", data).pk for _ in range(count)]
+        new = [enqueue("chaos_work", data).pk for _ in range(count)]
         self.job_ids += new
         return new
 

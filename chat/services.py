@@ -79,26 +79,28 @@ def request_conversation_deletion(conversation, *, request_id):
     return request_deletion(conversation.pk, owner_id=conversation.owner_id, request_id=request_id)
 
 
-def request_deletion(conversation_id, *, owner_id, request_id):
+def request_deletion(conversation_id: int, *, owner_id: int, request_id: str | None) -> Job | None:
     """Hide the owner's conversation at once and store the job that deletes it, atomically: the
-    job is stored only if the conditional UPDATE marks the conversation (`enqueue_if`), on
-    PostgreSQL in the same statement, so a DELETE request pays no BEGIN and COMMIT round trips.
+    job is stored only if setting the deletion mark changes the conversation (`enqueue_if`), on
+    PostgreSQL in the same statement, so marking and enqueueing pay no BEGIN and COMMIT.
 
     Returns the job, or None when the conversation is missing, someone else's, or another request
-    got there first (the conditional UPDATE re-checks under the row lock, so concurrent DELETEs
-    make exactly one job). Messages still waiting to be saved are withdrawn next, not run; were
-    that cut short (a crash), the deletion withdraws them anyway (`erase_traces`).
+    got there first (the UPDATE re-checks the mark under the row lock, so concurrent DELETEs make
+    exactly one job). Messages still waiting to be saved are withdrawn next, not run; were that
+    cut short (a crash), the deletion withdraws them anyway (`erase_traces`).
     """
-    subject = Conversation.subject_for(conversation_id)
-    marked, job = enqueue_if(
-        _mark_statement(conversation_id, owner_id, subject),
+    job = enqueue_if(
+        Conversation.objects.filter(
+            pk=conversation_id, owner_id=owner_id, deletion_requested_at__isnull=True
+        ),
+        {"deletion_requested_at": timezone.now()},
         "delete_conversation",
         _deletion_data(conversation_id, owner_id),
         request_id=request_id,
         user_checked=True,
     )
-    if marked is not None and marked[0]:
-        cancel_waiting_jobs(subject, "save_message")
+    if job is not None:
+        cancel_waiting_jobs(Conversation.subject_for(conversation_id), "save_message")
     return job
 
 
@@ -117,22 +119,6 @@ def enqueue_deletion(conversation_id, *, owner_id, request_id):
 
 def _deletion_data(conversation_id, owner_id):
     return {"conversation_id": conversation_id, "user_id": owner_id}
-
-
-def _mark_statement(conversation_id, owner_id, subject):
-    """Set the deletion mark, RETURNING whether `save_message` jobs about it wait to run.
-
-    One statement where the ORM takes two, the second (the cancel) mostly changing nothing.
-    """
-    conversations, jobs = (connection.ops.quote_name(m._meta.db_table) for m in (Conversation, Job))
-    sql = (
-        f"UPDATE {conversations} SET deletion_requested_at = %s"
-        " WHERE id = %s AND owner_id = %s AND deletion_requested_at IS NULL"
-        f" RETURNING EXISTS (SELECT 1 FROM {jobs} WHERE subject = %s AND job_type = %s"
-        f" AND status IN ({', '.join(['%s'] * len(Job.WAITING))}))"
-    )
-    params = [timezone.now(), conversation_id, owner_id, subject, "save_message", *Job.WAITING]
-    return sql, params
 
 
 @transaction.atomic

@@ -30,8 +30,7 @@ request then raises `JobCancelled`, its transaction rolls back, and the job ends
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 from queues.core import registry, selectors, services
@@ -97,69 +96,10 @@ def job_type(
     return registry.register(name, queue=queue, schema=schema, **options)
 
 
-def enqueue(
-    job_type: str,
-    data: dict[str, Any],
-    *,
-    request_id: str | None = None,
-    user_checked: bool = False,
-    run_after: datetime | None = None,
-    priority: int | None = None,
-) -> Job:
-    """Validate and store a job of `job_type` on its queue, in the caller's transaction.
-
-    `data` carries `user_id`. `request_id`: what asked for the job (the caller's request id; a
-    new one when it has none). `user_checked`: the caller read `user_id` from a row whose foreign
-    key vouches for the user, so validation does not look the user up. `run_after` defers its
-    first attempt; `priority` (0 first, to 9) overrides the type's. Returns the `Job`; for a
-    unique type's duplicate, the job already holding its key (`job.deduplicated` is set).
-    """
-    return services.enqueue(
-        _queue_of(job_type),
-        job_type,
-        data,
-        request_id=request_id,
-        user_checked=user_checked,
-        run_after=run_after,
-        priority=priority,
-    )
-
-
-def enqueue_if(
-    condition: tuple[str, Sequence[Any]],
-    job_type: str,
-    data: dict[str, Any],
-    *,
-    request_id: str | None = None,
-    user_checked: bool = False,
-    priority: int | None = None,
-) -> tuple[tuple[Any, ...], Job] | tuple[None, None]:
-    """`enqueue` only if `condition` returns a row, atomically with it: (the row, the job), or
-    (None, None) when it returns none and nothing is stored.
-
-    `condition` is (sql, params) of a statement returning at most one row, typically the change
-    that asks for the job as a conditional `UPDATE ... RETURNING`. On PostgreSQL with the broker
-    in the database the two are one statement, so the caller needs no transaction (and pays no
-    BEGIN and COMMIT round trips); elsewhere they run in one transaction.
-    """
-    return services.enqueue_if(
-        condition,
-        _queue_of(job_type),
-        job_type,
-        data,
-        request_id=request_id,
-        user_checked=user_checked,
-        priority=priority,
-    )
-
-
-def _queue_of(job_type: str) -> str:
-    kind = registry.find(job_type)
-    if kind is None:
-        raise JobValidationError(f"unknown job type {job_type!r}")
-    return kind.queue
-
-
+# The one verb: `enqueue(job_type, data, ...)`; `enqueue_if(update, values, job_type, data, ...)`
+# stores it only if a change happens, atomically; `enqueue_many(job_type, items, ...)`.
+enqueue = services.enqueue
+enqueue_if = services.enqueue_if
 enqueue_many = services.enqueue_many
 
 

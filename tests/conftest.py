@@ -105,11 +105,11 @@ def operator_api(operator_user):
 @pytest.fixture
 def failed_job(user):
     """A job of Alice's that failed for good on its first attempt."""
-    from queues.core.services import enqueue
+    from queues.api import enqueue
     from queues.execution.runner import run_job
     from queues.models import Job
 
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.id)
     return Job.objects.get(pk=job.pk)
 

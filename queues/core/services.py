@@ -1,37 +1,55 @@
 """Writes on jobs: enqueue one or many, retry failed ones."""
 
+from __future__ import annotations
+
 import logging
 import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
-from django.db.models import F
-from django.db.models.expressions import RawSQL
+from django.db import transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from queues.conf import conf
 from queues.core import history, registry
-from queues.django_q2.push import push, push_statement
-from queues.engine import batch, counters
-from queues.engine.statements import insert_statement
+from queues.engine import engine
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.execution import tracing
 from queues.models import Job, JobEvent
+
+if TYPE_CHECKING:
+    from queues.core.registry import JobType
 
 logger = logging.getLogger("queues.services")
 
 
 @transaction.atomic
-def enqueue_for_client(user, queue, job_type, data, *, request_id=None, priority=None):
+def enqueue_for_client(
+    user: Any,
+    queue: str,
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    priority: int | None = None,
+) -> Job:
     """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
     _admit_client_jobs(user, queue, job_type, 1, priority)
-    return enqueue(
-        queue, job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority
-    )
+    return enqueue(job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority)
 
 
 @transaction.atomic
-def enqueue_many_for_client(user, queue, job_type, items, *, request_id=None, priority=None):
+def enqueue_many_for_client(
+    user: Any,
+    queue: str,
+    job_type: str,
+    items: list[dict[str, Any]],
+    *,
+    request_id: str | None = None,
+    priority: int | None = None,
+) -> list[Job]:
     """`enqueue_many` on behalf of an API client, each item counting towards the cap."""
     _admit_client_jobs(user, queue, job_type, len(items), priority)
     items = [{**data, "user_id": user.pk} if isinstance(data, dict) else data for data in items]
@@ -60,68 +78,68 @@ def _admit_client_jobs(user, queue, job_type, count, priority):
 
 
 def enqueue(
-    queue, job_type, data, *, request_id=None, user_checked=False, run_after=None, priority=None
-):
-    """Validate and store a job of `job_type` on `queue`, in the caller's transaction.
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    run_after: datetime | None = None,
+    priority: int | None = None,
+) -> Job:
+    """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
-    The counterpart of the original `queueManager.addJob(queue, type, data)`. `data` carries
-    `user_id` (optional only for types whose schema says so, e.g. `UserlessJobData`);
-    `request_id` names what asked for it (the caller passes its request's id; a new one when it
-    has none), unless `data` carries one; `run_after` defers the first attempt. Unknown queue or
-    type, or data that does not fit the type's schema, raise `JobValidationError` and store
-    nothing.
-    `user_checked`: the caller read `user_id` from a row that refers to the user (its foreign key
-    vouches for it), so validation does not look the user up again. `priority`: 0 (first) to 9,
-    the type's by default. A unique type's duplicate is not stored: the job holding its key is
-    returned instead, with `deduplicated` set.
+    `data` carries `user_id` (optional only for types whose schema says so, e.g.
+    `UserlessJobData`). `request_id`: what asked for the job (the caller's request id; a new one
+    when it has none), unless `data` carries one. `user_checked`: the caller read `user_id` from a
+    row whose foreign key vouches for the user, so validation does not look the user up.
+    `run_after` defers its first attempt; `priority` (0 first, to 9) overrides the type's. An
+    unknown type, or data that does not fit its schema, raise `JobValidationError` and store
+    nothing. Returns the `Job`; for a unique type's duplicate, the job already holding its key
+    (`job.deduplicated` is set).
     """
-    kind = registry.get(queue, job_type)
+    kind = _kind(job_type)
     job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
-    if kind.unique:
-        (job,) = batch.store(kind, [job])
-        return job
-    # No savepoint inside the caller's transaction (two round trips saved): an error here
-    # propagates and rolls the caller's transaction back anyway.
-    with transaction.atomic(savepoint=False):
-        broker_row = push_statement(job)
-        if broker_row is None:  # SQLite, or a broker outside the database (Redis)
-            job.broker_row = push(job)  # the row first, so the job is stored knowing it
-            job.save(force_insert=True)
-            counters.job_enqueued(job)
-        else:
-            # One round trip on PostgreSQL: the record, which stores its broker row's id, the row
-            # (its RETURNING sends the NOTIFY, delivered at commit) and the counters.
-            job.broker_row = RawSQL(f"SELECT id FROM {broker_row[2]}", [])
-            ((job.broker_row,),) = counters.job_enqueued(
-                job, also=[insert_statement(job, returning="broker_row"), broker_row]
-            )
-            job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS  # as `save()` leaves it
-    return job
+    return engine().store_job(kind, job)
 
 
 def enqueue_if(
-    condition, queue, job_type, data, *, request_id=None, user_checked=False, priority=None
-):
-    """`enqueue`, only if `condition` returns a row, atomically with it (`batch.store_if`).
+    update: QuerySet,
+    values: dict[str, Any],
+    job_type: str,
+    data: dict[str, Any],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    priority: int | None = None,
+) -> Job | None:
+    """`enqueue` only if `update.update(**values)` changes a row, atomically with that change.
 
-    `condition`: (sql, params) of a statement returning at most one row, typically the change
-    that asks for the job as a conditional `UPDATE ... RETURNING`. Returns (its row, the job) or
-    (None, None). The data is validated first: invalid data raises before the condition runs.
+    `update` selects at most one row: typically the change that asks for the job, filtered so
+    it matches only while the job is wanted. Returns the job (or its unique key's holder, with
+    `deduplicated` set), or None when no row matched and nothing is stored. The data is
+    validated first: invalid data raises before anything changes. On PostgreSQL with the broker
+    in the database the change and the job are one statement, so the caller needs no
+    transaction (and pays no BEGIN and COMMIT round trips); elsewhere they share one.
     """
-    kind = registry.get(queue, job_type)
+    kind = _kind(job_type)
     job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
-    return batch.store_if(kind, job, condition)
+    return engine().store_if(kind, job, update, values)
 
 
-def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priority=None):
+def enqueue_many(
+    job_type: str,
+    items: list[dict[str, Any]],
+    *,
+    request_id: str | None = None,
+    user_checked: bool = False,
+    priority: int | None = None,
+) -> list[Job]:
     """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
 
     Any invalid item raises `JobValidationError` naming its index, and stores nothing. Returns
     the jobs in the order of `items` (a unique type's duplicates as in `enqueue`).
     """
-    kind = registry.find(job_type)
-    if kind is None:
-        raise JobValidationError(f"unknown job type {job_type!r}")
+    kind = _kind(job_type)
     if not isinstance(items, list) or not items:
         raise JobValidationError(f"{job_type}: items must be a non-empty list")
     priority = _priority(kind, priority)
@@ -139,10 +157,18 @@ def enqueue_many(job_type, items, *, request_id=None, user_checked=False, priori
         except (JobValidationError, TypeError) as exc:
             fields = getattr(exc, "fields", None) or [str(exc)]
             raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None
-    return batch.store(kind, jobs)
+    return engine().store(kind, jobs)
 
 
-def _priority(kind, priority):
+def _kind(job_type: str) -> JobType:
+    """The registered type `job_type`, or JobValidationError."""
+    kind = registry.find(job_type)
+    if kind is None:
+        raise JobValidationError(f"unknown job type {job_type!r}")
+    return kind
+
+
+def _priority(kind: JobType, priority: int | None) -> int:
     """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
     if priority is None:
         return kind.priority
@@ -151,7 +177,14 @@ def _priority(kind, priority):
     return priority
 
 
-def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
+def _new_job(
+    kind: JobType,
+    data: dict[str, Any],
+    request_id: str | None,
+    user_checked: bool,
+    priority: int,
+    run_after: datetime | None = None,
+) -> Job:
     """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
     data = {**data}
     data.setdefault("request_id", request_id or uuid.uuid4().hex)
@@ -171,7 +204,7 @@ def _new_job(kind, data, request_id, user_checked, priority, run_after=None):
 
 
 @transaction.atomic
-def retry_jobs(jobs, *, by=None):
+def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
 
     A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
@@ -191,14 +224,8 @@ def retry_jobs(jobs, *, by=None):
         job.retried_by = by
         job.retried_at = now
         job.cancel_requested_by = job.cancel_requested_at = None
-        try:
-            with transaction.atomic():  # a newer job may hold its unique key: that one stays
-                job.broker_row = push(job)
-                job.save()
-        except IntegrityError:
+        if not engine().store_retry(job):  # a newer job holds its unique key: that one stays
             continue
-        job.refresh_from_db(fields=["max_attempts"])
-        counters.retried_by_operator(job)
         history.record([job], JobEvent.Action.RETRIED, by=by)
         count += 1
     return count
@@ -221,27 +248,21 @@ def delete_finished_jobs(jobs, *, by=None):
 
 
 @transaction.atomic(savepoint=False)
-def cancel_waiting_jobs(subject, job_type):
+def cancel_waiting_jobs(subject: str, job_type: str) -> int:
     """Withdraw the not-yet-started jobs of `job_type` about `subject`, with their counters, in
     one transaction (the caller's, if open). Returns how many.
 
     Their broker rows stay; the runner skips a delivery of a finished job.
     """
-    cancelled = Job.objects.filter(
-        subject=subject, job_type=job_type, status__in=Job.WAITING
-    ).update(status=Job.Status.CANCELLED, finished_at=timezone.now())
-    counters.jobs_cancelled(registry.find(job_type).queue, job_type, cancelled)
-    return cancelled
+    jobs = Job.objects.filter(subject=subject, job_type=job_type)
+    return engine().cancel_waiting(jobs, registry.find(job_type).queue, job_type)
 
 
-def _cancel_waiting_content_jobs(jobs):
+def _cancel_waiting_content_jobs(jobs: QuerySet) -> None:
     """Withdraw those of `jobs` that wait and carry user content (they could only fail)."""
     waiting = jobs.filter(status__in=Job.WAITING, job_type__in=registry.types_with_content())
     for queue, job_type in set(waiting.values_list("queue", "job_type")):
-        cancelled = waiting.filter(queue=queue, job_type=job_type).update(
-            status=Job.Status.CANCELLED, finished_at=timezone.now()
-        )
-        counters.jobs_cancelled(queue, job_type, cancelled)
+        engine().cancel_waiting(jobs.filter(queue=queue, job_type=job_type), queue, job_type)
 
 
 def forget_subject(subject):

@@ -8,10 +8,9 @@ second job with that key in those statuses, whoever writes it and however concur
 leaving them frees its key without any write of ours (the runner, the rescuer and cancel need not
 know about keys). Declared on the model, it survives SQLite's table rebuilds. Enqueueing on
 PostgreSQL uses `INSERT ... ON CONFLICT (unique_key) WHERE <the constraint's condition> DO
-NOTHING` (`holds_key_sql`).
+NOTHING` (`queues.engine.postgresql.holds_key_sql`).
 """
 
-import functools
 import hashlib
 import json
 
@@ -39,30 +38,6 @@ HOLDS_KEY = Q(
         0,
     )
 )
-
-
-@functools.cache
-def holds_key_sql(vendor: str) -> str:
-    """`HOLDS_KEY` as SQL with its values inline, compiled as Django compiles the constraint's
-    condition, so PostgreSQL's ON CONFLICT infers the constraint's index from the same text."""
-    from django.db import connection
-    from django.db.models.sql import Query
-
-    from queues.models import Job
-
-    assert connection.vendor == vendor
-    query = Query(model=Job, alias_cols=False)
-    where = query.build_where(HOLDS_KEY)
-    sql, params = where.as_sql(query.get_compiler(connection=connection), connection)
-    return sql % tuple(_literal(value) for value in params)
-
-
-def _literal(value):
-    """Our own constants only: statuses (no quotes in them) and bits."""
-    if isinstance(value, int):
-        return str(value)
-    assert isinstance(value, str) and "'" not in value, value
-    return f"'{value}'"
 
 
 def key_of(kind, data):

@@ -46,8 +46,8 @@ from django_q.models import OrmQ
 from queues.conf import conf
 from queues.core import pausing
 from queues.django_q2.heartbeats import DatabaseHeartbeats
-from queues.django_q2.push import CHANNEL, insert_row, wake_pushers
-from queues.engine import liveness, reconnect
+from queues.django_q2.push import CHANNEL, wake_pushers
+from queues.engine import engine, liveness, reconnect
 from queues.engine.statements import hot_cursor
 from queues.maintenance.rescuer import needed_sql, rescue_due, rescue_now_and_then
 
@@ -103,7 +103,9 @@ class JobBroker(DatabaseHeartbeats, ORM):
 
     def enqueue(self, task, run_after=None, priority=0):
         queue = self.list_key or Conf.CLUSTER_NAME
-        return insert_row(queue, task, run_after or timezone.now(), priority)
+        return engine(Conf.ORM).store_broker_row(
+            queue, task, run_after or timezone.now(), priority, using=Conf.ORM
+        )
 
     def dequeue(self):
         if not self.fast:

@@ -10,8 +10,11 @@ accepted, the failure is logged and counted (`slimy_job_push_failures_total`), a
 pushes the job again once Redis answers (`queues.maintenance.rescuer`).
 """
 
+from __future__ import annotations
+
 import logging
 import uuid
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
 from django.utils import timezone
@@ -19,37 +22,18 @@ from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
-from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 
 from queues.core import registry
-from queues.engine import counters
+from queues.engine import counters, engine
+
+if TYPE_CHECKING:
+    from queues.models import Job
 
 logger = logging.getLogger("queues.push")
 
+# The channel a broker row's NOTIFY goes to; the database broker LISTENs on it.
 CHANNEL = "django_q_ormq"
-INSERT = f"""
-INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
-RETURNING id, pg_notify('{CHANNEL}', key)
-"""
-
-# SQLite: no NOTIFY, pushers poll.
-INSERT_POLLED = (
-    f"INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)"
-)
-
-
-def insert_row(queue, payload, run_after, priority=0):
-    """Insert a broker row of `queue` due at `run_after`; its id. PostgreSQL wakes pushers."""
-    db = connections[Conf.ORM]
-    with db.cursor() as cursor:
-        if db.vendor != "postgresql":
-            lock = db.ops.adapt_datetimefield_value(run_after)
-            cursor.execute(INSERT_POLLED, [queue, payload, lock, priority])
-            return cursor.lastrowid
-        # The NOTIFY also wakes pushers for a delayed row, so they wait for its due time.
-        cursor.execute(INSERT, [queue, payload, run_after, priority])
-        return cursor.fetchone()[0]
 
 
 def wake_pushers(queue):
@@ -66,7 +50,7 @@ def broker_in_database():
     return getattr(broker_class, "joins_transactions", True)
 
 
-def push(job):
+def push(job: Job) -> int | None:
     """Store a broker row that makes a worker of `job.queue` run `job` at `job.run_after`.
 
     The row carries only the job's id: the data stays in the job record, so scrubbing a job's
@@ -80,10 +64,12 @@ def push(job):
         return None
     # Our database broker, also under a cluster running django-q2's stock broker (the
     # benchmark's reference), whose `enqueue` knows no `run_after`.
-    return insert_row(job.queue, _payload(job), job.run_after, _priority(job))
+    return engine(Conf.ORM).store_broker_row(
+        job.queue, _payload(job), job.run_after, _priority(job), using=Conf.ORM
+    )
 
 
-def push_committed(broker, job, payload):
+def push_committed(broker: Any, job: Job, payload: str) -> None:
     """Hand a committed job's row to a broker outside the database. A failure must not undo what
     committed (the caller already has its job id): it is logged and counted, and the job waits
     for the rescuer, which pushes it again from its record."""
@@ -102,40 +88,7 @@ def push_committed(broker, job, payload):
             logger.exception("Could not count the failed push of job %s", job.pk)
 
 
-def push_statement(job):
-    """As `push`, as (sql, params, name) for the caller to send as a CTE `name` of its own
-    statement (`queues.engine.statements`), whose RETURNING gives the row's id; PostgreSQL only.
-
-    None on SQLite and when the queue's broker is outside the database: then `push` the job.
-    """
-    if connections[Conf.ORM].vendor != "postgresql" or not broker_in_database():
-        return None
-    return INSERT, [job.queue, _payload(job), job.run_after, _priority(job)], "broker_row"
-
-
-def push_many_statement(jobs, stored):
-    """As `push_statement`, for those of `jobs` that the CTE `stored` returns (its `id` and
-    `broker_row`, the id each job's row takes): the batch and unique enqueue, where a duplicate
-    gets no row. PostgreSQL, database broker only."""
-    rows = ", ".join(["(%s::uuid, %s, %s, %s::timestamptz, %s::smallint)"] * len(jobs))
-    sql = (
-        f"INSERT INTO {OrmQ._meta.db_table} (id, key, payload, lock, priority)"
-        " SELECT s.broker_row, p.key, p.payload, p.lock, p.priority"
-        f" FROM {stored} s JOIN (VALUES {rows}) p(job_id, key, payload, lock, priority)"
-        f" ON p.job_id = s.id RETURNING pg_notify('{CHANNEL}', key)"
-    )
-    params = [
-        v for job in jobs for v in (job.pk, job.queue, _payload(job), job.run_after, _priority(job))
-    ]
-    return sql, params
-
-
-def next_row_id_sql():
-    """SQL taking the id of a broker row to be inserted later in the same statement."""
-    return f"nextval(pg_get_serial_sequence('{OrmQ._meta.db_table}', 'id'))"
-
-
-def _priority(job):
+def _priority(job: Job) -> int:
     """The broker row's claim rank (lower first): `JobType.broker_rank`."""
     kind = registry.find(job.job_type)
     return kind.broker_rank(job) if kind is not None else 2 * job.priority

@@ -234,7 +234,7 @@ class QueueBackend(BaseTaskBackend):
             "priority": task.priority,
         }
         try:
-            job = services.enqueue(queue, job_type_for(queue), data, run_after=task.run_after)
+            job = services.enqueue(job_type_for(queue), data, run_after=task.run_after)
         except JobValidationError as exc:
             raise InvalidTaskError(str(exc)) from exc
         result = result_from_job(job, task)

@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.models import Job
 from tests.support.cluster import wait_for
 
@@ -37,10 +37,7 @@ def stop_with(qcluster, signals, *, whole_group=True, gap=0.3):
 
 
 def sleepers(user, count, seconds):
-    return [
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": seconds})
-        for _ in range(count)
-    ]
+    return [enqueue("test_sleep", {"user_id": user.pk, "seconds": seconds}) for _ in range(count)]
 
 
 @pytest.mark.parametrize("whole_group", [True, False], ids=["group", "main-pid"])
@@ -86,7 +83,7 @@ def test_a_busy_cluster_finishes_its_jobs_hands_back_the_rest_and_stops(cluster,
 
 
 def test_a_worker_stuck_out_of_reach_of_the_timeout_does_not_hold_up_the_stop(cluster, user):
-    job = enqueue("database", "test_stuck", {"user_id": user.pk, "seconds": 120})
+    job = enqueue("test_stuck", {"user_id": user.pk, "seconds": 120})
     qcluster = cluster.start(workers=2, timeout=TIMEOUT)
     wait_for(lambda: Job.objects.filter(status="running").exists(), 30, message="the stuck job")
     assert stop_with(qcluster, [signal.SIGTERM, signal.SIGTERM]) < TIMEOUT + 10

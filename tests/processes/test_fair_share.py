@@ -3,7 +3,7 @@
 import pytest
 
 from chat.models import Conversation
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.cluster import KEEP_ALL_JOBS, wait_for
@@ -23,7 +23,7 @@ def test_a_deletion_is_claimed_before_another_users_flood(cluster, user, other_u
     conversation = Conversation.objects.create(owner=user, title="Mine")
     # The flood is as many jobs as 4 users' caps; enqueued directly, past the API's limits.
     for _ in range(FLOOD):
-        enqueue("database", "test_sleep", {"user_id": other_user.pk, "seconds": JOB_SECONDS})
+        enqueue("test_sleep", {"user_id": other_user.pk, "seconds": JOB_SECONDS})
     running = cluster.start(workers=2, extra_env=KEEP_ALL_JOBS)
     wait_for(lambda: Job.objects.filter(status="succeeded").count() >= 20, 60, message="flood")
 

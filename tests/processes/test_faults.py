@@ -12,7 +12,7 @@ import time
 import pytest
 from django.db import connection
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, wait_for
 from tests.support.data import assert_everything_deleted_exactly_once, request_deletions
 from tests.support.jobs import succeeded, wait_for_job, wait_for_jobs
@@ -75,11 +75,11 @@ def test_sigterm_of_the_whole_cluster_mid_run_then_a_restart_loses_nothing(clust
 
 def test_a_hanging_handler_is_cut_off_by_the_timeout_and_retried(cluster, user):
     cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY | KEEP_ALL_JOBS)
-    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 60})
+    job = enqueue("test_sleep", {"user_id": user.pk, "seconds": 60})
     wait_for_job(job.pk, timeout=60)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 3, "JobTimeout")
-    follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
+    follow_up = enqueue("test_sleep", {"user_id": user.pk})
     wait_for_job(follow_up.pk, timeout=20)
     assert succeeded([follow_up.pk]) == 1
 
@@ -87,11 +87,11 @@ def test_a_hanging_handler_is_cut_off_by_the_timeout_and_retried(cluster, user):
 def test_a_handler_stuck_out_of_reach_of_the_timeout_has_its_worker_replaced(cluster, user):
     qcluster = cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY | KEEP_ALL_JOBS)
     workers_before = set(qcluster.worker_pids())
-    job = enqueue("database", "test_stuck", {"user_id": user.pk, "seconds": 60})
+    job = enqueue("test_stuck", {"user_id": user.pk, "seconds": 60})
     wait_for_job(job.pk, timeout=60)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 2, "WorkerLost")
     assert set(qcluster.worker_pids()) - workers_before, "the guard started a new worker"
-    follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
+    follow_up = enqueue("test_sleep", {"user_id": user.pk})
     wait_for_job(follow_up.pk, timeout=20)
     assert succeeded([follow_up.pk]) == 1

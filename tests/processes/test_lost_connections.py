@@ -14,7 +14,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.django_q2.heartbeats import HEARTBEAT
 from queues.engine import reconnect
 from queues.engine.statements import hot_cursor
@@ -36,8 +36,7 @@ WORKERS = 4
 
 def sleeping_jobs(user, count, seconds=0.0):
     return [
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": seconds}).pk
-        for _ in range(count)
+        enqueue("test_sleep", {"user_id": user.pk, "seconds": seconds}).pk for _ in range(count)
     ]
 
 

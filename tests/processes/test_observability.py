@@ -10,8 +10,8 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat.models import Conversation
+from queues.api import enqueue
 from queues.core import selectors
-from queues.core.services import enqueue
 from queues.execution.runner import run_job
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job
@@ -55,12 +55,10 @@ def test_metrics_match_job_records_from_any_process_across_restarts_and_pruning(
     first = cluster.start(workers=4, extra_env={"LOG_FORMAT": "json"})
     conversation = Conversation.objects.create(owner=user, title="t")
     deleted = token_client(user).delete(f"/api/chat/conversations/{conversation.pk}")
-    jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(4)]
-    jobs += [
-        enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1}) for _ in range(2)
-    ]
-    jobs += [enqueue("database", "test_permanent", {"user_id": user.pk}) for _ in range(2)]
-    jobs += [enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 9})]
+    jobs = [enqueue("test_sleep", {"user_id": user.pk}) for _ in range(4)]
+    jobs += [enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}) for _ in range(2)]
+    jobs += [enqueue("test_permanent", {"user_id": user.pk}) for _ in range(2)]
+    jobs += [enqueue("test_flaky", {"user_id": user.pk, "fail_times": 9})]
     wait_for_jobs(timeout=60)
 
     records = Job.objects.all()
@@ -124,8 +122,8 @@ def test_stats_api_agrees_with_job_records_and_is_for_job_viewers_only(
 ):
     cluster.start()
     for _ in range(3):
-        enqueue("database", "test_sleep", {"user_id": user.pk})
-    enqueue("database", "test_permanent", {"user_id": user.pk})
+        enqueue("test_sleep", {"user_id": user.pk})
+    enqueue("test_permanent", {"user_id": user.pk})
     wait_for_jobs(timeout=30)
 
     assert token_client(user).get("/api/queues/stats").status_code == 403
@@ -159,7 +157,7 @@ def test_readyz_fails_without_a_live_cluster_and_passes_with_one(client, cluster
 @pytest.mark.django_db
 def test_readyz_fails_when_a_deletion_waits_too_long(client, user, settings):
     settings.READY_MAX_BACKLOG_SECONDS = 0
-    enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": 1})
+    enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": 1})
     Job.objects.update(run_after="2020-01-01T00:00:00Z")
     assert "backlog" in client.get("/readyz").json()["failed"]
 
@@ -168,7 +166,7 @@ def test_readyz_fails_when_a_deletion_waits_too_long(client, user, settings):
 def test_one_users_backlog_of_client_jobs_does_not_fail_readyz(client, user, settings):
     settings.READY_MAX_BACKLOG_SECONDS = 0
     for _ in range(20):
-        enqueue("database", "test_sleep", {"user_id": user.pk})
+        enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.update(run_after="2020-01-01T00:00:00Z")
     assert "backlog" not in client.get("/readyz").json()["failed"]
 
@@ -210,7 +208,7 @@ def test_dashboard_is_for_job_viewers_and_retries_a_failed_job(
 ):
     from queues.execution.runner import run_job
 
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.id)
     client.force_login(user)
     assert client.get("/dashboard/queues").status_code == 302  # to the admin login
@@ -239,7 +237,7 @@ def test_metrics_include_django_prometheus_http_database_and_model_series(api, c
 def test_queue_wait_counts_each_attempt_from_when_it_became_due(user):
     """Not from enqueue: a retry's backoff or a long-ago enqueue is not time spent in a queue."""
     long_ago = timezone.now() - timedelta(hours=1)
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     Job.objects.filter(pk=job.pk).update(created_at=long_ago, run_after=timezone.now())
     run_job(job.pk)  # fails; its retry becomes due after a backoff
     Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(seconds=3))

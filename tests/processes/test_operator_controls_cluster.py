@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from chat import jobs, services
 from chat.models import Conversation, Message
+from queues.api import enqueue
 from queues.core import pausing
-from queues.core.services import enqueue
 from queues.execution.cancellation import cancel_jobs
 from queues.models import Job
 from tests.support.cluster import KEEP_ALL_JOBS as KEEP_ALL
@@ -32,10 +32,7 @@ def statuses(job_ids):
 def test_two_clusters_start_nothing_within_a_second_of_a_pause_and_lose_nothing(cluster, user):
     for _ in range(2):
         cluster.start(workers=2, extra_env=KEEP_ALL)
-    job_ids = [
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 0.2}).pk
-        for _ in range(80)
-    ]
+    job_ids = [enqueue("test_sleep", {"user_id": user.pk, "seconds": 0.2}).pk for _ in range(80)]
     wait_for(
         lambda: Job.objects.filter(pk__in=job_ids, status="succeeded").count() >= 8,
         60,
@@ -91,8 +88,8 @@ def test_a_running_job_stops_at_its_next_check_one_that_ignores_it_finishes(
     cluster, user, operator_api, operator_user
 ):
     cluster.start(workers=2)
-    stoppable = enqueue("database", "test_stoppable", {"user_id": user.pk, "seconds": 30})
-    ignoring = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 3})
+    stoppable = enqueue("test_stoppable", {"user_id": user.pk, "seconds": 30})
+    ignoring = enqueue("test_sleep", {"user_id": user.pk, "seconds": 3})
     wait_for(
         lambda: (
             Job.objects.filter(pk__in=[stoppable.pk, ignoring.pk], status="running").count() == 2
@@ -189,7 +186,7 @@ def test_a_paused_queue_holds_and_resumes_within_a_second_on_redis(redis_queue, 
 def assert_pause_holds_and_resume_starts_within_a_second(cluster, user, extra_env=None):
     cluster.start(workers=2, extra_env=extra_env)
     pausing.pause("database")
-    job_ids = [enqueue("database", "test_sleep", {"user_id": user.pk}).pk for _ in range(4)]
+    job_ids = [enqueue("test_sleep", {"user_id": user.pk}).pk for _ in range(4)]
     time.sleep(2)
     assert set(statuses(job_ids).values()) == {"queued"}
 

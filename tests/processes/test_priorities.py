@@ -10,7 +10,7 @@ from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 
-from queues.core.services import enqueue, enqueue_many
+from queues.api import enqueue, enqueue_many
 from queues.django_q2.broker import _CLAIM, OLDEST_EVERY, JobBroker
 from queues.errors import JobValidationError
 from queues.models import Job
@@ -75,12 +75,12 @@ def test_both_parts_of_the_claim_use_an_index():
 
 @pytest.mark.django_db
 def test_a_job_takes_its_types_priority_unless_the_enqueue_sets_one(user):
-    default = enqueue("database", "test_sleep", {"user_id": user.pk})
-    urgent = enqueue("database", "test_sleep", {"user_id": user.pk}, priority=HIGH)
+    default = enqueue("test_sleep", {"user_id": user.pk})
+    urgent = enqueue("test_sleep", {"user_id": user.pk}, priority=HIGH)
     many = enqueue_many("test_sleep", [{"user_id": user.pk}], priority=LOW)
     assert (default.priority, urgent.priority, many[0].priority) == (0, HIGH, LOW)
     with pytest.raises(JobValidationError, match="priority"):
-        enqueue("database", "test_sleep", {"user_id": user.pk}, priority=10)
+        enqueue("test_sleep", {"user_id": user.pk}, priority=10)
     with pytest.raises(JobValidationError, match=r"^priority"):
         enqueue_many("test_sleep", [{"user_id": user.pk}], priority=True)
 
@@ -118,9 +118,7 @@ def test_urgent_jobs_pass_a_backlog_and_the_backlog_still_moves(cluster, user):
 
     trickle = []
     for _ in range(20):
-        trickle.append(
-            enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": JOB_SECONDS})
-        )
+        trickle.append(enqueue("test_sleep", {"user_id": user.pk, "seconds": JOB_SECONDS}))
         time.sleep(0.1)
     wait_for(
         lambda: (

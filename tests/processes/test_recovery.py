@@ -18,7 +18,7 @@ from django_q.signing import SignedPackage
 
 from chat import services
 from chat.models import Message
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.models import Job
 from tests.support.cluster import KEEP_ALL_JOBS, database_session, wait_for
 from tests.support.data import (
@@ -64,9 +64,7 @@ def test_duplicated_broker_rows_never_look_like_dead_workers(cluster, user, copi
 
 
 def test_a_sigkilled_cluster_s_claimed_jobs_run_within_15s_of_a_new_cluster(cluster, user):
-    jobs = [
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)
-    ]
+    jobs = [enqueue("test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)]
     job_ids = [j.pk for j in jobs]
     first = cluster.start(workers=3, extra_env=KEEP_ALL_JOBS)
     wait_for(
@@ -96,7 +94,7 @@ def test_a_sigkilled_cluster_s_claimed_jobs_run_within_15s_of_a_new_cluster(clus
 
 def test_a_worker_sigkilled_mid_job_is_recorded_lost_and_retried_promptly(cluster, user):
     cluster.start(workers=2, extra_env=KEEP_ALL_JOBS)
-    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 3})
+    job = enqueue("test_sleep", {"user_id": user.pk, "seconds": 3})
     running = wait_for_job(job.pk, until="running", timeout=30)
     os.kill(int(running.worker.rsplit(":", 1)[1]), signal.SIGKILL)
     killed = time.monotonic()
@@ -118,7 +116,7 @@ def test_a_long_job_of_a_live_worker_is_never_rescued(cluster, user):
     eager = {**KEEP_ALL_JOBS, "QUEUE_RESCUE_INTERVAL": "1", "QUEUE_REDELIVERY_GRACE": "0"}
     cluster.start(workers=2, timeout=10, extra_env=eager)
     cluster.start(workers=2, timeout=10, extra_env=eager)
-    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 8})
+    job = enqueue("test_sleep", {"user_id": user.pk, "seconds": 8})
     wait_for_job(job.pk, timeout=30)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("succeeded", 1, "")
@@ -135,10 +133,7 @@ def test_waiting_jobs_whose_broker_rows_were_deleted_run_within_10s_and_once(clu
     assert_everything_deleted_exactly_once(conversation_ids, job_ids)
 
     due_at = timezone.now() + timedelta(seconds=2)
-    later = [
-        enqueue("database", "test_sleep", {"user_id": user.pk}, run_after=due_at).pk
-        for _ in range(10)
-    ]
+    later = [enqueue("test_sleep", {"user_id": user.pk}, run_after=due_at).pk for _ in range(10)]
     OrmQ.objects.filter(pk__in=Job.objects.filter(pk__in=later).values("broker_row")).delete()
     assert not OrmQ.objects.exists()
     wait_for_jobs(later, timeout=12, interval=0.2)
@@ -187,9 +182,7 @@ def test_a_timeout_cancels_a_huge_deletion_and_holds_no_locks(cluster, user):
 
 def test_on_redis_a_sigkilled_cluster_s_jobs_run_again_within_60s(redis_queue, cluster, user):
     """Redis forgets the tasks a dead cluster had popped; the rescuer pushes them again."""
-    jobs = [
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)
-    ]
+    jobs = [enqueue("test_sleep", {"user_id": user.pk, "seconds": 1}) for _ in range(12)]
     job_ids = [j.pk for j in jobs]
     first = cluster.start(workers=3, extra_env={**KEEP_ALL_JOBS, **ON_REDIS})
     wait_for(

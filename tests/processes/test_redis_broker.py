@@ -11,7 +11,7 @@ from django_q.conf import Conf
 
 from chat import services
 from chat.models import Conversation, Message
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.maintenance.periodic import redeliver_stranded_jobs
 from queues.models import Job
 from tests.support.clients import token_client
@@ -75,7 +75,7 @@ def test_a_cluster_on_redis_is_alive_for_readyz_the_stats_and_the_dashboard(
 
 def test_a_stopping_cluster_hands_its_claimed_tasks_back_to_redis(redis_queue, cluster, user):
     for _ in range(8):
-        enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 2})
+        enqueue("test_sleep", {"user_id": user.pk, "seconds": 2})
     first = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
     wait_for(lambda: Job.objects.filter(status="running").count() == 2, 30, message="2 running")
     first.signal_group(signal.SIGTERM)
@@ -90,7 +90,7 @@ def test_a_stopping_cluster_hands_its_claimed_tasks_back_to_redis(redis_queue, c
 
 def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user):
     cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     wait_for(
         lambda: redis.from_url(REDIS_URL).zcard(redis_queue.delayed_key) == 1,
         10,
@@ -103,11 +103,11 @@ def test_a_delayed_retry_waits_in_redis_and_then_runs(redis_queue, cluster, user
 
 def test_nothing_reaches_redis_from_a_transaction_that_rolls_back(redis_queue, user):
     with pytest.raises(RuntimeError), transaction.atomic():
-        enqueue("database", "test_sleep", {"user_id": user.pk})
+        enqueue("test_sleep", {"user_id": user.pk})
         assert redis_queue.queue_size() == 0  # not before the commit either
         raise RuntimeError("rolled back")
     assert redis_queue.queue_size() == 0 and Job.objects.count() == 0
-    enqueue("database", "test_sleep", {"user_id": user.pk})
+    enqueue("test_sleep", {"user_id": user.pk})
     assert redis_queue.queue_size() == 1
 
 
@@ -119,7 +119,7 @@ def test_deliveries_redis_lost_are_pushed_again_by_the_maintenance_task(
     long_ago = timezone.now() - timedelta(minutes=5)
     conversation = Conversation.objects.create(owner=user, title="Lost push")
     lost_push = services.request_conversation_deletion(conversation, request_id="lost-push")
-    lost_worker = enqueue("database", "test_sleep", {"user_id": user.pk})
+    lost_worker = enqueue("test_sleep", {"user_id": user.pk})
     redis_queue.purge_queue()  # both deliveries lost
     Job.objects.filter(pk=lost_push.pk).update(run_after=long_ago)
     Job.objects.filter(pk=lost_worker.pk).update(
@@ -137,7 +137,7 @@ def test_deliveries_redis_lost_are_pushed_again_by_the_maintenance_task(
 
 
 def test_the_maintenance_task_leaves_the_database_queue_alone(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(run_after=timezone.now() - timedelta(hours=1))
     assert redeliver_stranded_jobs() == 0
 

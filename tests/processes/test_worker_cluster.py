@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from chat import services
 from chat.models import Conversation, Message
-from queues.core.services import enqueue, enqueue_many
+from queues.api import enqueue, enqueue_many
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, database_session, wait_for
@@ -46,7 +46,7 @@ def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, o
 
 def test_retries_back_off_2s_then_4s(cluster, user):
     cluster.start()
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 2})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 2})
     starts, scheduled = [], []
 
     def observe():
@@ -72,7 +72,7 @@ def test_retries_back_off_2s_then_4s(cluster, user):
 
 def test_a_waiting_retry_survives_a_full_restart_of_the_cluster(cluster, user):
     first = cluster.start()
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     wait_for_job(job.id, until="retrying", timeout=20)
     first.stop()
     assert first.process.returncode is not None
@@ -119,11 +119,11 @@ def test_sigkill_of_a_worker_mid_delete_rolls_back_and_the_job_completes(cluster
 
 def test_a_job_that_kills_its_worker_every_time_fails_after_3_attempts(cluster, user):
     cluster.start(workers=2, timeout=2, extra_env=FAST_RECOVERY)
-    job = enqueue("database", "test_poison", {"user_id": user.pk})
+    job = enqueue("test_poison", {"user_id": user.pk})
     final = wait_for_job(job.id)
     assert (final.status, final.attempts, final.last_error_class) == ("failed", 3, "WorkerLost")
     # The cluster replaced its workers and still works.
-    follow_up = enqueue("database", "test_sleep", {"user_id": user.pk})
+    follow_up = enqueue("test_sleep", {"user_id": user.pk})
     assert wait_for_job(follow_up.id, timeout=20).status == "succeeded"
 
 
@@ -153,7 +153,6 @@ def test_save_message_racing_delete_never_leaves_an_orphan_message(cluster, user
         for n in range(3):
             jobs.append(
                 enqueue(
-                    "database",
                     "save_message",
                     {
                         "user_id": user.pk,

@@ -8,7 +8,7 @@ import pytest
 from django_q.models import OrmQ
 from django_q.tasks import async_task
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from tests.support.cluster import FAST_RECOVERY, KEEP_ALL_JOBS, wait_for
 from tests.support.jobs import wait_for_job, wait_for_jobs
 
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(t
 
 def test_a_runner_job_is_recorded_and_acknowledged_with_nothing_left_for_the_monitor(cluster, user):
     qcluster = cluster.start(workers=1)
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     assert wait_for_job(job.pk).status == "succeeded"
     # A plain task after it, run by the same worker: once the monitor logged this one, it would
     # have logged the job too.
@@ -56,7 +56,7 @@ def test_workers_are_recycled_after_their_task_count_and_lose_no_job(cluster, us
         workers=1,
         extra_env=KEEP_ALL_JOBS | {"DJANGO_SETTINGS_MODULE": "tests.support.recycling_settings"},
     )
-    jobs = [enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(5)]
+    jobs = [enqueue("test_sleep", {"user_id": user.pk}) for _ in range(5)]
 
     assert {job.status for job in wait_for_jobs([job.pk for job in jobs])} == {"succeeded"}
     wait_for(lambda: qcluster.log.count("recycled worker") >= 2, 10, message="two recycles")

@@ -5,7 +5,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
-from queues.core.services import enqueue_many
+from queues.api import enqueue_many
 from queues.errors import JobValidationError
 from queues.execution.runner import run_job
 from queues.models import Job

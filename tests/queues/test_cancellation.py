@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from chat.models import Conversation
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.cancellation import cancel_jobs, raise_if_stop_requested
 from queues.execution.runner import run_job
 from queues.models import Job, JobEvent
@@ -22,7 +22,7 @@ def cancel_url(job):
 
 
 def test_the_owner_cancels_a_waiting_job_which_then_never_runs(api, user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     waiting_before = counted("waiting")
 
     response = api.post(cancel_url(job))
@@ -41,7 +41,7 @@ def test_the_owner_cancels_a_waiting_job_which_then_never_runs(api, user):
 
 
 def test_someone_elses_job_is_a_404_like_a_missing_one(other_api, user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     foreign = other_api.post(cancel_url(job))
     missing = other_api.post("/api/queues/jobs/00000000-0000-0000-0000-000000000000/cancel")
     malformed = other_api.post("/api/queues/jobs/nope/cancel")
@@ -51,7 +51,7 @@ def test_someone_elses_job_is_a_404_like_a_missing_one(other_api, user):
 
 
 def test_staff_status_alone_cancels_nothing(client, staff_user, user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     assert token_client(staff_user).post(cancel_url(job)).status_code == 404
     client.force_login(staff_user)
     assert client.post(f"/dashboard/queues/jobs/{job.pk}/cancel").status_code == 403
@@ -66,14 +66,14 @@ def test_a_viewer_of_others_jobs_may_not_cancel_them(make_user, user):
 
     viewer = make_user("viewer", is_staff=True)
     grant(viewer, "view_job")
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     response = token_client(viewer).post(cancel_url(job))
     assert response.status_code == 403 and response.json()["error"]
     assert Job.objects.get(pk=job.pk).status == "queued"
 
 
 def test_a_finished_job_is_a_409(api, user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     run_job(job.pk)
     response = api.post(cancel_url(job))
     assert response.status_code == 409
@@ -84,7 +84,7 @@ def test_a_finished_job_is_a_409(api, user):
 def test_the_owner_cannot_stop_a_running_job_an_operator_can(
     api, operator_api, user, operator_user
 ):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(status="running", attempts=1)
 
     mine = api.post(cancel_url(job))
@@ -104,7 +104,7 @@ def test_the_owner_cannot_stop_a_running_job_an_operator_can(
 
 
 def test_a_handler_that_checks_stops_and_its_work_rolls_back(user):
-    job = enqueue("database", "test_stoppable", {"user_id": user.pk, "seconds": 5})
+    job = enqueue("test_stoppable", {"user_id": user.pk, "seconds": 5})
     # The request lands once the attempt has begun (as a concurrent operator's would).
     Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
 
@@ -121,9 +121,9 @@ def test_a_handler_that_checks_stops_and_its_work_rolls_back(user):
 def test_a_cancelled_job_that_never_ran_keeps_no_content(api, operator_user, user):
     """Nothing will ever use a cancelled job's title or message: it is erased with the cancel,
     not kept until retention or the user's deletion."""
-    mine = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Secret 1"})
-    theirs = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Secret 2"})
-    kept = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Kept"})
+    mine = enqueue("create_conversation", {"user_id": user.pk, "title": "Secret 1"})
+    theirs = enqueue("create_conversation", {"user_id": user.pk, "title": "Secret 2"})
+    kept = enqueue("create_conversation", {"user_id": user.pk, "title": "Kept"})
 
     assert api.post(cancel_url(mine)).json()["data"] == {
         "user_id": user.pk,
@@ -138,7 +138,7 @@ def test_a_cancelled_job_that_never_ran_keeps_no_content(api, operator_user, use
 
 
 def test_a_job_stopped_at_a_stop_request_keeps_no_content(user):
-    job = enqueue("database", "test_stoppable", {"user_id": user.pk, "note": "private words"})
+    job = enqueue("test_stoppable", {"user_id": user.pk, "note": "private words"})
     Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
     run_job(job.pk)
     job.refresh_from_db()
@@ -146,14 +146,14 @@ def test_a_job_stopped_at_a_stop_request_keeps_no_content(user):
 
 
 def test_a_handler_that_ignores_a_stop_request_finishes_normally(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
     run_job(job.pk)
     assert Job.objects.get(pk=job.pk).status == "succeeded"
 
 
 def test_the_check_does_nothing_outside_a_job(user, django_assert_num_queries):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(cancel_requested_at=timezone.now())
     with django_assert_num_queries(0):  # no job of this process runs: nothing to look up
         assert raise_if_stop_requested() is None
@@ -161,10 +161,10 @@ def test_the_check_does_nothing_outside_a_job(user, django_assert_num_queries):
 
 def test_an_operator_cancels_from_the_admin_and_sees_the_history(client, operator_user, user):
     client.force_login(operator_user)
-    waiting = enqueue("database", "test_sleep", {"user_id": user.pk})
-    running = enqueue("database", "test_sleep", {"user_id": user.pk})
+    waiting = enqueue("test_sleep", {"user_id": user.pk})
+    running = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=running.pk).update(status="running", attempts=1)
-    done = enqueue("database", "test_sleep", {"user_id": user.pk})
+    done = enqueue("test_sleep", {"user_id": user.pk})
     run_job(done.pk)
 
     response = client.post(
@@ -185,7 +185,7 @@ def test_an_operator_cancels_from_the_admin_and_sees_the_history(client, operato
 
 def test_an_operator_cancels_from_the_dashboard(client, operator_user, user):
     client.force_login(operator_user)
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     run_job(job.pk)
     assert Job.objects.get(pk=job.pk).status == "retrying"
     page = client.get("/dashboard/queues").content.decode()
@@ -199,7 +199,7 @@ def test_an_operator_cancels_from_the_dashboard(client, operator_user, user):
 
 
 def test_an_operator_retry_is_in_the_history(operator_api, operator_user, user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.pk)
     assert operator_api.post(f"/api/queues/jobs/{job.pk}/retry").status_code == 200
     history = operator_api.get(f"/api/queues/jobs/{job.pk}").json()["history"]
@@ -207,7 +207,7 @@ def test_an_operator_retry_is_in_the_history(operator_api, operator_user, user):
 
 
 def test_history_is_written_with_the_action_or_not_at_all(user, monkeypatch):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
 
     def broken(*args, **kwargs):
         raise RuntimeError("counters down")
@@ -223,7 +223,7 @@ def test_pruned_jobs_take_their_history_with_them(user, settings):
     from queues.maintenance.periodic import prune
 
     settings.JOB_RETENTION = {"succeeded": 0, "failed": 0, "cancelled": 0}
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     cancel_jobs(Job.objects.filter(pk=job.pk), by=user)
     assert JobEvent.objects.count() == 1
     prune()
@@ -231,11 +231,10 @@ def test_pruned_jobs_take_their_history_with_them(user, settings):
 
 
 def test_chat_internal_cancellation_still_withdraws_waiting_jobs(user):
-    from queues.core.services import cancel_waiting_jobs
+    from queues.api import cancel_waiting_jobs
 
     conversation = Conversation.objects.create(owner=user, title="t")
     job = enqueue(
-        "database",
         "save_message",
         {"conversation_id": conversation.pk, "user_id": user.pk, "role": "user", "content": "x"},
     )

@@ -7,20 +7,16 @@ from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
 from chat.models import Conversation
-from queues.api import JobValidationError, enqueue_if
+from queues.api import JobValidationError, enqueue, enqueue_if
 from queues.core.selectors import counter_totals
-from queues.core.services import enqueue
 from queues.models import Job
 
 pytestmark = pytest.mark.django_db
 
 
 def rename(conversation_id, title):
-    """A condition: the conversation renamed, returning its id and new title, if it exists."""
-    return (
-        "UPDATE chat_conversation SET title = %s WHERE id = %s RETURNING id, title",
-        [title, conversation_id],
-    )
+    """A change: the conversation renamed, if it exists (a queryset and the values to set)."""
+    return Conversation.objects.filter(pk=conversation_id), {"title": title}
 
 
 def enqueued(job_type):
@@ -30,11 +26,10 @@ def enqueued(job_type):
 def test_a_condition_that_returns_a_row_stores_the_job_with_its_broker_row_and_counts(
     user, conversation
 ):
-    row, job = enqueue_if(
-        rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk, "seconds": 0}
+    job = enqueue_if(
+        *rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk, "seconds": 0}
     )
 
-    assert row == (conversation.pk, "renamed")
     stored = Job.objects.get(pk=job.pk)
     assert (stored.status, stored.job_type, stored.broker_row) == (
         "queued",
@@ -47,9 +42,9 @@ def test_a_condition_that_returns_a_row_stores_the_job_with_its_broker_row_and_c
 
 
 def test_a_condition_that_returns_nothing_stores_and_counts_nothing(user):
-    row, job = enqueue_if(rename(10**9, "renamed"), "test_sleep", {"user_id": user.pk})
+    job = enqueue_if(*rename(10**9, "renamed"), "test_sleep", {"user_id": user.pk})
 
-    assert (row, job) == (None, None)
+    assert job is None
     assert not Job.objects.exists() and not OrmQ.objects.exists()
     assert enqueued("test_sleep") == 0
 
@@ -57,23 +52,23 @@ def test_a_condition_that_returns_nothing_stores_and_counts_nothing(user):
 def test_invalid_data_is_refused_before_the_condition_changes_anything(user, conversation):
     with pytest.raises(JobValidationError):
         enqueue_if(
-            rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk, "seconds": -1}
+            *rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk, "seconds": -1}
         )
     with pytest.raises(JobValidationError):
-        enqueue_if(rename(conversation.pk, "renamed"), "no_such_type", {"user_id": user.pk})
+        enqueue_if(*rename(conversation.pk, "renamed"), "no_such_type", {"user_id": user.pk})
 
     assert Conversation.objects.get(pk=conversation.pk).title == conversation.title
     assert not Job.objects.exists()
 
 
 def test_a_unique_duplicate_makes_the_change_and_returns_the_live_job(user, conversation):
-    first = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    first = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
 
-    row, job = enqueue_if(
-        rename(conversation.pk, "again"), "test_unique", {"user_id": user.pk, "name": "report"}
+    job = enqueue_if(
+        *rename(conversation.pk, "again"), "test_unique", {"user_id": user.pk, "name": "report"}
     )
 
-    assert row == (conversation.pk, "again")
+    assert Conversation.objects.get(pk=conversation.pk).title == "again"
     assert job.pk == first.pk and job.deduplicated
     assert Job.objects.count() == 1 and OrmQ.objects.count() == 1
     assert enqueued("test_unique") == 1
@@ -81,7 +76,7 @@ def test_a_unique_duplicate_makes_the_change_and_returns_the_live_job(user, conv
 
 def test_a_rollback_of_the_callers_transaction_withdraws_both(user, conversation):
     with transaction.atomic():
-        enqueue_if(rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk})
+        enqueue_if(*rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk})
         transaction.set_rollback(True)
 
     assert Conversation.objects.get(pk=conversation.pk).title == conversation.title
@@ -89,16 +84,31 @@ def test_a_rollback_of_the_callers_transaction_withdraws_both(user, conversation
 
 
 @pytest.mark.postgres
-def test_on_postgresql_a_deletion_request_is_one_statement_besides_authentication(
-    api, conversation
+def test_on_postgresql_the_change_and_the_job_are_one_statement_outside_any_transaction(
+    user, conversation
 ):
+    data = {"user_id": user.pk}
+    with CaptureQueriesContext(connection) as queries:
+        job = enqueue_if(*rename(conversation.pk, "renamed"), "test_sleep", data, user_checked=True)
+
+    statements = [q["sql"] or "" for q in queries.captured_queries]
+    assert len(statements) == 1, statements
+    assert "UPDATE" in statements[0] and "INSERT" in statements[0]
+    assert Job.objects.filter(pk=job.pk).exists()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_deletion_request_marks_and_enqueues_in_one_statement(api, conversation):
     with CaptureQueriesContext(connection) as queries:
         response = api.delete(f"/api/chat/conversations/{conversation.pk}")
 
     assert response.status_code == 200
     statements = [q["sql"] or "" for q in queries.captured_queries]
-    assert len(statements) == 2, statements  # the token's lookup, then mark + enqueue
+    # The token's lookup, mark + enqueue, then the withdrawal of messages waiting to be saved.
+    assert len(statements) == 3, statements
     assert not any(s.strip().upper() in {"BEGIN", "COMMIT"} for s in statements)
+    assert '"chat_conversation"' in statements[1] and '"queues_job"' in statements[1]
+    assert "save_message" in statements[2]
     job = Job.objects.get(pk=response.json()["job_id"])
     assert job.job_type == "delete_conversation" and OrmQ.objects.filter(pk=job.broker_row)
     assert Conversation.objects.get(pk=conversation.pk).deletion_requested_at is not None
@@ -108,11 +118,9 @@ def test_on_redis_the_condition_and_the_job_share_one_transaction(
     redis_queue, user, conversation, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):  # the push to Redis waits for them
-        row, job = enqueue_if(
-            rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk}
-        )
+        job = enqueue_if(*rename(conversation.pk, "renamed"), "test_sleep", {"user_id": user.pk})
 
-    assert row == (conversation.pk, "renamed")
+    assert Conversation.objects.get(pk=conversation.pk).title == "renamed"
     assert Job.objects.filter(pk=job.pk, status="queued").exists()
     assert not OrmQ.objects.exists()  # the delivery is in Redis
     assert redis_queue.queue_size() == 1

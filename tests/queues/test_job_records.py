@@ -8,7 +8,8 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from chat.models import Conversation, Message
-from queues.core.services import enqueue, retry_jobs
+from queues.api import enqueue
+from queues.core.services import retry_jobs
 from queues.errors import JobValidationError
 from queues.execution.runner import run_job
 from queues.maintenance.periodic import prune_finished_jobs
@@ -21,53 +22,50 @@ pytestmark = pytest.mark.django_db
 
 
 def test_enqueue_stores_a_queued_record_and_a_broker_row(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk}, request_id="r-1")
+    job = enqueue("test_sleep", {"user_id": user.pk}, request_id="r-1")
     assert job.status == "queued" and job.attempts == 0 and job.max_attempts == 3
     assert job.data == {"user_id": user.pk, "request_id": "r-1", "fail_times": 0, "seconds": 0.0}
     assert OrmQ.objects.get().key == "database"
 
 
 @pytest.mark.parametrize(
-    "queue, job_type, data, problem",
+    "job_type, data, problem",
     [
-        ("nope", "delete_conversation", {"conversation_id": 1}, "unknown queue 'nope'"),
-        ("database", "explode", {}, "unknown job type 'explode'"),
-        ("database", "delete_conversation", {}, "conversation_id"),
-        ("database", "delete_conversation", {"conversation_id": "abc"}, "conversation_id"),
-        ("database", "delete_conversation", {"conversation_id": -4}, "conversation_id"),
+        ("explode", {}, "unknown job type 'explode'"),
+        ("delete_conversation", {}, "conversation_id"),
+        ("delete_conversation", {"conversation_id": "abc"}, "conversation_id"),
+        ("delete_conversation", {"conversation_id": -4}, "conversation_id"),
         (
-            "database",
             "save_message",
             {"conversation_id": 1, "role": "robot", "content": "x"},
             "role",
         ),
-        ("database", "save_message", {"conversation_id": 1, "role": "user"}, "content"),
-        ("database", "create_conversation", {"title": ""}, "title"),
-        ("database", "create_conversation", {"title": "t" * 201}, "title"),
+        ("save_message", {"conversation_id": 1, "role": "user"}, "content"),
+        ("create_conversation", {"title": ""}, "title"),
+        ("create_conversation", {"title": "t" * 201}, "title"),
     ],
 )
 def test_enqueue_refuses_bad_jobs_naming_the_problem_and_stores_nothing(
-    user, queue, job_type, data, problem
+    user, job_type, data, problem
 ):
     with pytest.raises(JobValidationError, match=problem):
-        enqueue(queue, job_type, {"user_id": user.pk, **data})
+        enqueue(job_type, {"user_id": user.pk, **data})
     assert Job.objects.count() == 0 and OrmQ.objects.count() == 0
 
 
 def test_enqueue_refuses_an_unknown_user(db):
     with pytest.raises(JobValidationError, match="user_id"):
-        enqueue("database", "delete_conversation", {"user_id": 424242, "conversation_id": 1})
+        enqueue("delete_conversation", {"user_id": 424242, "conversation_id": 1})
 
 
 def test_create_conversation_and_save_message_jobs_run_from_code(user):
-    created = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "By job"})
+    created = enqueue("create_conversation", {"user_id": user.pk, "title": "By job"})
     run_job(created.id)
     created.refresh_from_db()
     conversation_id = created.result["conversation_id"]
     assert created.status == "succeeded"
     assert created.subject == f"conversation:{conversation_id}"
     saved = enqueue(
-        "database",
         "save_message",
         {"user_id": user.pk, "conversation_id": conversation_id, "role": "user", "content": "hi"},
     )
@@ -85,7 +83,6 @@ def test_save_message_to_an_unavailable_conversation_fails_permanently(user, oth
         Conversation.objects.filter(pk=conversation.pk).update(deletion_requested_at=timezone.now())
     target = conversation.pk + 1000 if case == "missing" else conversation.pk
     job = enqueue(
-        "database",
         "save_message",
         {"user_id": user.pk, "conversation_id": target, "role": "user", "content": "x"},
     )
@@ -96,7 +93,7 @@ def test_save_message_to_an_unavailable_conversation_fails_permanently(user, oth
 
 
 def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monkeypatch):
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     stopped_clock = timezone.now()
     monkeypatch.setattr(timezone, "now", lambda: stopped_clock)
     run_job(job.id)
@@ -110,7 +107,7 @@ def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monke
 
 
 def test_an_early_delivery_of_a_waiting_retry_does_nothing(user):
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     run_job(job.id)
     run_job(job.id)  # e.g. a stale copy of the first broker row
     job.refresh_from_db()
@@ -118,7 +115,7 @@ def test_an_early_delivery_of_a_waiting_retry_does_nothing(user):
 
 
 def test_permanent_failure_fails_at_once(user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.id)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error) == ("failed", 1, "simulated bad data")
@@ -126,7 +123,7 @@ def test_permanent_failure_fails_at_once(user):
 
 
 def test_transient_failures_fail_the_job_after_its_attempts(user):
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 5})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 5})
     for _ in range(3):
         Job.objects.filter(pk=job.pk).update(run_after=timezone.now())
         run_job(job.id)
@@ -135,7 +132,7 @@ def test_transient_failures_fail_the_job_after_its_attempts(user):
 
 
 def test_a_running_job_whose_worker_died_counts_the_lost_attempt(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     Job.objects.filter(pk=job.pk).update(status="running", attempts=3, worker="host:1")
     run_job(job.id)  # redelivered after the visibility timeout
     job.refresh_from_db()
@@ -144,7 +141,7 @@ def test_a_running_job_whose_worker_died_counts_the_lost_attempt(user):
 
 
 def test_delivery_of_a_finished_job_does_nothing(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     run_job(job.id)
     run_job(job.id)
     job.refresh_from_db()
@@ -152,7 +149,7 @@ def test_delivery_of_a_finished_job_does_nothing(user):
 
 
 def test_retry_gives_failed_jobs_a_fresh_attempt_budget(user, staff_user):
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.id)
     OrmQ.objects.all().delete()
     assert retry_jobs(Job.objects.all(), by=staff_user) == 1
@@ -221,7 +218,7 @@ def test_retention_prunes_cancelled_records_like_the_others(user, settings):
 
 def test_a_handler_running_past_its_queue_timeout_is_cut_off_and_retried(user, settings):
     settings.QUEUES = {"database": {**settings.QUEUES["database"], "timeout": 1}}
-    job = enqueue("database", "test_sleep", {"user_id": user.pk, "seconds": 5})
+    job = enqueue("test_sleep", {"user_id": user.pk, "seconds": 5})
     run_job(job.id)
     job.refresh_from_db()
     assert (job.status, job.last_error_class) == ("retrying", "JobTimeout")
@@ -235,7 +232,7 @@ def test_worker_refuses_to_run_without_a_reachable_database(user, monkeypatch):
 
     from queues.errors import TransientJobError
 
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
 
     def unreachable():
         raise OperationalError("connection refused")

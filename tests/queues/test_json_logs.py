@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.log_context import ContextFilter, JsonFormatter
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -25,9 +25,7 @@ def test_job_log_lines_are_json_with_the_job_context(user):
     logger = logging.getLogger("queues.runner")
     logger.addHandler(handler)
     try:
-        job = enqueue(
-            "database", "test_flaky", {"user_id": user.pk, "fail_times": 1}, request_id="req-9"
-        )
+        job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}, request_id="req-9")
         run_job(job.pk)
     finally:
         logger.removeHandler(handler)
@@ -46,7 +44,7 @@ def test_job_log_lines_are_json_with_the_job_context(user):
 
 @pytest.mark.django_db
 def test_a_job_failed_for_good_logs_an_error_with_its_traceback(user, caplog):
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     Job.objects.filter(pk=job.pk).update(max_attempts=1)
     with caplog.at_level(logging.INFO, logger="queues.runner"):
         run_job(job.pk)

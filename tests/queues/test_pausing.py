@@ -13,8 +13,8 @@ from django_q.models import OrmQ
 
 from chat.models import Conversation
 from chat.sweeper import sweep_deletions
+from queues.api import enqueue
 from queues.core import pausing
-from queues.core.services import enqueue
 from queues.django_q2.broker import JobBroker
 from queues.execution.runner import run_job
 from queues.maintenance.rescuer import rescue
@@ -61,7 +61,7 @@ def test_manage_py_rejects_an_unknown_queue():
 def test_the_claim_takes_nothing_from_a_paused_queue(user):
     if connection.vendor != "postgresql":
         pytest.skip("the claim statement is PostgreSQL's")
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     broker = JobBroker("database")
     pausing.pause("database")
     assert broker._claim()[:2] == ([], None)  # and no due time in the past: no busy loop
@@ -71,7 +71,7 @@ def test_the_claim_takes_nothing_from_a_paused_queue(user):
 
 
 def test_a_job_claimed_before_the_pause_waits_with_a_broker_row_of_its_own(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     pausing.pause("database")
 
     run_job(job.pk)  # a delivery claimed before the pause
@@ -89,7 +89,7 @@ def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(
     client, operator_api, operator_user, user, settings
 ):
     settings.READY_MAX_BACKLOG_SECONDS = 0
-    enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": 1})
+    enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": 1})
     Job.objects.update(run_after=LONG_AGO)
     assert "backlog" in client.get("/readyz").json()["failed"]
 
@@ -108,7 +108,7 @@ def test_a_paused_queue_is_shown_as_paused_not_as_a_backlog(
 
 
 def test_the_rescuer_leaves_a_paused_queues_jobs_alone(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     OrmQ.objects.all().delete()  # its delivery is lost, and it is long past due
     Job.objects.filter(pk=job.pk).update(run_after=LONG_AGO)
     pausing.pause("database")

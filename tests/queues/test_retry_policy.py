@@ -27,7 +27,7 @@ def test_settings_override_a_job_types_registered_policy(settings):
 
 @pytest.mark.django_db
 def test_enqueue_takes_the_attempt_budget_from_the_policy(settings, user):
-    from queues.core.services import enqueue
+    from queues.api import enqueue
 
     settings.JOB_RETRY_POLICIES = {"test_sleep": {"attempts": 7}}
-    assert enqueue("database", "test_sleep", {"user_id": user.pk}).max_attempts == 7
+    assert enqueue("test_sleep", {"user_id": user.pk}).max_attempts == 7

@@ -20,7 +20,8 @@ from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued
 from rest_framework.test import APIClient
 
-from queues.core.services import enqueue, scrub_jobs
+from queues.api import enqueue
+from queues.core.services import scrub_jobs
 from queues.errors import JobValidationError
 from queues.execution.runner import run_job
 from queues.extras.task_backend import QueueBackend
@@ -157,7 +158,7 @@ def test_only_module_level_registered_tasks_are_enqueued():
     data = {"task": "tests.support.tasks.not_a_task", "args": [], "kwargs": {}}
     data.update(backend="default", queue_name="default", priority=0)
     with pytest.raises(JobValidationError, match="not a @task"):
-        enqueue("database", "django_task.database", data)
+        enqueue("django_task.database", data)
     assert not Job.objects.exists()
 
 
@@ -182,7 +183,7 @@ def test_get_result_of_an_unknown_id_raises(result_id):
 
 @pytest.mark.django_db
 def test_get_result_ignores_jobs_that_are_not_tasks(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     with pytest.raises(TaskResultDoesNotExist):
         default_task_backend.get_result(str(job.pk))
 
@@ -247,7 +248,7 @@ def test_a_task_error_text_is_content_too_but_its_class_is_shown(operator_api, o
 @pytest.mark.django_db
 def test_the_apps_own_job_types_still_require_a_user():
     with pytest.raises(JobValidationError, match="user_id"):
-        enqueue("database", "test_sleep", {})
+        enqueue("test_sleep", {})
 
 
 # --- Through real clusters ----------------------------------------------------------------

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision
 from rest_framework.authtoken.models import Token
 
 from chat.models import Conversation, Message
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution import tracing
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -54,7 +54,7 @@ def test_without_tracing_a_job_stores_no_context_and_its_attempts_make_no_spans(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with provider.get_tracer("tests").start_as_current_span("a request traced elsewhere"):
-        job = enqueue("database", "test_flaky", {"user_id": user.pk})
+        job = enqueue("test_flaky", {"user_id": user.pk})
         run_job(job.pk)
     job.refresh_from_db()
     assert (job.status, job.trace_context) == ("succeeded", {})
@@ -67,7 +67,7 @@ def test_every_attempt_is_a_span_in_the_enqueuers_trace_and_a_retry_links_to_the
 ):
     exporter, tracer = spans
     with tracer.start_as_current_span("DELETE /api/...", kind=trace.SpanKind.SERVER) as request:
-        job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+        job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     stored = Job.objects.get(pk=job.pk).trace_context
     assert f"{request.get_span_context().trace_id:032x}" in stored["enqueued"]["traceparent"]
 
@@ -95,7 +95,7 @@ def test_every_attempt_is_a_span_in_the_enqueuers_trace_and_a_retry_links_to_the
 @pytest.mark.django_db
 def test_a_job_failing_for_good_says_so_with_its_error_class_and_no_message(user, spans):
     exporter, _ = spans
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.pk)
     (span,) = attempts_of(exporter, "test_permanent")
     assert span.attributes["job.outcome"] == "failed"
@@ -106,7 +106,7 @@ def test_a_job_failing_for_good_says_so_with_its_error_class_and_no_message(user
 @pytest.mark.django_db
 def test_attempt_spans_carry_no_job_content(user, spans):
     exporter, _ = spans
-    job = enqueue("database", "create_conversation", {"user_id": user.pk, "title": SECRET})
+    job = enqueue("create_conversation", {"user_id": user.pk, "title": SECRET})
     run_job(job.pk)
     (span,) = attempts_of(exporter, "create_conversation")
     assert set(span.attributes) == {
@@ -123,7 +123,7 @@ def test_attempt_spans_carry_no_job_content(user, spans):
 @pytest.mark.django_db
 def test_a_job_enqueued_outside_any_trace_runs_as_a_trace_of_its_own(user, spans):
     exporter, _ = spans
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     assert Job.objects.get(pk=job.pk).trace_context == {}
     run_job(job.pk)
     (span,) = attempts_of(exporter, "test_sleep")

@@ -12,9 +12,10 @@ from django_q.models import OrmQ
 from chat.models import Conversation
 from chat.services import enqueue_deletion
 from chat.sweeper import sweep_deletions
+from queues.api import enqueue
 from queues.core.registry import Unique, register
 from queues.core.selectors import counter_totals
-from queues.core.services import enqueue, retry_jobs
+from queues.core.services import retry_jobs
 from queues.engine import batch
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_duplicate_returns_the_live_job_and_stores_and_counts_nothing(user):
-    first = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
-    again = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
-    other = enqueue("database", "test_unique", {"user_id": user.pk, "name": "other"})
+    first = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
+    again = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
+    other = enqueue("test_unique", {"user_id": user.pk, "name": "other"})
 
     assert again.pk == first.pk and again.deduplicated and not first.deduplicated
     assert other.pk != first.pk and not other.deduplicated
@@ -38,22 +39,22 @@ def test_a_duplicate_returns_the_live_job_and_stores_and_counts_nothing(user):
 
 
 def test_a_job_that_left_its_unique_states_frees_its_key(user):
-    first = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    first = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     run_job(first.pk)
     assert Job.objects.get(pk=first.pk).status == "succeeded"
 
-    second = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    second = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     assert second.pk != first.pk and not second.deduplicated
 
 
 def test_a_type_unique_while_queued_takes_a_new_job_once_the_first_runs(user):
-    first = enqueue("database", "test_debounced", {"user_id": user.pk, "name": "x"})
-    assert enqueue("database", "test_debounced", {"user_id": user.pk, "name": "x"}).pk == first.pk
+    first = enqueue("test_debounced", {"user_id": user.pk, "name": "x"})
+    assert enqueue("test_debounced", {"user_id": user.pk, "name": "x"}).pk == first.pk
     Job.objects.filter(pk=first.pk).update(status="running")  # as a worker's begin leaves it
 
-    second = enqueue("database", "test_debounced", {"user_id": user.pk, "name": "x"})
+    second = enqueue("test_debounced", {"user_id": user.pk, "name": "x"})
     assert second.pk != first.pk
-    assert enqueue("database", "test_debounced", {"user_id": user.pk, "name": "x"}).pk == second.pk
+    assert enqueue("test_debounced", {"user_id": user.pk, "name": "x"}).pk == second.pk
 
 
 def test_one_live_deletion_per_conversation(api, user):
@@ -78,9 +79,9 @@ def test_unique_declarations_must_name_data_fields_and_closed_states():
 
 
 def test_the_operators_retry_leaves_a_failed_job_whose_key_a_live_one_holds(user, staff_user):
-    failed = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    failed = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     Job.objects.filter(pk=failed.pk).update(status="failed")
-    live = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    live = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     assert live.pk != failed.pk
 
     assert retry_jobs(Job.objects.filter(pk=failed.pk), by=staff_user) == 0
@@ -93,7 +94,7 @@ def test_the_operators_retry_leaves_a_failed_job_whose_key_a_live_one_holds(user
 def test_the_database_itself_refuses_a_second_job_holding_a_key(user):
     """The constraint, not only `enqueue`, keeps a key unique: on every database, after every
     table rebuild (declared on `Job`, SQLite's rebuilds keep it)."""
-    live = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    live = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
 
     def twin():
         fields = (
@@ -169,7 +170,7 @@ def test_50_concurrent_enqueues_from_separate_connections_make_exactly_one_job(u
     def enqueue_same():
         with transaction.atomic():
             start.wait(timeout=30)
-            job = enqueue("database", "test_unique", {"user_id": user.pk, "name": "race"})
+            job = enqueue("test_unique", {"user_id": user.pk, "name": "race"})
             # Hold the transaction open a moment, so the others meet an uncommitted row.
             connection.cursor().execute("SELECT pg_sleep(0.05)")
         return job.pk
@@ -185,7 +186,7 @@ def test_50_concurrent_enqueues_from_separate_connections_make_exactly_one_job(u
 def test_enqueue_stays_one_round_trip_but_for_a_duplicate(user):
     def statements(job_type, **data):
         with CaptureQueriesContext(connection) as queries:
-            enqueue("database", job_type, {"user_id": user.pk, **data}, user_checked=True)
+            enqueue(job_type, {"user_id": user.pk, **data}, user_checked=True)
         return len(queries)
 
     connection.ensure_connection()
@@ -195,14 +196,14 @@ def test_enqueue_stays_one_round_trip_but_for_a_duplicate(user):
 
 
 def test_a_holder_that_finishes_before_it_is_read_frees_the_key_for_this_enqueue(user, monkeypatch):
-    holder = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
-    read_holders = batch._holders
+    holder = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
+    read_holders = batch.holders
 
     def finishing_first(keys):
         Job.objects.filter(pk=holder.pk).update(status="succeeded")  # between INSERT and read
         return read_holders(keys)
 
-    monkeypatch.setattr(batch, "_holders", finishing_first)
-    job = enqueue("database", "test_unique", {"user_id": user.pk, "name": "report"})
+    monkeypatch.setattr(batch, "holders", finishing_first)
+    job = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     assert job.pk != holder.pk and not job.deduplicated
     assert Job.objects.get(pk=job.pk).status == "queued"

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from chat.models import Conversation, Message
-from queues.core.services import enqueue
+from queues.api import enqueue
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
@@ -29,7 +29,7 @@ def test_production_answers_json_to_a_browser_and_has_no_api_login(client, user)
 def test_with_debug_a_browser_logs_in_and_clicks_through_the_browsable_api(web, user):
     conversation = Conversation.objects.create(owner=user, title="Browsable hello")
     Message.objects.create(conversation=conversation, role="user", content="hi there")
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     server = web.start(workers=1, threads=2, extra_env={"DEBUG": "1"})
     browser = requests.Session()
     browser.headers["Accept"] = BROWSER_ACCEPT

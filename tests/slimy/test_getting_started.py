@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.models import Job
 from tests.support import cluster as cluster_support
 from tests.support.cluster import ROOT, wait_for
@@ -93,7 +93,7 @@ def test_the_admin_shows_no_dashboard_link_to_staff_who_may_not_see_it(client, s
 
 @pytest.mark.django_db
 def test_the_admin_keeps_a_tracebacks_indentation(client, operator_user, user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     trace = "Traceback (most recent call last):\n  File x.py, line 1\n    boom()\nError: <b>"
     Job.objects.filter(pk=job.pk).update(status="failed", traceback=trace)
     client.force_login(operator_user)

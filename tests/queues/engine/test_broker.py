@@ -10,7 +10,7 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.django_q2.broker import CHANNEL, JobBroker
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -87,7 +87,7 @@ def deliver(job):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_succeeded_job_took_its_broker_row_with_it_so_the_monitor_acknowledges_nothing(user):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     task = deliver(job)
     assert Job.objects.get(pk=job.pk).status == "succeeded"
     assert "ack_id" not in task
@@ -96,7 +96,7 @@ def test_a_succeeded_job_took_its_broker_row_with_it_so_the_monitor_acknowledges
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failed_attempt_replaces_its_broker_row_with_the_retry(user):
-    job = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 1})
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
     first_row = OrmQ.objects.get().pk
     task = deliver(job)
     job.refresh_from_db()
@@ -108,7 +108,7 @@ def test_a_failed_attempt_replaces_its_broker_row_with_the_retry(user):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_delivery_that_cannot_record_its_outcome_is_left_for_the_monitor(user, monkeypatch):
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     monkeypatch.setattr(
         "queues.execution.runner.ensure_database",
         lambda: (_ for _ in ()).throw(RuntimeError("down")),
@@ -128,7 +128,7 @@ def test_an_idle_cluster_starts_each_new_job_at_once_without_polling(cluster, us
     cluster.start()
     delays = []
     for _ in range(4):
-        job = enqueue("database", "test_sleep", {"user_id": user.pk})
+        job = enqueue("test_sleep", {"user_id": user.pk})
         done = wait_for_job(job.pk, timeout=10)
         delays.append((done.started_at - job.created_at).total_seconds())
         time.sleep(1)  # idle: the pusher waits on LISTEN (up to 5 s) rather than polling

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from chat.sweeper import sweep_deletions
+from queues.api import cancel_waiting_jobs, forget_subject
 from queues.core import selectors
-from queues.core.services import cancel_waiting_jobs, forget_subject
 from queues.maintenance import rescuer
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job

@@ -17,7 +17,7 @@ from django_q.models import OrmQ
 from chat import services
 from chat.models import Conversation, Message
 from chat.sweeper import sweep_deletions
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.django_q2.broker import JobBroker
 from queues.engine import liveness
 from queues.execution.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
@@ -127,8 +127,8 @@ def test_the_rescuer_retries_a_dead_workers_attempt_and_leaves_a_live_one_alone(
 @pytest.mark.django_db(transaction=True)
 def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, settings):
     settings.QUEUE_STRANDED_AFTER = 30
-    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
-    kept = enqueue("database", "test_sleep", {"user_id": user.pk})
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    kept = enqueue("test_sleep", {"user_id": user.pk})
     gone = lost.broker_row
     OrmQ.objects.filter(pk=gone).delete()
     long_ago = timezone.now() - timedelta(minutes=1)
@@ -146,9 +146,8 @@ def test_the_rescuer_pushes_again_a_waiting_job_whose_broker_row_is_gone(user, s
 @pytest.mark.django_db(transaction=True)
 def test_a_due_job_whose_broker_row_is_gone_is_pushed_again_at_the_next_pass(user):
     """Default QUEUE_STRANDED_AFTER: a row that is gone needs no waiting, only a due job."""
-    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
+    lost = enqueue("test_sleep", {"user_id": user.pk})
     not_due = enqueue(
-        "database",
         "test_sleep",
         {"user_id": user.pk},
         run_after=timezone.now() + timedelta(hours=1),
@@ -212,8 +211,8 @@ def test_an_idle_pusher_asks_whether_to_rescue_in_its_claim_and_rescues_only_the
 def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, settings):
     """Its row stays claimed by a live cluster, but a claimed job starts within seconds."""
     settings.QUEUE_STRANDED_AFTER = 30
-    lost = enqueue("database", "test_sleep", {"user_id": user.pk})
-    prefetched = enqueue("database", "test_sleep", {"user_id": user.pk})
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    prefetched = enqueue("test_sleep", {"user_id": user.pk})
     now = timezone.now()
     long_ago = now - timedelta(minutes=1)
     Job.objects.filter(pk__in=[lost.pk, prefetched.pk]).update(run_after=long_ago)
@@ -228,7 +227,7 @@ def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, set
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_is_tagged_with_a_token_its_pusher_holds(user):
-    enqueue("database", "test_sleep", {"user_id": user.pk})
+    enqueue("test_sleep", {"user_id": user.pk})
     broker = JobBroker("database")
     ((row_id, _),) = broker._claim()[0]
     key = OrmQ.objects.get(pk=row_id).key
@@ -250,7 +249,7 @@ def test_a_job_costs_a_fixed_number_of_statements(user):
     handler's statements (none here), one statement with the fenced UPDATE releasing the lock,
     the counters and (in a real worker) the broker row's DELETE, COMMIT.
     """
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     connection.ensure_connection()
     with CaptureQueriesContext(connection) as queries:
         run_job(job.pk)

@@ -9,7 +9,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from chat.models import Conversation, Message
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.clients import enqueue_via_api, token_client
@@ -167,7 +167,7 @@ def test_each_endpoint_answers_each_role_as_the_table_says(
 ):
     conversation = Conversation.objects.create(owner=user, title="Owned")
     Message.objects.create(conversation=conversation, role="user", content="hello")
-    job = enqueue("database", "test_sleep", {"user_id": user.pk})
+    job = enqueue("test_sleep", {"user_id": user.pk})
     url = path.format(conv=conversation.pk, job=job.pk)
     token, session = clients[role]
     # The admin and the dashboard are browser pages: signed in through the session, not a token.
@@ -282,7 +282,7 @@ def test_retry_needs_change_job_on_the_api_the_dashboard_and_the_admin(
     user, operator_user, make_user
 ):
 
-    job = enqueue("database", "test_permanent", {"user_id": user.pk})
+    job = enqueue("test_permanent", {"user_id": user.pk})
     run_job(job.pk)
     viewer = make_user("viewer", is_staff=True)
     grant(viewer, "view_job")

@@ -71,11 +71,12 @@ def test_deleting_messages_in_the_admin_keeps_the_count(admin_client, user):
 def test_the_job_list_shows_short_ids_times_to_the_second_and_the_error_of_failed_jobs(
     client, operator_user, user
 ):
-    from queues.core.services import enqueue, retry_jobs
+    from queues.api import enqueue
+    from queues.core.services import retry_jobs
     from queues.execution.runner import run_job
     from queues.models import Job
 
-    job = enqueue("database", "test_fails_once", {"user_id": user.pk})
+    job = enqueue("test_fails_once", {"user_id": user.pk})
     run_job(job.pk)
     job = Job.objects.get(pk=job.pk)
     client.force_login(operator_user)

@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 
 from chat.models import Conversation
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.users import grant
@@ -50,7 +50,7 @@ def viewer(make_user):
 @pytest.fixture
 def secret_jobs(user):
     """Alice's failed job whose title holds the secret, beside a plain one."""
-    secret = enqueue("database", "create_conversation", {"user_id": user.pk, "title": SECRET})
+    secret = enqueue("create_conversation", {"user_id": user.pk, "title": SECRET})
     Job.objects.filter(pk=secret.pk).update(
         status="failed",
         last_error="conversation 7 of user 1 is not available",
@@ -58,7 +58,7 @@ def secret_jobs(user):
         traceback="Traceback (most recent call last):\nIntegrityError: conversation 7",
         result={"conversation_id": 7},
     )
-    plain = enqueue("database", "create_conversation", {"user_id": user.pk, "title": "Hello"})
+    plain = enqueue("create_conversation", {"user_id": user.pk, "title": "Hello"})
     return secret, plain
 
 

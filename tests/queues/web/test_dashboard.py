@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.runner import run_job
 from queues.models import Job
 from queues.web.dashboard import LISTED, MINUTES, minute_chart, nice_ticks
@@ -25,10 +25,10 @@ def rows(page, kind):
 def test_after_a_failure_and_a_retry_the_numbers_agree_with_the_lists(client, user, operator_user):
     client.force_login(operator_user)
     for _ in range(2):
-        run_job(enqueue("database", "test_sleep", {"user_id": user.pk}).pk)
-    backoff = enqueue("database", "test_flaky", {"user_id": user.pk, "fail_times": 5})
+        run_job(enqueue("test_sleep", {"user_id": user.pk}).pk)
+    backoff = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 5})
     run_job(backoff.pk)
-    failing = enqueue("database", "test_fails_once", {"user_id": user.pk})
+    failing = enqueue("test_fails_once", {"user_id": user.pk})
     run_job(failing.pk)
 
     page = client.get("/dashboard/queues").content.decode()
@@ -77,7 +77,7 @@ def test_the_failed_count_is_every_failed_job_when_the_list_shows_the_newest(
     client, user, operator_user
 ):
     client.force_login(operator_user)
-    jobs = [enqueue("database", "test_permanent", {"user_id": user.pk}) for _ in range(LISTED + 1)]
+    jobs = [enqueue("test_permanent", {"user_id": user.pk}) for _ in range(LISTED + 1)]
     Job.objects.filter(pk__in=[job.pk for job in jobs]).update(
         status="failed", finished_at=timezone.now()
     )

@@ -11,7 +11,7 @@ import pytest
 import requests
 from django.core.management import call_command
 
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.extras.demo_job import DEMO_FAILING_JOB
 from queues.models import Job, QueuePause
 from tests.support.clients import token_client
@@ -82,8 +82,8 @@ def test_an_operator_sees_the_numbers_of_the_api_and_retries_a_failed_job(
 
     cluster.start()
     for _ in range(3):
-        enqueue("database", "test_sleep", {"user_id": user.pk})
-    failing = enqueue("database", "test_fails_once", {"user_id": user.pk})
+        enqueue("test_sleep", {"user_id": user.pk})
+    failing = enqueue("test_fails_once", {"user_id": user.pk})
     wait_for_jobs(timeout=30)
     assert Job.objects.get(pk=failing.pk).status == "failed"
 
@@ -142,9 +142,9 @@ def test_the_operator_account_logs_in_watches_a_backoff_and_retries_on_dashboard
     call_command("queue_operator", stdout=StringIO())
     cluster.start()
     from_dashboard, from_admin = (
-        enqueue("database", "test_fails_once", {"user_id": user.pk}) for _ in range(2)
+        enqueue("test_fails_once", {"user_id": user.pk}) for _ in range(2)
     )
-    demo = enqueue("database", DEMO_FAILING_JOB, {"user_id": user.pk})
+    demo = enqueue(DEMO_FAILING_JOB, {"user_id": user.pk})
     wait_for(
         lambda: (
             set(
@@ -239,7 +239,7 @@ def test_the_operator_pauses_a_queue_cancels_a_job_in_it_and_resumes_it_in_the_b
     card = browser.find_element(By.CSS_SELECTOR, 'section[data-queue="database"]')
     assert card.find_element(By.CSS_SELECTOR, "[data-paused]").text == "paused"
     assert "by operator" in card.text
-    kept, withdrawn = (enqueue("database", "test_sleep", {"user_id": user.pk}) for _ in range(2))
+    kept, withdrawn = (enqueue("test_sleep", {"user_id": user.pk}) for _ in range(2))
     Job.objects.filter(pk=withdrawn.pk).update(status="retrying")  # listed with a Cancel button
     time.sleep(2)
     assert Job.objects.get(pk=kept.pk).status == "queued"  # the cluster starts nothing
@@ -266,9 +266,9 @@ def test_an_operator_finds_failed_jobs_by_type_and_status_and_retries_the_ticked
     from selenium.webdriver.support.ui import Select
 
     cluster.start()
-    failing = [enqueue("database", "test_fails_once", {"user_id": user.pk}) for _ in range(3)]
-    other_type = enqueue("database", "test_permanent", {"user_id": user.pk})
-    enqueue("database", "test_sleep", {"user_id": user.pk})
+    failing = [enqueue("test_fails_once", {"user_id": user.pk}) for _ in range(3)]
+    other_type = enqueue("test_permanent", {"user_id": user.pk})
+    enqueue("test_sleep", {"user_id": user.pk})
     wait_for(lambda: not Job.objects.exclude(status__in=Job.FINISHED).exists(), 30, message="jobs")
 
     client.force_login(operator_user)

@@ -14,7 +14,7 @@ from chat.jobs import CHECK_STOP_AFTER_MESSAGES
 from chat.models import Conversation, Message
 from chat.services import request_conversation_deletion
 from chat.sweeper import sweep_deletions
-from queues.core.services import enqueue
+from queues.api import enqueue
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.data import make_conversation
@@ -68,7 +68,7 @@ def test_admin_retry_action_requeues_failed_jobs_and_records_who(
     client, superuser, failed_job, user
 ):
     client.force_login(superuser)
-    succeeded = enqueue("database", "test_sleep", {"user_id": user.pk})
+    succeeded = enqueue("test_sleep", {"user_id": user.pk})
     run_job(succeeded.id)
     OrmQ.objects.all().delete()
 
@@ -95,9 +95,7 @@ def test_admin_retry_action_requeues_failed_jobs_and_records_who(
 def test_admin_jobs_page_filters_and_finds_jobs_by_conversation_id(client, superuser, user):
     client.force_login(superuser)
     conversation = Conversation.objects.create(owner=user, title="t")
-    job = enqueue(
-        "database", "delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk}
-    )
+    job = enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": conversation.pk})
     found = client.get("/admin/queues/job/", {"q": str(conversation.pk), "status": "queued"})
     assert found.status_code == 200
     assert list(found.context["cl"].result_list) == [job]
@@ -133,7 +131,7 @@ def test_sweeper_requeues_stale_deletions_that_have_no_live_job(user, settings):
         deletion_requested_at=long_ago
     )
     Conversation.objects.filter(pk=recent.pk).update(deletion_requested_at=timezone.now())
-    enqueue("database", "delete_conversation", {"user_id": user.pk, "conversation_id": tracked.pk})
+    enqueue("delete_conversation", {"user_id": user.pk, "conversation_id": tracked.pk})
 
     assert sweep_deletions() == 1
     requeued = Job.objects.get(subject=f"conversation:{orphaned.pk}")

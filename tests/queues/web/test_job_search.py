@@ -11,7 +11,8 @@ from django.test import Client
 from django.utils import timezone
 
 from chat.models import Conversation
-from queues.core.services import delete_finished_jobs, enqueue, retry_jobs
+from queues.api import enqueue
+from queues.core.services import delete_finished_jobs, retry_jobs
 from queues.models import Job
 from queues.web import dashboard_jobs
 from tests.support.threads import in_a_thread
@@ -25,7 +26,7 @@ NOW = timezone.now().replace(microsecond=0)
 
 def make_job(user, status="succeeded", job_type="test_sleep", *, age=timedelta(0), **fields):
     """A job enqueued `age` ago that has reached `status` (finished a second later if finished)."""
-    job = enqueue("database", job_type, {"user_id": user.pk})
+    job = enqueue(job_type, {"user_id": user.pk})
     created = NOW - age
     finished = created + timedelta(seconds=1) if status in Job.FINISHED else None
     Job.objects.filter(pk=job.pk).update(
@@ -185,7 +186,7 @@ def test_content_fields_are_redacted_for_everyone_but_the_owner(operator, make_u
     owner = grant(make_user("writer", is_staff=True))
     conversation = Conversation.objects.create(owner=owner, title="t")
     data = {"conversation_id": conversation.pk, "role": "user", "content": "secret words"}
-    enqueue("database", "save_message", {**data, "user_id": owner.pk})
+    enqueue("save_message", {**data, "user_id": owner.pk})
     shown = operator.get(JOBS).content.decode()
     assert "[12 chars]" in shown and "secret words" not in shown
     assert "secret words" in signed_in(owner).get(JOBS).content.decode()
