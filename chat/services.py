@@ -4,7 +4,7 @@ import logging
 
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, Q
 from django.utils import timezone
 
