@@ -141,9 +141,9 @@ def delete_conversation(*, conversation_id: int, user_id: int) -> dict:
 
     Django's collector does the deleting, so a model that comes to refer to a conversation goes
     with it, and its `post_delete` runs `erase_traces` (`chat.apps`) in this transaction, if
-    there is anything to erase. Messages
-    have no receivers and nothing cascades from them: one DELETE, never loaded. A conversation
-    already gone is a success (jobs are delivered at least once); someone else's is refused.
+    there is anything to erase. Messages have no receivers and nothing cascades from them: one
+    DELETE, never loaded. A conversation already gone is a success (jobs are delivered at least
+    once); someone else's is refused.
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
