@@ -119,15 +119,11 @@ class Sentinel(q_cluster.Sentinel):
         deadline = time.monotonic() + job_timeout(self.broker) + STOP_GRACE
         self.event_out.set()  # the pusher stops after its current dequeue
         self.wake_pusher()
-        # The benchmark's stock broker cannot hand back: its workers run what was claimed.
-        hands_back = hasattr(self.broker, "hand_back")
         unstarted = []
         while self.pusher.is_alive():
-            if hands_back:
-                unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
+            unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
             self.pause()
-        if hands_back:
-            unstarted += self.take_unstarted()
+        unstarted += self.take_unstarted()
         if unstarted:
             self.hand_back(unstarted)
         for _ in self.pool:
