@@ -16,24 +16,25 @@ Redis acknowledges by handing a task out once.
 from django.db import transaction
 from django.utils.module_loading import import_string
 from django_q.conf import Conf
-from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
+
+from queues.engine import engine
 
 # The broker row this worker process is running, and whether the runner already deleted it.
 _delivery = {"ack_id": None, "acknowledged": False}
 
 
-def acknowledgement():
+def acknowledgement() -> list[tuple[str, list]]:
     """Statements deleting the running delivery's broker row, for the caller to send with the
     job's outcome (`queues.engine.statements`), so both commit together; none outside a JobBroker
-    worker (tests, the stock reference cluster). Once that commits, the monitor skips its own
+    worker (tests, a cluster on another broker). Once that commits, the monitor skips its own
     DELETE.
     """
     ack_id = _delivery["ack_id"]
     if ack_id is None:
         return []
     transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
-    return [(f"DELETE FROM {OrmQ._meta.db_table} WHERE id = %s", [ack_id])]
+    return [engine(Conf.ORM).delete_row_statement(ack_id)]
 
 
 def connect_signals():

@@ -11,23 +11,21 @@ pushes the job again once Redis answers (`queues.maintenance.rescuer`).
 """
 
 import logging
-import uuid
 
 from django.db import connections, transaction
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.signing import SignedPackage
 
 from queues.core import registry
+from queues.django_q2.payload import payload as _payload
 from queues.engine import counters
+from queues.engine.postgresql import CHANNEL
 
 logger = logging.getLogger("queues.push")
 
-CHANNEL = "django_q_ormq"
 INSERT = f"""
 INSERT INTO {OrmQ._meta.db_table} (key, payload, lock, priority) VALUES (%s, %s, %s, %s)
 RETURNING id, pg_notify('{CHANNEL}', key)
@@ -52,14 +50,6 @@ def insert_row(queue, payload, run_after, priority=0):
         return cursor.fetchone()[0]
 
 
-def wake_pushers(queue):
-    """Wake every idle pusher of `queue` on the database broker now (in the caller's
-    transaction: at its commit), instead of at the end of its wait. Nothing elsewhere."""
-    if connections[Conf.ORM].vendor == "postgresql":
-        with connections[Conf.ORM].cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, queue])
-
-
 def broker_in_database():
     """Whether the configured broker keeps its rows in our database (and joins transactions)."""
     broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
@@ -78,8 +68,6 @@ def push(job):
         payload = _payload(job)
         transaction.on_commit(lambda: push_committed(broker, job, payload))
         return None
-    # Our database broker, also under a cluster running django-q2's stock broker (the
-    # benchmark's reference), whose `enqueue` knows no `run_after`.
     return insert_row(job.queue, _payload(job), job.run_after, _priority(job))
 
 
@@ -139,19 +127,3 @@ def _priority(job):
     """The broker row's claim rank (lower first): `JobType.broker_rank`."""
     kind = registry.find(job.job_type)
     return kind.broker_rank(job) if kind is not None else 2 * job.priority
-
-
-def _payload(job):
-    # The runner itself, pickled by reference: django-q2's worker then skips `pydoc.locate`.
-    from queues.execution.runner import run_job  # the runner pushes through this module
-
-    package = {
-        "id": uuid.uuid4().hex,
-        "name": f"{job.job_type}:{job.id}",
-        "func": run_job,
-        "args": (str(job.id),),
-        "kwargs": {},
-        "started": timezone.now(),
-        "cluster": job.queue,
-    }
-    return SignedPackage.dumps(package)

@@ -21,6 +21,7 @@ never reach a cluster's worker.
 
 import pydoc
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from multiprocessing import current_process
 
@@ -33,6 +34,7 @@ from django_q.utils import close_old_django_connections, get_func_repr
 from django_q.worker import rss_check
 
 from queues.django_q2 import scheduler
+from queues.django_q2.payload import RUNNER
 from queues.execution.runner import run_job
 
 try:
@@ -87,18 +89,26 @@ def monitor_has_work(task):
     return not (acknowledged and task["success"]) or saved
 
 
-def announce(name, task):
+def announce(name: str, task: dict) -> Callable | None:
     """Log the task (a runner job logs its own start) and show it in the process title; the
-    task's function, located if it came as a dotted path (None if it cannot be)."""
+    task's function (None if its dotted path names none).
+
+    Our broker rows name the runner by `payload.RUNNER`, taken here for `run_job` itself; another
+    dotted path (a schedule's function) is looked up as django-q2 does.
+    """
     func = task["func"]
-    description = f"{task['name']} '{get_func_repr(func)}'"
+    if func == RUNNER:
+        func = run_job
+    elif not callable(func):
+        func = pydoc.locate(func)
+    description = f"{task['name']} '{get_func_repr(task['func'])}'"
     if "group" in task:
         description += f" [{task['group']}]"
     if func is not run_job:
         logger.info("%s processing %s", name, description)
     # The guard reads the task's name back from this title when it kills the worker.
     set_title(f"qcluster {name} processing {description}")
-    return func if callable(func) else pydoc.locate(func)
+    return func
 
 
 def execute(func, task, seconds):

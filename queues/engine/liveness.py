@@ -12,7 +12,17 @@ SQLite has no advisory locks. There an attempt is presumed alive for its queue's
 `QUEUE_REDELIVERY_GRACE` after it began, and claims expire with django-q2's visibility timeout.
 """
 
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
 from django.db import connection
+
+from queues.conf import conf
+
+if TYPE_CHECKING:
+    from queues.models import Job
 
 # First key of the two-key locks that mark a cluster's claims ("slmy"); a job's lock has one key.
 CLAIMS = 0x736C6D79
@@ -54,3 +64,9 @@ def release_job(job_id):
     """Give back the lock of `job_id` taken by this connection (paths that did not finish it)."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT pg_advisory_unlock({job_key_sql('%s::uuid')})", [str(job_id)])
+
+
+def presumed_alive_for(job: Job) -> timedelta:
+    """How long an attempt counts as alive where liveness cannot be proven (SQLite): its queue's
+    timeout plus QUEUE_REDELIVERY_GRACE."""
+    return timedelta(seconds=conf.QUEUES[job.queue]["timeout"] + conf.QUEUE_REDELIVERY_GRACE)

@@ -106,7 +106,7 @@ WITH attempt_lock AS MATERIALIZED (
     SET status = %(running)s, attempts = j.attempts + 1, started_at = %(now)s, worker = %(worker)s
     WHERE j.id = %(id)s AND (SELECT held FROM attempt_lock)
     AND j.status IN ({waiting}) AND j.run_after <= %(due)s
-    AND NOT {pausing.paused_sql("j.queue")}
+    AND NOT EXISTS (SELECT 1 FROM queues_queuepause WHERE queue = j.queue)
     RETURNING {columns}
 ), counted AS ({counted})
 SELECT attempt_lock.held, begun.* FROM attempt_lock LEFT JOIN begun ON true
