@@ -1,22 +1,18 @@
 """The worker loop of our cluster: django-q2's `worker`, minus the monitor's share of a runner job.
 
-Why: a runner job is finished when `run_job` returns. Its outcome is in our job record and its
-broker row was deleted in the same transaction (`queues.django_q2.acknowledgement`), and django-q2
-saves no successes here (`save_limit: -1`). django-q2's worker would still pickle every such task
-onto the result queue for the monitor, which would only log it: a large share of a drain's CPU for
-nothing.
+A runner job is finished when `run_job` returns: its outcome is in our job record, its broker row
+was deleted in the same transaction (`queues.django_q2.acknowledgement`), and django-q2 saves no
+successes (`save_limit: -1`). So such a task goes nowhere, rather than onto the result queue for a
+monitor that would only log it, and django-q2 logs nothing of it (the runner logs its outcome).
+Every other task goes to the monitor as with django-q2: a schedule's plain function (counted by
+`queues.django_q2.scheduler`), a delivery the runner had nothing to do for, a failure escaping the
+runner (the database is down), and anything django-q2 would save.
 
-So a task whose outcome the runner recorded and acknowledged goes nowhere, and django-q2 logs
-nothing of it (the runner logs its outcome). Every other task goes to the monitor as
-with django-q2: a schedule's plain function (acknowledged even when it failed, which
-`queues.django_q2.scheduler` counts), a delivery the runner had nothing to do for (its
-row is acknowledged by the monitor), a failure escaping the runner (the database is down), and
-anything django-q2 would save. The rest is django-q2 1.11's `worker` unchanged: the guard's
-`timer` (-1 idle, the timeout + 3 s while busy, 0 timed out: the guard kills it, -2 recycled),
-`TimeoutHandler` (but for the runner's jobs, which keep their own), RECYCLE and max_rss, the
-process title, the `pre_execute`, `post_execute_in_worker` and `post_spawn` signals, closing
-stale connections before each task, and the error reporter. Tasks run synchronously (`sync`)
-never reach a cluster's worker.
+The rest is django-q2's `worker`: the guard's `timer` (-1 idle, the timeout + GUARD_BUFFER while
+busy, 0 timed out: the guard kills it, -2 recycled), `TimeoutHandler` (but for the runner, which
+keeps its own), RECYCLE and max_rss, the process title, the `pre_execute`,
+`post_execute_in_worker` and `post_spawn` signals, closing stale connections before each task, and
+the error reporter.
 """
 
 import pydoc
