@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
@@ -47,7 +47,8 @@ class SQLiteEngine(Engine):
         """django-q2's claim (a row is claimed by moving its `lock` when no other cluster moved
         it first), taking due rows in PostgreSQL's order. Nothing of a paused queue. Whether a
         rescue is needed cannot be told here: yes, when asked."""
-        close_old_connections()  # as django-q2's ORM broker, before each poll
+        if transaction.get_autocommit(using):  # as django-q2's ORM broker, before each poll
+            close_old_connections()
         if QueuePause.objects.using(using).filter(queue=queue).exists():
             return Claimed([], None, rescue_late is not None)
         rows = OrmQ.objects.using(using)
