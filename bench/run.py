@@ -210,9 +210,18 @@ class Workers:
             self.process.wait()
 
 
+# The environment of a cluster on each broker: ours (`orm`, `redis`) are chosen by settings;
+# stock django-q2, the reference, by a settings module of its own.
+CLUSTER_ENV = {
+    "orm": {"QUEUE_BROKER": "orm"},
+    "redis": {"QUEUE_BROKER": "redis"},
+    "stock": {"DJANGO_SETTINGS_MODULE": "bench.stock_settings"},
+}
+
+
 def qcluster(broker, log_dir):
     command = [sys.executable, "manage.py", "qcluster"]
-    return Workers(f"qcluster-{broker}", command, log_dir, {"QUEUE_BROKER": broker})
+    return Workers(f"qcluster-{broker}", command, log_dir, CLUSTER_ENV[broker])
 
 
 # --- Drains -----------------------------------------------------------------------------------

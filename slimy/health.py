@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from django_q.brokers import get_broker
 
 from queues.core import pausing, registry, selectors
-from queues.django_q2.push import broker_in_database
+from queues.engine import engine
 
 logger = logging.getLogger("slimy.health")
 
@@ -40,7 +40,7 @@ def _database():
 def _broker():
     """Whether the queues' broker answers: the database itself (checked above) by default, or
     Redis, asked with a PING. The reason goes to the log, not to the unauthenticated caller."""
-    if broker_in_database():
+    if engine().broker_in_database():
         return True, "in the database"
     try:
         get_broker(next(iter(settings.QUEUES))).connection.ping()

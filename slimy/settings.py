@@ -313,27 +313,13 @@ Q_CLUSTER = {
 # Which broker carries the queues:
 # - `orm` (default): our database broker (queues.django_q2.broker), jobs stored with the data
 # change; - `redis`: django-q2's Redis broker (queues.django_q2.redis_broker): more throughput, but
-# Redis cannot join the transaction and forgets a task whose worker died (see docs/deployment.md);
-# - `stock`: django-q2's own ORM broker with its defaults and no persistent connections, only
-#   for the benchmark's reference (bench/run.py).
+# Redis cannot join the transaction and forgets a task whose worker died (see docs/deployment.md).
 QUEUE_BROKER = os.environ.get("QUEUE_BROKER", "orm")
 if QUEUE_BROKER == "redis":
     Q_CLUSTER["broker_class"] = "queues.django_q2.redis_broker.RedisJobBroker"
     Q_CLUSTER["redis"] = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-elif QUEUE_BROKER == "stock":
-    Q_CLUSTER = {
-        "name": DEFAULT_QUEUE,
-        "orm": "default",
-        "catch_up": False,
-        "timeout": Q_CLUSTER["timeout"],
-        "retry": Q_CLUSTER["retry"],
-        "workers": Q_CLUSTER["workers"],
-    }
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    # Stock django-q2 writes cluster status to the cache every 0.5 s: keep it in memory, as stock.
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 elif QUEUE_BROKER != "orm":
-    raise ImproperlyConfigured("QUEUE_BROKER must be 'orm', 'redis' or 'stock'.")
+    raise ImproperlyConfigured("QUEUE_BROKER must be 'orm' or 'redis'.")
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

@@ -3,9 +3,9 @@
 The state is a `QueuePause` row, so every process of every host reads the same thing, and each
 change is recorded (`QueueEvent`, who and when). Honoured in two places:
 
-- the claim: on PostgreSQL the broker's claim statement takes no row of a paused queue (one
-  primary-key lookup in the same statement); SQLite and Redis pushers look before each poll
-  (`wait_if_paused`), so within their poll interval;
+- the claim: the database broker's claim takes no row of a paused queue (on PostgreSQL one
+  primary-key lookup in the claim statement, on SQLite a look before each poll); Redis pushers
+  look before each poll (`wait_if_paused`), so within their poll interval;
 - the start: the runner does not begin a job of a paused queue (the same lookup in its begin
   statement) and gives it a new broker row instead, so the jobs a cluster had claimed before the
   pause wait too, and nothing is lost.
@@ -20,10 +20,10 @@ import time
 from django.db import transaction
 
 from queues.conf import conf
-from queues.django_q2.push import wake_pushers
+from queues.engine import engine
 from queues.models import QueueEvent, QueuePause
 
-# How long a SQLite or Redis pusher sleeps between two looks at a paused queue (seconds).
+# How long a Redis pusher sleeps between two looks at a paused queue (seconds).
 POLL = 0.5
 
 
@@ -38,11 +38,6 @@ def is_paused(queue):
 def paused_queues():
     """{queue: its QueuePause} of every paused queue."""
     return {pause.queue: pause for pause in QueuePause.objects.select_related("paused_by")}
-
-
-def paused_sql(queue_sql):
-    """SQL that is true while the queue `queue_sql` is paused (a primary-key lookup)."""
-    return f"EXISTS (SELECT 1 FROM {QueuePause._meta.db_table} WHERE queue = {queue_sql})"
 
 
 @transaction.atomic
@@ -62,12 +57,12 @@ def resume(queue, *, by=None, detail=""):
     deleted, _ = QueuePause.objects.filter(queue=queue).delete()
     if deleted:
         QueueEvent.objects.create(queue=queue, action="resumed", by=by, detail=detail)
-        wake_pushers(queue)
+        engine().notify(queue)  # idle pushers wake at commit
     return bool(deleted)
 
 
 def wait_if_paused(queue):
-    """For pushers that poll (SQLite, Redis): True, after a short sleep, if `queue` is paused."""
+    """For pushers that poll (Redis): True, after a short sleep, if `queue` is paused."""
     if not is_paused(queue):
         return False
     time.sleep(POLL)

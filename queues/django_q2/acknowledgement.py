@@ -3,7 +3,7 @@
 django-q2's monitor deletes a finished task's broker row after the worker is done: one more
 statement per job, and a window where the outcome is recorded but the row is not gone yet (or the
 other way round). Instead the runner deletes the row in the transaction that records the job's
-outcome (`acknowledgement()`), learning its id from django-q2's `pre_execute` signal; its
+outcome (`delivery_to_acknowledge()`), learning its id from django-q2's `pre_execute` signal; its
 `post_execute_in_worker` signal then drops `ack_id` from the task so the monitor deletes nothing,
 and marks it `acknowledged_by_runner`: our worker loop (`queues.django_q2.worker`) hands such a task
 to the monitor only if the monitor still has work for it.
@@ -16,24 +16,21 @@ Redis acknowledges by handing a task out once.
 from django.db import transaction
 from django.utils.module_loading import import_string
 from django_q.conf import Conf
-from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 
 # The broker row this worker process is running, and whether the runner already deleted it.
 _delivery = {"ack_id": None, "acknowledged": False}
 
 
-def acknowledgement():
-    """Statements deleting the running delivery's broker row, for the caller to send with the
-    job's outcome (`queues.engine.statements`), so both commit together; none outside a JobBroker
-    worker (tests, the stock reference cluster). Once that commits, the monitor skips its own
-    DELETE.
+def delivery_to_acknowledge() -> int | None:
+    """The broker row of the running delivery, for the engine to delete with the job's outcome so
+    both commit together; None outside a JobBroker worker (tests, a cluster on another broker).
+    Once that commits, the monitor skips its own DELETE.
     """
     ack_id = _delivery["ack_id"]
-    if ack_id is None:
-        return []
-    transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
-    return [(f"DELETE FROM {OrmQ._meta.db_table} WHERE id = %s", [ack_id])]
+    if ack_id is not None:
+        transaction.on_commit(lambda: _delivery.update(acknowledged=True), using=Conf.ORM)
+    return ack_id
 
 
 def connect_signals():

@@ -1,26 +1,19 @@
 """django-q2's cluster with a stop that holds under systemd: `manage.py qcluster` runs this one.
 
-Why (django-q2 1.11.1): its sentinel and every process the sentinel starts keep SIGTERM's default
-action. A SIGTERM to the whole process group (systemd's default `KillMode=control-group`, or
-`kill -- -PGID`) therefore kills them all on the spot, in-flight jobs included, while the main
-process's handler calls `stop_event.set()`. A multiprocessing `Event.set()` waits until every
-process sleeping on the event has woken up, and the sentinel died asleep on it, so the main
-process waited forever. A second signal arriving during `set()` blocks on the event's own lock.
-
-Here the main process alone leads a stop:
-- the sentinel and everything it starts (pusher, monitor, workers) ignore SIGTERM and SIGINT, so
-  a group signal reaches only the main process; a worker that the guard must cut off after a
-  timeout is SIGKILLed instead of terminated;
+django-q2's sentinel and the processes it starts keep SIGTERM's default action, so a signal to
+the whole process group (systemd's default `KillMode=control-group`) kills jobs in flight, and the
+main process can wait forever in `stop_event.set()` for a sentinel that died. Here the main
+process alone leads a stop:
+- the sentinel and everything it starts (pusher, monitor, workers) ignore SIGTERM and SIGINT; a
+  worker the guard must cut off after a timeout is SIGKILLed instead of terminated;
 - the first signal starts the stop, later ones are logged and ignored;
-- the sentinel stops the pusher, hands the jobs claimed but not started back to the broker at
-  once (another cluster runs them now, not at the next rescue), lets each worker finish
-  its job for up to the queue's timeout plus STOP_GRACE seconds, then SIGKILLs what is left, whose
-  job is delivered again like any crashed worker's.
-An idle cluster stops at once (its pusher is woken from its wait), a busy one
-within the queue's timeout plus STOP_GRACE and a few seconds.
+- the sentinel stops the pusher (woken from its wait, so an idle cluster stops at once), hands the
+  jobs claimed but not started back to the broker so another cluster runs them now, lets each
+  worker finish its job for up to the queue's timeout plus STOP_GRACE seconds, then SIGKILLs what
+  is left, whose job is delivered again like any crashed worker's.
 
-Its workers run our worker loop (`queues.django_q2.worker`): the monitor gets no task whose outcome
-the runner recorded and acknowledged. Its scheduler is `queues.django_q2.scheduler`'s.
+Its workers run our worker loop (`queues.django_q2.worker`); its scheduler is
+`queues.django_q2.scheduler`'s.
 """
 
 import logging
@@ -119,15 +112,11 @@ class Sentinel(q_cluster.Sentinel):
         deadline = time.monotonic() + job_timeout(self.broker) + STOP_GRACE
         self.event_out.set()  # the pusher stops after its current dequeue
         self.wake_pusher()
-        # The benchmark's stock broker cannot hand back: its workers run what was claimed.
-        hands_back = hasattr(self.broker, "hand_back")
         unstarted = []
         while self.pusher.is_alive():
-            if hands_back:
-                unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
+            unstarted += self.take_unstarted()  # also frees a pusher blocked on a full queue
             self.pause()
-        if hands_back:
-            unstarted += self.take_unstarted()
+        unstarted += self.take_unstarted()
         if unstarted:
             self.hand_back(unstarted)
         for _ in self.pool:

@@ -6,17 +6,21 @@ instead, so every web process on any host (`/readyz`, the dashboard, `/api/queue
 `/metrics`) sees every cluster, on the database broker and on Redis alike.
 """
 
+from __future__ import annotations
+
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.signing import SignedPackage
 
-from queues.engine import reconnect
-from queues.engine.statements import insert_statement
+from queues.engine import engine, reconnect
 from queues.models import ClusterHeartbeat
+
+if TYPE_CHECKING:
+    from django_q.status import Stat
 
 # How often a running cluster refreshes its heartbeat row, and how old one may be to count.
 HEARTBEAT = 10.0
@@ -45,7 +49,7 @@ class DatabaseHeartbeats:
         self._write_stat(key, stat, value)
 
     @reconnect.once
-    def _write_stat(self, key, stat, value):
+    def _write_stat(self, key: str, stat: Stat, value: str) -> None:
         beat = ClusterHeartbeat(
             key=key,
             queue=self.queue_name,
@@ -55,17 +59,8 @@ class DatabaseHeartbeats:
             payload=value,
             seen_at=timezone.now(),
         )
-        # One statement (an upsert) where `update_or_create` takes four: BEGIN, SELECT ... FOR
-        # UPDATE, UPDATE, COMMIT; an idle cluster's statements are mostly these.
-        sql, params = insert_statement(beat)
-        quote = connection.ops.quote_name
-        updates = ", ".join(
-            f"{quote(f.column)} = excluded.{quote(f.column)}"
-            for f in ClusterHeartbeat._meta.concrete_fields
-            if not f.primary_key
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(f"{sql} ON CONFLICT ({quote('key')}) DO UPDATE SET {updates}", params)
+        # One statement (an upsert): an idle cluster's statements are mostly these.
+        engine().write_heartbeat(beat)
         _written[key] = (time.monotonic(), stat.status)
 
     def get_stat(self, key):

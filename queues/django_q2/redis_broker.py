@@ -2,7 +2,7 @@
 
 Selected with `QUEUE_BROKER=redis`. What changes against the ORM broker (`queues.django_q2.broker`):
 
-- Redis cannot join the database transaction, so `queues.django_q2.push.push` hands the row to Redis
+- Redis cannot join the database transaction, so `queues.django_q2.push` hands the row to Redis
   only once the job record is committed. A crash between the commit and the push loses the delivery,
   not the job record.
 - Delayed retries wait in a sorted set scored by the time they may run; each `dequeue` first

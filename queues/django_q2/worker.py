@@ -1,26 +1,23 @@
 """The worker loop of our cluster: django-q2's `worker`, minus the monitor's share of a runner job.
 
-Why: a runner job is finished when `run_job` returns. Its outcome is in our job record and its
-broker row was deleted in the same transaction (`queues.django_q2.acknowledgement`), and django-q2
-saves no successes here (`save_limit: -1`). django-q2's worker would still pickle every such task
-onto the result queue for the monitor, which would only log it: a large share of a drain's CPU for
-nothing.
+A runner job is finished when `run_job` returns: its outcome is in our job record, its broker row
+was deleted in the same transaction (`queues.django_q2.acknowledgement`), and django-q2 saves no
+successes (`save_limit: -1`). So such a task goes nowhere, rather than onto the result queue for a
+monitor that would only log it, and django-q2 logs nothing of it (the runner logs its outcome).
+Every other task goes to the monitor as with django-q2: a schedule's plain function (counted by
+`queues.django_q2.scheduler`), a delivery the runner had nothing to do for, a failure escaping the
+runner (the database is down), and anything django-q2 would save.
 
-So a task whose outcome the runner recorded and acknowledged goes nowhere, and django-q2 logs
-nothing of it (the runner logs its outcome). Every other task goes to the monitor as
-with django-q2: a schedule's plain function (acknowledged even when it failed, which
-`queues.django_q2.scheduler` counts), a delivery the runner had nothing to do for (its
-row is acknowledged by the monitor), a failure escaping the runner (the database is down), and
-anything django-q2 would save. The rest is django-q2 1.11's `worker` unchanged: the guard's
-`timer` (-1 idle, the timeout + 3 s while busy, 0 timed out: the guard kills it, -2 recycled),
-`TimeoutHandler` (but for the runner's jobs, which keep their own), RECYCLE and max_rss, the
-process title, the `pre_execute`, `post_execute_in_worker` and `post_spawn` signals, closing
-stale connections before each task, and the error reporter. Tasks run synchronously (`sync`)
-never reach a cluster's worker.
+The rest is django-q2's `worker`: the guard's `timer` (-1 idle, the timeout + GUARD_BUFFER while
+busy, 0 timed out: the guard kills it, -2 recycled), `TimeoutHandler` (but for the runner, which
+keeps its own), RECYCLE and max_rss, the process title, the `pre_execute`,
+`post_execute_in_worker` and `post_spawn` signals, closing stale connections before each task, and
+the error reporter.
 """
 
 import pydoc
 import traceback
+from collections.abc import Callable
 from contextlib import nullcontext
 from multiprocessing import current_process
 
@@ -33,6 +30,7 @@ from django_q.utils import close_old_django_connections, get_func_repr
 from django_q.worker import rss_check
 
 from queues.django_q2 import scheduler
+from queues.django_q2.payload import RUNNER
 from queues.execution.runner import run_job
 
 try:
@@ -87,18 +85,26 @@ def monitor_has_work(task):
     return not (acknowledged and task["success"]) or saved
 
 
-def announce(name, task):
+def announce(name: str, task: dict) -> Callable | None:
     """Log the task (a runner job logs its own start) and show it in the process title; the
-    task's function, located if it came as a dotted path (None if it cannot be)."""
+    task's function (None if its dotted path names none).
+
+    Our broker rows name the runner by `payload.RUNNER`, taken here for `run_job` itself; another
+    dotted path (a schedule's function) is looked up as django-q2 does.
+    """
     func = task["func"]
-    description = f"{task['name']} '{get_func_repr(func)}'"
+    if func == RUNNER:
+        func = run_job
+    elif not callable(func):
+        func = pydoc.locate(func)
+    description = f"{task['name']} '{get_func_repr(task['func'])}'"
     if "group" in task:
         description += f" [{task['group']}]"
     if func is not run_job:
         logger.info("%s processing %s", name, description)
     # The guard reads the task's name back from this title when it kills the worker.
     set_title(f"qcluster {name} processing {description}")
-    return func if callable(func) else pydoc.locate(func)
+    return func
 
 
 def execute(func, task, seconds):

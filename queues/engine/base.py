@@ -8,16 +8,32 @@ line on what it is for.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS
+from django.utils.module_loading import import_string
+from django_q.conf import Conf
+
+from queues.django_q2 import payload as payloads
+from queues.django_q2.push import hand_over_after_commit
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
 
     from queues.core.registry import JobType
-    from queues.models import Job
+    from queues.models import ClusterHeartbeat, Job
+
+
+class Claimed(NamedTuple):
+    """What one claim of broker rows returns."""
+
+    # (row id, payload) of each row claimed, oldest first.
+    tasks: list[tuple[int, str]]
+    # When the queue's next row falls due (None: none waits, or the engine cannot tell).
+    next_due: datetime | None
+    # Whether the queue needs a rescue (asked only with `rescue_late`).
+    rescue_needed: bool
 
 
 class Engine:
@@ -92,12 +108,22 @@ class Engine:
 
     # The same on both databases (the ORM, `push`, `counters`): implemented here.
 
+    def push(self, job: Job) -> int | None:
+        """Give `job` a broker row due at its `run_after`; the row's id. On the database broker
+        it is stored in the caller's transaction; a broker outside the database (Redis) gets it
+        once that commits (`queues.django_q2.push`), and the id is None."""
+        if not self.broker_in_database():
+            hand_over_after_commit(job)
+            return None
+        return self.store_broker_row(
+            job.queue, payloads.payload(job), job.run_after, payloads.priority(job), using=Conf.ORM
+        )
+
     def redeliver(self, job: Job) -> None:
         """Give `job` a new broker row and store its id on the job record."""
-        from queues.django_q2.push import push
         from queues.models import Job
 
-        Job.objects.filter(pk=job.pk).update(broker_row=push(job))
+        Job.objects.filter(pk=job.pk).update(broker_row=self.push(job))
 
     def count_started(self, job: Job) -> None:
         """Count the start of an attempt of the waiting `job`."""
@@ -122,3 +148,83 @@ class Engine:
         raise NotImplementedError
 
     # --- broker rows: push, claim, hand back, notify; rescue; heartbeats; pause state ---------
+
+    def broker_in_database(self) -> bool:
+        """Whether the configured broker keeps its rows in our database (and joins transactions)."""
+        from django_q.brokers.orm import ORM  # its models need the app registry
+
+        broker_class = import_string(Conf.BROKER_CLASS) if Conf.BROKER_CLASS else ORM
+        return getattr(broker_class, "joins_transactions", True)
+
+    def claim(
+        self,
+        queue: str,
+        by_priority: int,
+        oldest: int,
+        *,
+        token: int | None = None,
+        rescue_late: datetime | None = None,
+        using: str = DEFAULT_DB_ALIAS,
+    ) -> Claimed:
+        """Claim due rows of `queue` unless it is paused: `by_priority` by priority, then
+        `oldest` oldest first, for the pusher of `token`; with `rescue_late`, also ask
+        `rescue_needed`."""
+        raise NotImplementedError
+
+    def take_claims_token(self, using: str = DEFAULT_DB_ALIAS) -> int | None:
+        """The token a pusher's claims carry while its connection `using` lives (or None)."""
+        raise NotImplementedError
+
+    def wait_for_rows(
+        self, queue: str, next_due: datetime | None, longest: float, using: str = DEFAULT_DB_ALIAS
+    ) -> None:
+        """Return when a row of `queue` may have become claimable, within `longest` seconds."""
+        raise NotImplementedError
+
+    def stop_waiting(self, using: str = DEFAULT_DB_ALIAS) -> None:
+        """Close what `wait_for_rows` kept open in this process (its connection was lost)."""
+        raise NotImplementedError
+
+    def notify(self, queue: str, using: str = DEFAULT_DB_ALIAS) -> None:
+        """Wake the idle pushers of `queue` when the caller's transaction commits."""
+        raise NotImplementedError
+
+    def hand_back(self, queue: str, row_ids: list[int], using: str = DEFAULT_DB_ALIAS) -> None:
+        """Make claimed rows of `queue` claimable again now, in their place in the queue."""
+        raise NotImplementedError
+
+    def delete_row(self, row_id: int, using: str = DEFAULT_DB_ALIAS) -> None:
+        """Delete one broker row (the monitor's acknowledgement), in one statement."""
+        raise NotImplementedError
+
+    def delete_row_statement(self, row_id: int) -> tuple[str, list]:
+        """(sql, params) deleting one broker row, for a caller to send with other statements."""
+        raise NotImplementedError
+
+    def claimed_rows(self, queue: str, using: str = DEFAULT_DB_ALIAS) -> int:
+        """How many rows of `queue` are claimed and not acknowledged yet."""
+        raise NotImplementedError
+
+    def free_dead_claims(self, queue: str, using: str = DEFAULT_DB_ALIAS) -> int:
+        """Make the rows of `queue` that dead clusters claimed claimable again; how many."""
+        raise NotImplementedError
+
+    def rescue_needed(self, queue: str, now: datetime, late: datetime) -> bool:
+        """Whether a rescue of `queue` has anything to do (True where it cannot be told)."""
+        raise NotImplementedError
+
+    def take_rescue_lock(self, queue: str) -> bool:
+        """Whether this transaction may rescue `queue` (no other cluster is rescuing it)."""
+        raise NotImplementedError
+
+    def lost_attempts(self, queue: str, limit: int) -> list[Job]:
+        """Up to `limit` `running` jobs of `queue` whose worker is gone, oldest started first."""
+        raise NotImplementedError
+
+    def stranded_jobs(self, queue: str, now: datetime, late: datetime, limit: int) -> list[Job]:
+        """Up to `limit` due waiting jobs of `queue` whose delivery is lost, earliest due first."""
+        raise NotImplementedError
+
+    def write_heartbeat(self, beat: ClusterHeartbeat) -> None:
+        """Insert or replace the heartbeat row of a cluster, in one statement."""
+        raise NotImplementedError

@@ -18,7 +18,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from queues.core import uniqueness
-from queues.django_q2 import push as pushing
 from queues.engine import counters
 from queues.models import Job
 
@@ -72,13 +71,13 @@ def store_after_update(
         return store(kind, [job], insert)[0]
 
 
-def store_retry(job: Job) -> bool:
+def store_retry(job: Job, push: Callable[[Job], int | None]) -> bool:
     """Store a failed `job`, its fields already set for a fresh start, with a new broker row, and
     count the operator's retry; in a savepoint, so that when a newer job holds its unique key
     nothing changes and the answer is False."""
     try:
         with transaction.atomic():
-            job.broker_row = pushing.push(job)
+            job.broker_row = push(job)
             job.save()
     except IntegrityError:
         return False
@@ -104,13 +103,13 @@ def set_unique_key(kind: JobType, jobs: Iterable[Job]) -> None:
         job.unique_states = uniqueness.states_mask(kind)
 
 
-def stored(job: Job, broker_row: int | None) -> Job:
+def stored(job: Job, broker_row: int | None, push: Callable[[Job], int | None]) -> Job:
     """`job` as `save()` leaves it, knowing its broker row; on a broker outside the database
     (Redis), pushed (after the commit)."""
     job.broker_row = broker_row
     job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
     if broker_row is None:
-        pushing.push(job)
+        push(job)
     return job
 
 

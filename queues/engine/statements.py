@@ -112,3 +112,16 @@ def insert_rows_statement(instances):
     query.insert_values(instances[0]._meta.local_concrete_fields, instances)
     ((sql, params),) = query.get_compiler(connection=connection).as_sql()
     return sql, params
+
+
+def upsert_statement(instance, conflict: str) -> tuple[str, list]:
+    """(sql, params) inserting a model instance as `insert_statement`, or, when a row with the
+    same `conflict` column exists, setting that row's other columns to the instance's values."""
+    sql, params = insert_statement(instance)
+    quote = connection.ops.quote_name
+    updates = ", ".join(
+        f"{quote(f.column)} = excluded.{quote(f.column)}"
+        for f in instance._meta.concrete_fields
+        if not f.primary_key
+    )
+    return f"{sql} ON CONFLICT ({quote(conflict)}) DO UPDATE SET {updates}", params

@@ -43,9 +43,7 @@ from django.utils import timezone
 
 from queues.conf import conf
 from queues.core import history, pausing, registry
-from queues.django_q2.push import push
 from queues.engine import engine, reconnect
-from queues.engine.liveness import presumed_alive_for as presumed_alive_for  # the rescuer's
 from queues.errors import (
     JobCancelled,
     JobTimeout,
@@ -290,7 +288,9 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
         if kind is not None and retry:
             delay = kind.retry_policy.delay_after(job.attempts)
             job.run_after = now + timedelta(seconds=delay)
-            fields.update(status=Job.Status.RETRYING, run_after=job.run_after, broker_row=push(job))
+            fields.update(
+                status=Job.Status.RETRYING, run_after=job.run_after, broker_row=engine().push(job)
+            )
         else:
             fields.update(status=Job.Status.FAILED, finished_at=now)
             if kind is not None and isinstance(exc, SubjectGone):  # its content is never used

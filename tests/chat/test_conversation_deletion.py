@@ -59,7 +59,7 @@ def test_failure_inside_the_transaction_leaves_neither_marker_nor_job(api, conve
     # The database refuses the broker row (no payload) after the conversation was marked: on
     # PostgreSQL inside the one statement, on SQLite inside the transaction.
     with (
-        mock.patch("queues.django_q2.push._payload", return_value=None),
+        mock.patch("queues.django_q2.payload.payload", return_value=None),
         pytest.raises(IntegrityError),
     ):
         api.delete(f"/api/chat/conversations/{conversation.pk}")

@@ -11,7 +11,8 @@ from django.utils import timezone
 from django_q.conf import Conf
 
 from queues.api import enqueue, enqueue_many
-from queues.django_q2.broker import _CLAIM, OLDEST_EVERY, JobBroker
+from queues.django_q2.broker import OLDEST_EVERY, JobBroker
+from queues.engine.postgresql import CLAIM
 from queues.errors import JobValidationError
 from queues.models import Job
 from tests.support.cluster import wait_for
@@ -55,9 +56,8 @@ def test_a_claim_of_many_takes_its_share_oldest_first_in_the_same_statement(monk
 @pytest.mark.django_db
 def test_both_parts_of_the_claim_use_an_index():
     now = timezone.now()
-    by_priority = ["database", now, "database", 3]  # queue, due by, paused queue, how many
-    oldest_first = ["database", now, "database", 1]
-    rest = ["database@1@1", "database", now]  # the claimed key; the next due row's queue, after
+    params = {"queue": "database", "now": now, "by_priority": 3, "oldest": 1}
+    params["claimed_key"] = "database@1@1"
     with connection.cursor() as cursor:
         # A realistic backlog, with fresh statistics: the planner's choice, not a forced one.
         cursor.execute(
@@ -66,9 +66,7 @@ def test_both_parts_of_the_claim_use_an_index():
             " FROM generate_series(1, 20000) n"
         )
         cursor.execute("ANALYZE django_q_ormq")
-        cursor.execute(
-            f"EXPLAIN {_CLAIM.format(rescue='false')}", [*by_priority, *oldest_first, *rest]
-        )
+        cursor.execute(f"EXPLAIN {CLAIM}", params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "queues_ormq_priority_claim_idx" in plan and "queues_ormq_claim_idx" in plan, plan
 

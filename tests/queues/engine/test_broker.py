@@ -11,7 +11,8 @@ from django_q.models import OrmQ
 from django_q.signals import post_execute_in_worker, pre_execute
 
 from queues.api import enqueue
-from queues.django_q2.broker import CHANNEL, JobBroker
+from queues.django_q2.broker import JobBroker
+from queues.engine.postgresql import CHANNEL
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.jobs import wait_for_job

@@ -19,6 +19,7 @@ from chat.models import Conversation
 from chat.sweeper import sweep_deletions
 from queues.api import cancel_waiting_jobs, forget_subject
 from queues.core import selectors
+from queues.engine import engine, postgresql
 from queues.maintenance import rescuer
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job
@@ -127,16 +128,24 @@ def test_the_oldest_due_job_is_found_on_an_index(jobs, job_types):
 
 
 def test_the_rescuers_check_and_passes_find_live_jobs_on_an_index(jobs):
-    sql, params = rescuer.needed_sql("database")
+    now = timezone.now()
+    late = rescuer.stranded_before(now)
+    params = {
+        "queue": "database",
+        "now": now,
+        "late": late,
+        "late_epoch": int(late.timestamp()),
+        "claimed_like": "database@%",
+    }
     with connection.cursor() as cursor:
-        cursor.execute(f"EXPLAIN SELECT {sql}", params)
+        cursor.execute(f"EXPLAIN {postgresql.RESCUE_NEEDED}", params)
         needed = "\n".join(row[0] for row in cursor.fetchall())
     assert needed.count("job_live_status_idx") == 2, needed  # lost attempts, stranded jobs
     assert "Seq Scan on queues_job" not in needed, needed
     plans = job_plans(
         lambda: (
-            list(rescuer._lost_attempts("database").order_by("started_at")[: rescuer.BATCH]),
-            list(rescuer._stranded("database", timezone.now()).order_by("run_after")[:1000]),
+            engine().lost_attempts("database", rescuer.BATCH),
+            engine().stranded_jobs("database", now, late, rescuer.BATCH),
         )
     )
     assert_every_plan_uses(plans, "job_live_status_idx")
