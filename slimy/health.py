@@ -32,8 +32,11 @@ def healthz(request):
 
 
 def _database():
-    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SELECT 1")
+    db = connections[DEFAULT_DB_ALIAS]
+    db.ensure_connection()
+    if not db.is_usable():  # a round trip: a connection kept from an earlier request may be dead
+        db.close()
+        db.ensure_connection()
     return True, "reachable"
 
 
