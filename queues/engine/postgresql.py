@@ -37,6 +37,9 @@ from queues.engine.statements import (
 )
 from queues.models import HISTOGRAM_BUCKETS, ClusterHeartbeat, Job, bucket_column
 
+if TYPE_CHECKING:
+    from queues.core.registry import JobType
+
 # The channel pushers LISTEN on; a NOTIFY's payload is the queue whose rows changed.
 CHANNEL = "django_q_ormq"
 
@@ -189,9 +192,6 @@ def _job_loading() -> tuple[list[str], list[tuple[int, Any]]]:
     converters = [(i, f.from_db_value) for i, f in enumerate(fields) if hasattr(f, "from_db_value")]
     return [field.attname for field in fields], converters
 
-
-if TYPE_CHECKING:
-    from queues.core.registry import JobType
 
 # --- storing jobs ---------------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ from queues.engine.base import Claimed, Engine
 from queues.engine.statements import upsert_statement
 from queues.models import ClusterHeartbeat, Job, QueuePause
 
+if TYPE_CHECKING:
+    from queues.core.registry import JobType
+
 # --- attempts ------------------------------------------------------------------------------------
 
 
@@ -48,9 +51,6 @@ def _finish_statement(job: Job, fields: dict[str, Any]) -> tuple[str, list[Any]]
     pk = Job._meta.pk.get_db_prep_value(job.pk, connection)
     return finish_sql(tuple(columns)), [*params, pk, Job.Status.RUNNING, job.attempts]
 
-
-if TYPE_CHECKING:
-    from queues.core.registry import JobType
 
 # --- storing jobs ---------------------------------------------------------------------------
 
