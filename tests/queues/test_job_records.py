@@ -10,8 +10,8 @@ from django_q.models import OrmQ
 from chat.models import Conversation, Message
 from queues.api import enqueue
 from queues.core.services import retry_jobs
-from queues.errors import JobValidationError
-from queues.execution.runner import run_job
+from queues.errors import JobValidationError, WorkerLost
+from queues.execution.runner import record_failure, run_job
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job
 from tests.support.cluster import wait_for
@@ -138,6 +138,19 @@ def test_a_running_job_whose_worker_died_counts_the_lost_attempt(user):
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 3, "WorkerLost")
     assert "died during attempt 3" in job.last_error
+
+
+def test_a_lost_attempt_of_a_type_no_longer_declared_fails_the_job_for_good(user):
+    """The rescuer records a dead worker's attempt (a transient error) for a job whose type was
+    removed from the code: it cannot run again, so it fails, instead of the outcome crashing."""
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).update(
+        job_type="removed_type", status="running", attempts=1, started_at=timezone.now()
+    )
+    job.refresh_from_db()
+    assert record_failure(job, WorkerLost("worker host:1 died during attempt 1"), own_attempt=False)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "WorkerLost")
 
 
 def test_delivery_of_a_finished_job_does_nothing(user):
