@@ -7,10 +7,10 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self):
-        # Erasure is tied to the data, not to a route: the deletion job, the admin, the shell and
-        # the CASCADE from a deleted user all delete through Django's collector, which sends
-        # post_delete in the deleting transaction. Message has no receivers, so its rows are
-        # still deleted in one statement, never loaded.
+        # Erasure is tied to the data, not to a route: the admin, the shell and the CASCADE from a
+        # deleted user delete through Django's collector, which sends post_delete in the deleting
+        # transaction; the deletion job's own path erases as this receiver would
+        # (`chat.services.delete_conversation`).
         from chat.models import Conversation
 
         post_delete.connect(
@@ -21,6 +21,4 @@ class ChatConfig(AppConfig):
 def _conversation_deleted(sender, instance, **kwargs):
     from chat.services import erase_traces
 
-    # The deletion job asked in its SELECT whether there is anything to erase; others did not.
-    if getattr(instance, "has_traces", True):
-        erase_traces(instance.pk)
+    erase_traces(instance.pk)

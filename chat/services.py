@@ -4,10 +4,13 @@ import logging
 
 from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
-from django.db import transaction
-from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, Q
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db.models import Count, F
+from django.db.models.deletion import Collector, get_candidate_relations_to_delete
+from django.db.models.signals import post_delete, pre_delete
 from django.utils import timezone
 
+from chat.apps import _conversation_deleted
 from chat.models import Conversation, Message
 from queues.api import (
     Job,
@@ -17,7 +20,7 @@ from queues.api import (
     enqueue,
     enqueue_if,
     forget_subject,
-    types_with_content,
+    keeps_content_about,
 )
 
 logger = logging.getLogger("chat")
@@ -137,47 +140,93 @@ def retry_failed_deletions(conversations, *, request_id):
 
 
 def delete_conversation(*, conversation_id: int, user_id: int) -> dict:
-    """Delete the owner's conversation and, by `on_delete=CASCADE`, what refers to it. Idempotent.
+    """Delete the owner's conversation and, by `on_delete=CASCADE`, what refers to it, in one
+    transaction; erase what other tables keep of it. Idempotent: a conversation already gone is a
+    success (jobs are delivered at least once); someone else's is refused, having written nothing.
 
-    Django's collector does the deleting, so a model that comes to refer to a conversation goes
-    with it, and its `post_delete` runs `erase_traces` (`chat.apps`) in this transaction, if
-    there is anything to erase. Messages have no receivers and nothing cascades from them: one
-    DELETE, never loaded. A conversation already gone is a success (jobs are delivered at least
-    once); someone else's is refused.
+    When Django's collector would delete every referring row in one DELETE per table without
+    loading it (`_cascade`), those DELETEs are sent as it would send them, and the erasure runs
+    only if there is anything to erase: the job's common path, a few statements and no ORM
+    compilation. Otherwise (a receiver, another `on_delete`, a nested cascade) the collector
+    deletes, and `post_delete` erases (`chat.apps`).
     """
     # No savepoint: any database error aborts the caller's transaction anyway, and the wrong-owner
     # refusal is raised once the block has ended, having written nothing.
     with transaction.atomic(savepoint=False):
-        doomed = Conversation.objects.filter(pk=conversation_id, owner_id=user_id)
-        _, counts = doomed.annotate(has_traces=_has_traces(conversation_id)).delete()
-        deleted = bool(counts.get(Conversation._meta.label))
+        cascade = _cascade()
+        if cascade is not None:
+            deleted, messages = _delete_fast(conversation_id, user_id, cascade)
+        else:
+            doomed = Conversation.objects.filter(pk=conversation_id, owner_id=user_id)
+            _, counts = doomed.delete()
+            deleted = bool(counts.get(Conversation._meta.label))
+            messages = counts.get(Message._meta.label, 0)
         refused = not deleted and Conversation.objects.filter(pk=conversation_id).exists()
         if not deleted and not refused:
-            # Gone already (an earlier delivery, another path), so no `post_delete` this time:
-            # erase anyway, for job records written about it since.
+            # Gone already (an earlier delivery, another path): erase anyway, for job records
+            # written about it since.
             erase_traces(conversation_id)
     if refused:
         raise PermanentJobError(f"conversation {conversation_id} does not belong to user {user_id}")
     if not deleted:
         logger.info("conversation %s already deleted", conversation_id)
         return {"deleted": False, "conversation_id": conversation_id}
-    messages = counts.get(Message._meta.label, 0)
     # DEBUG: the runner's "job succeeded" line is the outcome's one INFO line.
     logger.debug("conversation %s deleted with %d messages", conversation_id, messages)
     return {"deleted": True, "conversation_id": conversation_id, "messages": messages}
 
 
-def _has_traces(conversation_id: int) -> ExpressionWrapper:
-    """Whether job records or the admin log keep anything of the conversation for `erase_traces`
-    to erase. Asked in the collector's SELECT, the receiver reads it (`chat.apps`): a deletion
-    with nothing to erase sends no erasure queries."""
-    jobs = Job.objects.filter(
-        subject=Conversation.subject_for(conversation_id), job_type__in=types_with_content()
-    )
-    log = LogEntry.objects.filter(
-        content_type=ContentType.objects.get_for_model(Conversation), object_id=str(conversation_id)
-    )
-    return ExpressionWrapper(Q(Exists(jobs)) | Q(Exists(log)), output_field=BooleanField())
+def _cascade() -> list[tuple[str, str]] | None:
+    """(table, column) of each model referring to a conversation with `on_delete=CASCADE`, when
+    Django's collector would delete their rows in one DELETE per table without loading them
+    (`Collector.can_fast_delete`) and the only receiver of a conversation's deletion is the
+    erasure; None when the collector must do more."""
+    if pre_delete.has_listeners(Conversation) or not _only_the_erasure_listens():
+        return None
+    meta, collector = Conversation._meta, Collector(using=DEFAULT_DB_ALIAS)
+    if meta.many_to_many or any(hasattr(f, "bulk_related_objects") for f in meta.private_fields):
+        return None
+    cascade = []
+    for relation in get_candidate_relations_to_delete(meta):
+        if not collector.can_fast_delete(relation.related_model, from_field=relation.field):
+            return None
+        cascade.append((relation.related_model._meta.db_table, relation.field.column))
+    return cascade
+
+
+def _only_the_erasure_listens() -> bool:
+    receivers, async_receivers = post_delete._live_receivers(Conversation)
+    return not async_receivers and all(r is _conversation_deleted for r in receivers)
+
+
+def _delete_fast(conversation_id: int, user_id: int, cascade: list[tuple[str, str]]):
+    """(whether the owner's conversation was deleted, how many messages went with it): the
+    conversation's DELETE, which tells whether the admin log names it, then one DELETE per
+    referring table (foreign keys are checked at commit), then the erasure if anything is left
+    to erase."""
+    quote = connection.ops.quote_name
+    log, log_types = LogEntry._meta.db_table, ContentType._meta.db_table
+    meta = Conversation._meta
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {quote(meta.db_table)} WHERE id = %s AND owner_id = %s RETURNING"
+            f" EXISTS (SELECT 1 FROM {quote(log)} WHERE object_id = %s AND content_type_id ="
+            f" (SELECT id FROM {quote(log_types)} WHERE app_label = %s AND model = %s))",
+            [conversation_id, user_id, str(conversation_id), meta.app_label, meta.model_name],
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return False, 0
+        messages = 0
+        for table, column in cascade:
+            cursor.execute(
+                f"DELETE FROM {quote(table)} WHERE {quote(column)} = %s", [conversation_id]
+            )
+            if table == Message._meta.db_table:
+                messages = cursor.rowcount
+    if row[0] or keeps_content_about(Conversation.subject_for(conversation_id)):
+        erase_traces(conversation_id)
+    return True, messages
 
 
 def erase_traces(conversation_id: int) -> None:
@@ -187,7 +236,7 @@ def erase_traces(conversation_id: int) -> None:
     content fields; the admin log's `object_repr` is reset (`Conversation.__str__` holds no title
     today, but older entries or a changed `__str__` might). Runs in the deleting transaction, once
     for every deletion of a conversation, whichever path (`post_delete`, see `chat.apps`); the
-    deletion job skips it when its SELECT found nothing to erase (`_has_traces`).
+    deletion job skips it when nothing is left to erase (`_delete_fast`).
     """
     forget_subject(Conversation.subject_for(conversation_id))
     LogEntry.objects.filter(

@@ -72,6 +72,7 @@ __all__ = [
     "enqueue_many",
     "forget_subject",
     "job_type",
+    "keeps_content_about",
     "raise_if_stop_requested",
     "subjects_with_failed_jobs",
     "subjects_with_live_jobs",
@@ -106,5 +107,6 @@ enqueue_many = services.enqueue_many
 cancel_waiting_jobs = services.cancel_waiting_jobs
 forget_subject = services.forget_subject
 subjects_with_live_jobs = selectors.subjects_with_live_jobs
+keeps_content_about = selectors.keeps_content_about
 subjects_with_failed_jobs = selectors.subjects_with_failed_jobs
 types_with_content = registry.types_with_content

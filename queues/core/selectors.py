@@ -11,7 +11,9 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from queues.core.registry import types_with_content
 from queues.django_q2.heartbeats import live_clusters
+from queues.engine import engine
 from queues.models import (
     HISTOGRAM_BUCKETS,
     Job,
@@ -101,6 +103,12 @@ def jobs_page(
         jobs = jobs.filter(created_at__lte=created_at).exclude(created_at=created_at, pk__gte=pk)
     rows = list(jobs.order_by("-created_at", "-id")[: size + 1])
     return rows[:size], older_than is not None, len(rows) > size
+
+
+def keeps_content_about(subject: str) -> bool:
+    """Whether a job record of a type that carries user content is about `subject`: what
+    `forget_subject` would erase. One prepared statement on PostgreSQL (a deletion asks it)."""
+    return engine().keeps_content_about(subject, types_with_content())
 
 
 def subjects_with_live_jobs(job_type: str, subjects: Iterable[str]) -> set[str]:

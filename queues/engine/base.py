@@ -82,6 +82,12 @@ class Engine:
         the caller's transaction; how many."""
         raise NotImplementedError
 
+    def keeps_content_about(self, subject: str, job_types: list[str]) -> bool:
+        """Whether a job record of one of `job_types` is about `subject` (content to erase)."""
+        from queues.models import Job
+
+        return Job.objects.filter(subject=subject, job_type__in=job_types).exists()
+
     # --- attempts: begin, finish, retry, cancel, counters, acknowledgement, liveness ----------
 
     def begin(

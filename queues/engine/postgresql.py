@@ -384,8 +384,19 @@ LISTEN = f"LISTEN {CHANNEL}"
 DELETE_ROW = f"DELETE FROM {TABLE} WHERE id = %s"
 
 
+# Whether a job record of one of some types is about a subject: its content is to be erased.
+KEEPS_CONTENT_ABOUT = (
+    "SELECT EXISTS (SELECT 1 FROM queues_job WHERE subject = %s AND job_type = ANY(%s))"
+)
+
+
 class PostgreSQLEngine(Engine):
     vendor = "postgresql"
+
+    def keeps_content_about(self, subject: str, job_types: list[str]) -> bool:
+        with hot_cursor() as cursor:
+            cursor.execute(KEEPS_CONTENT_ABOUT, [subject, job_types])
+            return cursor.fetchone()[0]
 
     # --- storing jobs: enqueue, enqueue_if, enqueue_many, operator retries -------------------
 
