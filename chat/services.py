@@ -201,30 +201,53 @@ def _only_the_erasure_listens() -> bool:
 
 def _delete_fast(conversation_id: int, user_id: int, cascade: list[tuple[str, str]]):
     """(whether the owner's conversation was deleted, how many messages went with it): the
-    conversation's DELETE, which tells whether the admin log names it, then one DELETE per
-    referring table (foreign keys are checked at commit), then the erasure if anything is left
-    to erase."""
+    conversation's DELETE, which tells whether the admin log names it, and one DELETE per
+    referring table (foreign keys are checked at commit); on PostgreSQL all in one statement, the
+    others riding as data-modifying CTEs. Then the erasure, if anything is left to erase."""
     quote = connection.ops.quote_name
-    log, log_types = LogEntry._meta.db_table, ContentType._meta.db_table
     meta = Conversation._meta
+    conversation = (
+        f"DELETE FROM {quote(meta.db_table)} WHERE id = %s AND owner_id = %s RETURNING"
+        f" EXISTS (SELECT 1 FROM {quote(LogEntry._meta.db_table)} WHERE object_id = %s AND"
+        f" content_type_id = (SELECT id FROM {quote(ContentType._meta.db_table)}"
+        " WHERE app_label = %s AND model = %s)"
+    )
+    params = [conversation_id, user_id, str(conversation_id), meta.app_label, meta.model_name]
+    messages = 0
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"DELETE FROM {quote(meta.db_table)} WHERE id = %s AND owner_id = %s RETURNING"
-            f" EXISTS (SELECT 1 FROM {quote(log)} WHERE object_id = %s AND content_type_id ="
-            f" (SELECT id FROM {quote(log_types)} WHERE app_label = %s AND model = %s))",
-            [conversation_id, user_id, str(conversation_id), meta.app_label, meta.model_name],
-        )
-        row = cursor.fetchone()
-        if row is None:
-            return False, 0
-        messages = 0
-        for table, column in cascade:
+        if connection.vendor == "postgresql":
+            gone = [
+                f"gone{i} AS (DELETE FROM {quote(table)} WHERE {quote(column)} = %s"
+                " AND EXISTS (SELECT 1 FROM conversation)"
+                f"{' RETURNING 1' if table == Message._meta.db_table else ''})"
+                for i, (table, column) in enumerate(cascade)
+            ]
+            counted = [i for i, (table, _) in enumerate(cascade) if table == Message._meta.db_table]
+            count = f"(SELECT count(*) FROM gone{counted[0]})" if counted else "0"
             cursor.execute(
-                f"DELETE FROM {quote(table)} WHERE {quote(column)} = %s", [conversation_id]
+                f"WITH conversation AS ({conversation}) AS logged), {', '.join(gone)}"
+                f" SELECT logged, {count} FROM conversation"
+                if gone
+                else f"{conversation}), 0",
+                params + [conversation_id] * len(gone),
             )
-            if table == Message._meta.db_table:
-                messages = cursor.rowcount
-    if row[0] or keeps_content_about(Conversation.subject_for(conversation_id)):
+            row = cursor.fetchone()
+            if row is None:
+                return False, 0
+            logged, messages = row
+        else:  # SQLite: no data-modifying CTEs
+            cursor.execute(f"{conversation})", params)
+            row = cursor.fetchone()
+            if row is None:
+                return False, 0
+            logged = row[0]
+            for table, column in cascade:
+                cursor.execute(
+                    f"DELETE FROM {quote(table)} WHERE {quote(column)} = %s", [conversation_id]
+                )
+                if table == Message._meta.db_table:
+                    messages = cursor.rowcount
+    if logged or keeps_content_about(Conversation.subject_for(conversation_id)):
         erase_traces(conversation_id)
     return True, messages
 
