@@ -52,8 +52,8 @@ def hot_cursor(using=DEFAULT_DB_ALIAS):
     `connection.cursor()`.
 
     One cursor per connection, reused and never closed: psycopg caches the adapter of each
-    parameter type on its cursor, and looking them up again for a new cursor cost 5% of a
-    worker's CPU (docs/benchmarks.md).
+    parameter type on its cursor, and looking them up again for every new cursor shows in a
+    worker's CPU per job.
     """
     db = connections[using]
     if db.vendor != "postgresql" or tracing.enabled():
