@@ -28,9 +28,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def fresh_throttle_counts(django_db_setup, django_db_blocker):
-    """Throttle counts live in the cache, a table of the test database: each test starts with
-    none, whether or not it uses the database itself."""
+def fresh_throttle_counts(request, django_db_setup, django_db_blocker):
+    """Throttle counts live in the cache, a table of the test database: each test that uses the
+    database, or a server that does, starts with none. A test that uses neither leaves it alone
+    (run alone on SQLite, its in-memory test database may be gone by then)."""
+    uses_database = {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    if not uses_database and request.node.get_closest_marker("django_db") is None:
+        return
     with django_db_blocker.unblock():
         cache.clear()
 
