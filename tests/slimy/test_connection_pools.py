@@ -20,7 +20,7 @@ from queues.checks import check_settings
 from queues.engine.statements import hot_cursor
 from queues.models import Job
 from tests.support import pgbouncer
-from tests.support.cluster import ROOT
+from tests.support.cluster import ROOT, database_session
 from tests.support.cluster import test_database_url as database_url
 
 pytestmark = [
@@ -170,3 +170,26 @@ def test_prepared_statements_setting_must_be_a_bool():
         problems = check_settings()
     assert [p.id for p in problems] == ["queues.E001"]
     assert "QUEUE_PREPARED_STATEMENTS must be True or False" in problems[0].msg
+
+
+@pytest.mark.django_db
+def test_the_hot_cursor_follows_the_connection_a_pool_checkout_hands_the_wrapper():
+    """Under Django's pool each checkout may give the wrapper another psycopg connection: the
+    cursor `hot_cursor` keeps is always one of the connection in use, never a previous one's."""
+    with hot_cursor() as cursor:
+        assert cursor.cursor.connection is connection.connection
+    own, other = connection.connection, database_session()
+    try:
+        connection.connection = other  # what `pool.getconn()` may return on the next checkout
+        for _ in range(6):  # past PREPARE_AFTER: prepared on `other`, where it then runs
+            with hot_cursor() as cursor:
+                assert cursor.cursor.connection is other
+                cursor.execute("SELECT %s::int", [1])
+                assert cursor.fetchone() == (1,)
+    finally:
+        connection.connection = own
+        other.close()
+    with hot_cursor() as cursor:
+        assert cursor.cursor.connection is own
+        cursor.execute("SELECT %s::int", [2])
+        assert cursor.fetchone() == (2,)
