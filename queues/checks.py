@@ -85,6 +85,7 @@ def _types(raw: dict[str, Any]) -> list[CheckMessage]:
             lambda v: isinstance(v, list | tuple) and all(isinstance(e, dict) for e in v),
             "a list of dicts",
         ),
+        "QUEUE_PREPARED_STATEMENTS": (lambda v: isinstance(v, bool), "True or False"),
     }
     return [
         Error(

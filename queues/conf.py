@@ -41,6 +41,11 @@ DEFAULTS: dict[str, Any] = {
     # Periodic tasks the project adds to queues' own (queues.maintenance.schedules), e.g.
     # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].
     "QUEUE_SCHEDULES": [],
+    # Whether the statements a job sends for every attempt (`hot_cursor`) are prepared on their
+    # connection. Off for a process whose database connection goes through a transaction-mode
+    # pooler (PgBouncer), where a prepared statement lives on a server connection the next
+    # transaction may not get. Workers refuse to start with it off (docs/deployment.md).
+    "QUEUE_PREPARED_STATEMENTS": True,
 }
 
 # Jobs a user may enqueue through `POST /api/queues/jobs` when the project's REST_FRAMEWORK

@@ -140,6 +140,18 @@ if DB_VENDOR == "sqlite":
     }
     # A file, not memory, so the qcluster processes that tests start can share it.
     _default_db["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+# Behind PgBouncer in transaction mode (web processes only: docs/deployment.md), set
+# QUEUE_PREPARED_STATEMENTS=0: nothing is prepared, and Django's server-side cursors (which
+# `iterator()` opens) are off, since neither outlives the transaction on a pooled connection.
+# Workers refuse to start with it off: they need a direct (or session-mode) DATABASE_URL.
+QUEUE_PREPARED_STATEMENTS = env_bool("QUEUE_PREPARED_STATEMENTS", default=True)
+# DATABASE_POOL=1: Django's psycopg pool in each web process (connections are then given back
+# to the pool after each request instead of kept for CONN_MAX_AGE). Workers refuse it.
+if DB_VENDOR == "postgresql":
+    _default_db["DISABLE_SERVER_SIDE_CURSORS"] = not QUEUE_PREPARED_STATEMENTS
+    if env_bool("DATABASE_POOL"):
+        _default_db["OPTIONS"] = {**_default_db.get("OPTIONS", {}), "pool": True}
+        _default_db["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _default_db}
 # Throttle counts must be shared by every process and host: in Redis when CACHE_URL names it,
 # else in a table of the database (`manage.py migrate` creates it), which works on SQLite too.

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models.sql import InsertQuery
 
+from queues.conf import conf
 from queues.execution import tracing
 
 
@@ -49,14 +50,17 @@ def hot_cursor(using=DEFAULT_DB_ALIAS):
     constant texts should use it (psycopg keeps at most 100 prepared per connection). Django's
     own cursors never prepare (client-side binding), so nothing else changes. On SQLite, and while
     tracing is on (the psycopg instrumentation traces Django's cursors only), this is
-    `connection.cursor()`.
+    `connection.cursor()`, and so it is with `QUEUE_PREPARED_STATEMENTS` off (a connection through
+    a transaction-mode pooler, where a statement prepared in one transaction may be gone in the
+    next).
 
     One cursor per connection, reused and never closed: psycopg caches the adapter of each
     parameter type on its cursor, and looking them up again for every new cursor shows in a
-    worker's CPU per job.
+    worker's CPU per job. Keyed on the connection object, not the wrapper: under Django's psycopg
+    pool each checkout may hand the wrapper another connection, which gets its own cursor.
     """
     db = connections[using]
-    if db.vendor != "postgresql" or tracing.enabled():
+    if db.vendor != "postgresql" or tracing.enabled() or not conf.QUEUE_PREPARED_STATEMENTS:
         with db.cursor() as cursor:
             yield cursor
         return

@@ -4,6 +4,7 @@
 Found before django-q2's own command because `queues` comes before `django_q` in INSTALLED_APPS.
 It waits for its database before starting the cluster, so workers started before the database
 (a host's boot, a service manager's restart of both) come up once it does instead of exiting.
+It refuses a database connection a worker cannot work on (`pooled_connection_problem`).
 """
 
 import os
@@ -11,10 +12,12 @@ import sys
 import time
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.db import OperationalError, connections
 from django_q.conf import Conf, logger
 from django_q.management.commands import qcluster
 
+from queues.conf import conf
 from queues.django_q2.cluster import Cluster
 from queues.django_q2.reloading import ReloadingCluster
 
@@ -35,6 +38,9 @@ class Command(qcluster.Command):
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 (fails early without it: payloads are signed)
+        problem = pooled_connection_problem(Conf.ORM)
+        if problem:
+            raise CommandError(problem)
         if options["reload"]:
             argv = [arg for arg in sys.argv if arg != "--reload"]
             ReloadingCluster(argv).run()
@@ -66,3 +72,33 @@ def wait_for_database(using):
         if time.monotonic() - started > FIRST_WAIT:
             logger.info("Database reachable after %.1f s", time.monotonic() - started)
         return
+
+
+def pooled_connection_problem(using: str) -> str | None:
+    """Why workers cannot run on the database `using` as configured, or None.
+
+    A worker proves an attempt alive with a session advisory lock held from the statement that
+    begins it to the one that records its outcome, and its cluster's claims with another
+    (`queues.engine.liveness`): both need one server session for the process's life. Through a
+    transaction-mode pooler (which `QUEUE_PREPARED_STATEMENTS` off declares) each transaction may
+    get another session, and a connection given back to Django's psycopg pool after a job keeps
+    its locks for whoever checks it out next.
+    """
+    if connections[using].vendor != "postgresql":
+        return None
+    if not conf.QUEUE_PREPARED_STATEMENTS:
+        return (
+            "QUEUE_PREPARED_STATEMENTS is off, which declares the database connection pooled in"
+            " transaction mode (PgBouncer): workers hold session advisory locks and need a"
+            " direct or session-mode connection. Start qcluster with DATABASE_URL pointing at"
+            " PostgreSQL itself (or a session-mode pool) and QUEUE_PREPARED_STATEMENTS unset."
+            " See docs/deployment.md, 'PgBouncer and connection pools'."
+        )
+    if connections[using].settings_dict["OPTIONS"].get("pool"):
+        return (
+            f'DATABASES["{using}"]["OPTIONS"]["pool"] is set: workers hold session advisory locks'
+            " on their connection for the process's life and cannot share a psycopg pool. Start"
+            " qcluster without DATABASE_POOL (a persistent connection per worker process)."
+            " See docs/deployment.md, 'PgBouncer and connection pools'."
+        )
+    return None
