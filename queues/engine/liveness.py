@@ -17,8 +17,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from django.db import connection
-
 from queues.conf import conf
 
 if TYPE_CHECKING:
@@ -26,44 +24,6 @@ if TYPE_CHECKING:
 
 # First key of the two-key locks that mark a cluster's claims ("slmy"); a job's lock has one key.
 CLAIMS = 0x736C6D79
-
-
-def supported():
-    return connection.vendor == "postgresql"
-
-
-def job_key_sql(job_id_sql):
-    """SQL for the 64-bit lock key of a job: the first 8 bytes of its UUID."""
-    return f"('x' || replace(left(({job_id_sql})::text, 18), '-', ''))::bit(64)::bigint"
-
-
-def job_lock_held_sql(job_id_sql):
-    """SQL that is true while some session holds the lock of the job `job_id_sql`.
-
-    pg_locks shows a 64-bit key as its high (classid) and low (objid) halves, objsubid 1.
-    """
-    key = job_key_sql(job_id_sql)
-    return (
-        "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
-        f" AND classid = (({key} >> 32) & 4294967295)::oid"
-        f" AND objid = ({key} & 4294967295)::oid"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
-    )
-
-
-def claims_lock_held_sql(token_sql):
-    """SQL that is true while some session holds the claims lock with token `token_sql`."""
-    return (
-        "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
-        f" AND classid = {CLAIMS} AND objid = ({token_sql})::oid"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
-    )
-
-
-def release_job(job_id):
-    """Give back the lock of `job_id` taken by this connection (paths that did not finish it)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_advisory_unlock({job_key_sql('%s::uuid')})", [str(job_id)])
 
 
 def presumed_alive_for(job: Job) -> timedelta:

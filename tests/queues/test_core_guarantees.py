@@ -15,7 +15,7 @@ from chat.models import Message
 from queues.api import enqueue
 from queues.core import registry, uniqueness
 from queues.django_q2.broker import JobBroker
-from queues.engine import liveness
+from queues.engine import engine
 from queues.execution.runner import (
     AttemptSuperseded,
     begin_attempt,
@@ -28,6 +28,7 @@ from queues.maintenance import rescuer
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.data import make_conversation
+from tests.support.jobs import job_lock_held
 
 postgres_only = pytest.mark.postgres
 
@@ -49,8 +50,7 @@ def clock(monkeypatch):
 
 def release_lock(job_id):
     """Give back the liveness lock an attempt begun in this connection still holds."""
-    if liveness.supported():
-        liveness.release_job(job_id)
+    engine().release(job_id)
 
 
 # Backoff grows with each failed attempt, through the runner.
@@ -141,25 +141,19 @@ def test_a_late_failure_of_a_superseded_attempt_records_nothing(user):
     release_lock(job.pk)
 
 
-def lock_held(job_id):
-    """Whether any session holds the liveness lock of `job_id` (PostgreSQL)."""
-    with connection.cursor() as cursor:
-        held = liveness.job_lock_held_sql("job.id")
-        cursor.execute(f"SELECT {held} FROM (SELECT %s::uuid id) job", [str(job_id)])
-        return cursor.fetchone()[0]
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_late_stop_of_a_superseded_attempt_records_nothing_and_lets_the_job_go(user):
     job = enqueue("test_stoppable", {"user_id": user.pk})
     stale = begin_attempt(job.pk)
+    if connection.vendor == "postgresql":
+        assert job_lock_held(job.pk), "the attempt's begin took its lock"
     Job.objects.filter(pk=job.pk).update(attempts=2)
 
     record_stopped(stale)
     current = Job.objects.get(pk=job.pk)
     assert (current.status, current.attempts, current.finished_at) == ("running", 2, None)
-    if liveness.supported():
-        assert not lock_held(job.pk), "the stale attempt gave its lock back"
+    if connection.vendor == "postgresql":
+        assert not job_lock_held(job.pk), "the stale attempt gave its lock back"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,5 +1,7 @@
 """Waiting for job records to reach a status while real clusters work them."""
 
+from django.db import connection
+
 from queues.core.selectors import counter_totals
 from queues.models import Job
 from tests.support.cluster import wait_for
@@ -50,3 +52,35 @@ def succeeded(job_ids):
 def counted(name: str, job_type: str = "test_sleep", queue: str = "database") -> int:
     """The queue's counter `name` (enqueued, waiting, running, cancelled, ...) for `job_type`."""
     return counter_totals().get((queue, job_type, name), 0)
+
+
+# A job's liveness lock as pg_locks shows it: its 64-bit key (the first 8 bytes of its id) split
+# into classid (high half) and objid (low half), objsubid 1; a claims lock is (CLAIMS, token),
+# objsubid 2 (queues/engine/liveness.py).
+_JOB_KEY = "('x' || replace(left((%s::uuid)::text, 18), '-', ''))::bit(64)::bigint"
+_HELD = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = {sub}"
+    " AND classid = {classid} AND objid = {objid}"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+
+
+def job_lock_held(job_id) -> bool:
+    """Whether any session holds the liveness lock of `job_id` (PostgreSQL)."""
+    sql = _HELD.format(
+        sub=1,
+        classid=f"(({_JOB_KEY} >> 32) & 4294967295)::oid",
+        objid=f"({_JOB_KEY} & 4294967295)::oid",
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [str(job_id)] * 2)
+        return cursor.fetchone()[0]
+
+
+def claims_lock_held(token: int) -> bool:
+    """Whether any session holds the claims lock of a pusher's `token` (PostgreSQL)."""
+    from queues.engine.liveness import CLAIMS
+
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD.format(sub=2, classid=CLAIMS, objid="(%s)::oid"), [token])
+        return cursor.fetchone()[0]

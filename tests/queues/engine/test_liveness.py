@@ -19,12 +19,13 @@ from chat.models import Conversation, Message
 from chat.sweeper import sweep_deletions
 from queues.api import enqueue
 from queues.django_q2.broker import JobBroker
-from queues.engine import liveness
+from queues.engine import engine, liveness
 from queues.execution.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
 from queues.maintenance.rescuer import rescue
 from queues.models import Job
 from tests.support.cluster import database_session, wait_for
 from tests.support.data import make_conversation
+from tests.support.jobs import claims_lock_held, job_lock_held
 from tests.support.threads import in_other_connection
 from tests.support.users import grant
 
@@ -45,12 +46,7 @@ def worker_gone(job_id):
     in_other_connection(begin_attempt, job_id)
 
     def released():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT NOT {liveness.job_lock_held_sql('job.id')} FROM (SELECT %s::uuid id) job",
-                [str(job_id)],
-            )
-            return cursor.fetchone()[0]
+        return not job_lock_held(job_id)
 
     wait_for(released, 10, message="the closed session's locks released")
 
@@ -75,8 +71,7 @@ def test_a_stale_workers_late_outcome_is_fenced_and_its_work_rolled_back(user):
         "",
         None,
     )
-    if liveness.supported():
-        liveness.release_job(job.pk)
+    engine().release(job.pk)
 
 
 @postgres_only
@@ -232,9 +227,7 @@ def test_a_claim_is_tagged_with_a_token_its_pusher_holds(user):
     ((row_id, _),) = broker._claim()[0]
     key = OrmQ.objects.get(pk=row_id).key
     token = int(key.split("@")[1])
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {liveness.claims_lock_held_sql('%s')}", [token])
-        assert cursor.fetchone()[0]
+    assert claims_lock_held(token)
     assert rescue("database") == 0  # its pusher lives
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_unlock_all()")
