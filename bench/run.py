@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.pg_server import ThrowawayPostgres, free_port  # noqa: E402
 
+# Run as a script, this module is also `bench.run` to the scenarios in other modules.
+sys.modules.setdefault("bench.run", sys.modules[__name__])
+
 WORKER_APP = "bench-worker"
 WORKERS = 10  # the default concurrency on PostgreSQL (settings.QUEUE_DEFAULTS), for every system
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -649,7 +652,13 @@ def main():
     parser.add_argument(
         "--only",
         default="drain,stock,redis,idle,big,http",
-        help="comma-separated subset of: drain,stock,redis,idle,big,http (ours always drains)",
+        help="comma-separated subset of: drain,stock,redis,idle,big,http (ours always drains);"
+        " or scaling alone (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--backlogs",
+        default="1000,100000,1000000",
+        help="scaling: the backlogs of waiting jobs measured, the first the reference",
     )
     args = parser.parse_args()
     # A TERM (Ctrl-C alike) still stops the workers and removes the throwaway server.
@@ -680,10 +689,20 @@ def main():
         with psycopg.connect(url, autocommit=True) as db:
             version = db.execute("SHOW server_version").fetchone()[0]
             bench = Bench(pg, db, owner, log_dir, args.profile, args.perf)
-            table = run(bench, args, only, token)
+            if only == {"scaling"}:
+                from bench.scaling import print_scaling, scaling
+
+                backlogs = [int(n) for n in args.backlogs.split(",")]
+                points = scaling(bench, token, backlogs, args.idle_seconds)
+            else:
+                table = run(bench, args, only, token)
         if args.save_log:
             shutil.copy(pg.log_path, args.save_log)
-    print_tables(table, args, version)
+    if only == {"scaling"}:
+        print_header(version)
+        print_scaling(points)
+    else:
+        print_tables(table, args, version)
 
 
 def run(bench, args, only, token):
@@ -922,13 +941,17 @@ def http_targets(table, http, large):
         row_of(table, f"3. DELETE p50, {large:,} vs 10 msgs, {clients} client(s)", flat_row, http)
 
 
-def print_tables(table, args, version):
+def print_header(version):
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
         f"PostgreSQL {version} (throwaway, statements logged), python {sys.version.split()[0]}, "
         f"bench/run.py {' '.join(sys.argv[1:])}"
     )
     print()
+
+
+def print_tables(table, args, version):
+    print_header(version)
     headers = (
         "drain, concurrency 10",
         "jobs/s",
