@@ -114,6 +114,20 @@ class Job(models.Model):
                 condition=models.Q(status__in=["queued", "running", "retrying"]),
                 name="job_live_status_idx",
             ),
+            # Waiting jobs only (written at enqueue and retry, not at begin or outcome): a queue's
+            # longest-due (the rescue's bounded look for lost rows, the oldest due job of
+            # /metrics and the dashboard) and the job of a broker row (the rescue's look at rows
+            # claimed long ago), each an index range whatever the backlog.
+            models.Index(
+                fields=["queue", "run_after"],
+                condition=models.Q(status__in=["queued", "retrying"]),
+                name="job_waiting_due_idx",
+            ),
+            models.Index(
+                fields=["broker_row"],
+                condition=models.Q(status__in=["queued", "retrying"]),
+                name="job_waiting_row_idx",
+            ),
             # A user's jobs: the cap on live client jobs, what a user may see, the dashboard's
             # user filter, and the user's deletion (SET_NULL and erasure).
             models.Index(fields=["user", "status"], name="job_user_status_idx"),

@@ -12,12 +12,10 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.db.models import BooleanField, Exists, Field, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Field, QuerySet
 from django.db.models.expressions import RawSQL
-from django.db.models.lookups import GreaterThanOrEqual
 from django.db.models.sql import Query, UpdateQuery
 from django.utils import timezone
-from django_q.conf import Conf
 from django_q.models import OrmQ
 from psycopg.pq import TransactionStatus
 
@@ -337,19 +335,41 @@ AND NOT {_JOB_LOCK_HELD}"""
 _ROW_ON_ITS_WAY = """(r.key = %(queue)s OR (r.key LIKE %(claimed_like)s
 AND NULLIF(split_part(r.key, '@', 3), '')::bigint >= %(late_epoch)s))"""
 
+# How many of a queue's longest-due waiting jobs the rescue looks at for a lost broker row: a
+# bound, so its check costs the same over 1,000 or 1,000,000 waiting jobs. A job deeper in the
+# backlog whose row is gone is rescued once it comes this close to the head of its queue.
+STRANDED_HORIZON = 1000
+
 # A due waiting job of the queue whose delivery is lost, on the database broker: no row of its
 # own on its way, or none at all when it is past `late` (less late, any row of its counts: it is
-# waiting or being begun). One anti-join on job_live_status_idx and the rows' primary key.
-_STRANDED = f"""queues_job.queue = %(queue)s AND queues_job.run_after <= %(now)s
-AND queues_job.status IN ('queued', 'retrying')
-AND NOT EXISTS (
-    SELECT 1 FROM {TABLE} r WHERE r.id = queues_job.broker_row
-    AND ({_ROW_ON_ITS_WAY} OR queues_job.run_after >= %(late)s)
+# waiting or being begun). Looked for in two bounded places: among the queue's STRANDED_HORIZON
+# longest-due waiting jobs (job_waiting_due_idx), and among the jobs of rows claimed before
+# `late` (the claimed rows' partial index, then job_waiting_row_idx): a job whose worker died
+# before beginning it, however deep in the backlog it was claimed from.
+_ROW_LOST = f"""NOT EXISTS (
+    SELECT 1 FROM {TABLE} r WHERE r.id = j.broker_row
+    AND ({_ROW_ON_ITS_WAY} OR j.run_after >= %(late)s)
 )"""
+_LONGEST_DUE = f"""SELECT id, broker_row, run_after FROM queues_job
+    WHERE queue = %(queue)s AND status IN ('queued', 'retrying') AND run_after <= %(now)s
+    ORDER BY run_after LIMIT {STRANDED_HORIZON}"""
+_CLAIMED_LONG_AGO = f"""SELECT queues_job.id, queues_job.broker_row, queues_job.run_after
+    FROM {TABLE} r JOIN queues_job ON queues_job.broker_row = r.id
+    WHERE r.key LIKE %(claimed_like)s
+    AND NULLIF(split_part(r.key, '@', 3), '')::bigint < %(late_epoch)s
+    AND queues_job.queue = %(queue)s AND queues_job.status IN ('queued', 'retrying')
+    AND queues_job.run_after < %(late)s"""
+_STRANDED = f"""(
+    EXISTS (SELECT 1 FROM ({_LONGEST_DUE}) j WHERE {_ROW_LOST})
+    OR EXISTS (SELECT 1 FROM ({_CLAIMED_LONG_AGO}) j WHERE {_ROW_LOST})
+)"""
+# The stranded jobs' ids, earliest due first (parameters as _STRANDED's, and limit).
+STRANDED_IDS = f"""SELECT j.id FROM (({_LONGEST_DUE}) UNION ({_CLAIMED_LONG_AGO})) j
+WHERE {_ROW_LOST} ORDER BY j.run_after LIMIT %(limit)s"""
 
 # The same with the broker outside the database (Redis), which cannot be asked: due, past `late`.
-_STRANDED_LATE = """queues_job.queue = %(queue)s AND queues_job.run_after <= %(now)s
-AND queues_job.status IN ('queued', 'retrying') AND queues_job.run_after < %(late)s"""
+_STRANDED_LATE = """EXISTS (SELECT 1 FROM queues_job WHERE queues_job.queue = %(queue)s
+AND queues_job.status IN ('queued', 'retrying') AND queues_job.run_after < %(late)s)"""
 
 # Whether a rescue of the queue has anything to do: a dead cluster's claim, a dead worker's
 # attempt or, unless the queue is paused (its jobs wait on purpose), a stranded job. The rescue's
@@ -358,7 +378,7 @@ _RESCUE_NEEDED = f"""(
     EXISTS (SELECT 1 FROM {TABLE} WHERE {_DEAD_CLAIM})
     OR EXISTS (SELECT 1 FROM queues_job WHERE {_LOST_ATTEMPT})
     OR (
-        EXISTS (SELECT 1 FROM queues_job WHERE {{stranded}})
+        {{stranded}}
         AND NOT EXISTS (SELECT 1 FROM queues_queuepause WHERE queue = %(queue)s)
     )
 )"""
@@ -710,19 +730,11 @@ class PostgreSQLEngine(Engine):
         due = Job.objects.filter(queue=queue, status__in=Job.WAITING, run_after__lte=now)
         if not self.broker_in_database():
             return list(due.filter(run_after__lt=late).order_by("run_after")[:limit])
-        recent = RawSQL(
-            "NULLIF(split_part(key, '@', 3), '')::bigint >= %s",
-            [int(late.timestamp())],
-            BooleanField(),
-        )
-        on_its_way = (
-            Q(key=queue)
-            | Q(key__startswith=f"{queue}@", recent=True)
-            | Q(GreaterThanOrEqual(OuterRef("run_after"), late))
-        )
-        rows = OrmQ.objects.using(Conf.ORM).alias(recent=recent).filter(on_its_way)
-        lost = due.exclude(Exists(rows.filter(pk=OuterRef("broker_row"))))
-        return list(lost.order_by("run_after")[:limit])
+        params = {"queue": queue, "now": now, "limit": limit, **_stranded_params(queue, late)}
+        with connection.cursor() as cursor:
+            cursor.execute(STRANDED_IDS, params)
+            ids = [row[0] for row in cursor.fetchall()]
+        return list(Job.objects.filter(pk__in=ids).order_by("run_after"))
 
     def write_heartbeat(self, beat: ClusterHeartbeat) -> None:
         with connection.cursor() as cursor:

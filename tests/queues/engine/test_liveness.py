@@ -17,9 +17,9 @@ from django_q.models import OrmQ
 from chat import services
 from chat.models import Conversation, Message
 from chat.sweeper import sweep_deletions
-from queues.api import enqueue
+from queues.api import enqueue, enqueue_many
 from queues.django_q2.broker import JobBroker
-from queues.engine import engine, liveness
+from queues.engine import engine, liveness, postgresql
 from queues.execution.runner import AttemptSuperseded, begin_attempt, record_failure, run_job, work
 from queues.maintenance.rescuer import rescue
 from queues.models import Job
@@ -217,6 +217,44 @@ def test_a_job_lost_in_a_worker_killed_before_it_began_is_pushed_again(user, set
         assert rescue("database") == 1
     lost.refresh_from_db()
     assert OrmQ.objects.get(pk=lost.broker_row).key == "database"
+
+
+def backlog_ahead(user, due):
+    """More waiting jobs due before `due` than the rescue looks at for lost rows."""
+    ahead = enqueue_many("test_sleep", [{"user_id": user.pk}] * (postgresql.STRANDED_HORIZON + 1))
+    Job.objects.filter(pk__in=[job.pk for job in ahead]).update(run_after=due - timedelta(hours=1))
+    return ahead
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_job_lost_in_a_killed_worker_is_pushed_again_however_deep_in_the_backlog(user, settings):
+    """A claimed row leads to its job directly: how many jobs wait before it does not matter."""
+    settings.QUEUE_STRANDED_AFTER = 30
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    long_ago = timezone.now() - timedelta(minutes=1)
+    Job.objects.filter(pk=lost.pk).update(run_after=long_ago)
+    backlog_ahead(user, long_ago)
+    OrmQ.objects.filter(pk=lost.broker_row).update(key=f"database@777@{int(long_ago.timestamp())}")
+    with live_pusher(777):
+        assert rescue("database") == 1
+    lost.refresh_from_db()
+    assert OrmQ.objects.get(pk=lost.broker_row).key == "database"
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_job_whose_row_is_gone_is_pushed_again_once_it_nears_the_head_of_its_queue(user):
+    """The look for rows that are gone is bounded to the longest-due waiting jobs, so it costs
+    the same over any backlog; a job further back is found when those ahead of it have run."""
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    ahead = backlog_ahead(user, lost.run_after)
+    OrmQ.objects.filter(pk=lost.broker_row).delete()
+    assert rescue("database") == 0
+    Job.objects.filter(pk__in=[job.pk for job in ahead[:2]]).update(status="succeeded")
+    assert rescue("database") == 1
+    lost.refresh_from_db()
+    assert OrmQ.objects.filter(pk=lost.broker_row).exists()
 
 
 @postgres_only
