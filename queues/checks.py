@@ -86,6 +86,7 @@ def _types(raw: dict[str, Any]) -> list[CheckMessage]:
             "a list of dicts",
         ),
         "QUEUE_PREPARED_STATEMENTS": (lambda v: isinstance(v, bool), "True or False"),
+        "QUEUE_WORKER_NICE": (lambda v: is_int(v) and 0 <= v <= 19, "an int from 0 to 19"),
     }
     return [
         Error(

@@ -46,6 +46,10 @@ DEFAULTS: dict[str, Any] = {
     # pooler (PgBouncer), where a prepared statement lives on a server connection the next
     # transaction may not get. Workers refuse to start with it off (docs/deployment.md).
     "QUEUE_PREPARED_STATEMENTS": True,
+    # Niceness `qcluster` adds to itself before starting its processes (0 to 19; `--nice` on
+    # the command line wins): on a host it shares with the web tier, the workers then take the
+    # CPU the web's requests leave, so requests stay fast during a drain (docs/deployment.md).
+    "QUEUE_WORKER_NICE": 0,
 }
 
 # Jobs a user may enqueue through `POST /api/queues/jobs` when the project's REST_FRAMEWORK

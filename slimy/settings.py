@@ -287,6 +287,8 @@ QUEUE_RESCUE_INTERVAL = env_int("QUEUE_RESCUE_INTERVAL", 5)
 # such job on Redis, which cannot be asked) is pushed again by the rescuer. A due job whose row is
 # gone is pushed at the next rescue pass, on the database broker.
 QUEUE_STRANDED_AFTER = env_int("QUEUE_STRANDED_AFTER", 45)
+# Niceness of the qcluster's processes: raise it where workers share the web tier's cores.
+QUEUE_WORKER_NICE = env_int("QUEUE_WORKER_NICE", 0)
 
 
 def _cluster_options(queue):

@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -42,6 +43,22 @@ def test_delete_through_the_api_is_carried_out_by_a_real_worker(cluster, user, o
     assert not Conversation.objects.filter(pk=doomed.pk).exists()
     assert not Message.objects.filter(conversation_id=doomed.pk).exists()
     assert Message.objects.filter(conversation__in=[kept, theirs]).count() == 6
+
+
+def niceness(pid):
+    """The `nice` field of /proc/<pid>/stat (its 19th)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[16])
+
+
+def test_queue_worker_nice_lowers_the_priority_of_every_process_of_the_cluster(cluster, user):
+    started = cluster.start(workers=2, extra_env={"QUEUE_WORKER_NICE": "7"})
+    expected = min(os.nice(0) + 7, 19)  # added to the niceness qcluster was started with
+    processes = [started.process.pid, *started.worker_pids()]
+    assert len(processes) >= 3  # qcluster, and its workers among the sentinel's children
+    assert {niceness(pid) for pid in processes} == {expected}
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    assert wait_for_job(job.pk).status == "succeeded"
 
 
 def test_retries_back_off_2s_then_4s(cluster, user):

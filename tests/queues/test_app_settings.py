@@ -85,6 +85,8 @@ def test_partial_settings_are_merged_over_the_defaults():
         ("JOB_RETRY_POLICIES", {"delete_conversation": 5}),
         ("JOB_TYPE_MODULES", "tests.support.job_types"),
         ("QUEUE_SCHEDULES", {"name": "x"}),
+        ("QUEUE_WORKER_NICE", 20),
+        ("QUEUE_WORKER_NICE", "5"),
     ],
 )
 def test_a_setting_of_the_wrong_type_is_an_error(setting, value):

@@ -4,7 +4,9 @@
 Found before django-q2's own command because `queues` comes before `django_q` in INSTALLED_APPS.
 It waits for its database before starting the cluster, so workers started before the database
 (a host's boot, a service manager's restart of both) come up once it does instead of exiting.
-It refuses a database connection a worker cannot work on (`pooled_connection_problem`).
+It refuses a database connection a worker cannot work on (`pooled_connection_problem`), and
+lowers its CPU priority first when asked (`--nice`, QUEUE_WORKER_NICE): every process of the
+cluster inherits it.
 """
 
 import os
@@ -35,6 +37,13 @@ class Command(qcluster.Command):
             help="Restart the cluster when the project's Python code changes (development only;"
             " scripts/run uses it).",
         )
+        parser.add_argument(
+            "--nice",
+            type=int,
+            choices=range(20),
+            metavar="0-19",
+            help="Niceness added to the cluster's processes (default: QUEUE_WORKER_NICE).",
+        )
 
     def handle(self, *args, **options):
         settings.SECRET_KEY  # noqa: B018 (fails early without it: payloads are signed)
@@ -45,6 +54,11 @@ class Command(qcluster.Command):
             argv = [arg for arg in sys.argv if arg != "--reload"]
             ReloadingCluster(argv).run()
             return
+        # The reloader's child gets here with the same options: each cluster renices once.
+        niceness = conf.QUEUE_WORKER_NICE if options["nice"] is None else options["nice"]
+        if niceness:
+            os.nice(niceness)
+            logger.info("Cluster processes run at niceness %d", os.nice(0))
         if options["cluster_name"]:
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         wait_for_database(Conf.ORM)
