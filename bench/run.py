@@ -222,9 +222,9 @@ CLUSTER_ENV = {
 }
 
 
-def qcluster(broker, log_dir):
+def qcluster(broker, log_dir, env=None):
     command = [sys.executable, "manage.py", "qcluster"]
-    return Workers(f"qcluster-{broker}", command, log_dir, CLUSTER_ENV[broker])
+    return Workers(f"qcluster-{broker}", command, log_dir, {**CLUSTER_ENV[broker], **(env or {})})
 
 
 # --- Drains -----------------------------------------------------------------------------------
@@ -653,7 +653,10 @@ def main():
         "--only",
         default="drain,stock,redis,idle,big,http",
         help="comma-separated subset of: drain,stock,redis,idle,big,http (ours always drains);"
-        " or scaling alone (docs/benchmarks.md)",
+        " or scaling, or busy, alone (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--busy-jobs", type=int, default=20_000, help="busy: deletions drained while measuring"
     )
     parser.add_argument(
         "--backlogs",
@@ -694,6 +697,10 @@ def main():
 
                 backlogs = [int(n) for n in args.backlogs.split(",")]
                 points = scaling(bench, token, backlogs, args.idle_seconds)
+            elif only == {"busy"}:
+                from bench.busy_api import busy_api, print_busy
+
+                busy = busy_api(bench, token, args.busy_jobs)
             else:
                 table = run(bench, args, only, token)
         if args.save_log:
@@ -701,6 +708,9 @@ def main():
     if only == {"scaling"}:
         print_header(version)
         print_scaling(points)
+    elif only == {"busy"}:
+        print_header(version)
+        print_busy(busy, args.busy_jobs)
     else:
         print_tables(table, args, version)
 
