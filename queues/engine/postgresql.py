@@ -344,7 +344,8 @@ STRANDED_HORIZON = 1000
 # own on its way, or none at all when it is past `late` (less late, any row of its counts: it is
 # waiting or being begun). Looked for in two bounded places: among the queue's STRANDED_HORIZON
 # longest-due waiting jobs (job_waiting_due_idx), and among the jobs of rows claimed before
-# `late` (the claimed rows' partial index, then job_waiting_row_idx): a job whose worker died
+# `late` (the claimed rows' partial index of migration 0010, whose predicate the literal LIKE
+# repeats, then job_waiting_row_idx): a job whose worker died
 # before beginning it, however deep in the backlog it was claimed from.
 _ROW_LOST = f"""NOT EXISTS (
     SELECT 1 FROM {TABLE} r WHERE r.id = j.broker_row
@@ -355,7 +356,7 @@ _LONGEST_DUE = f"""SELECT id, broker_row, run_after FROM queues_job
     ORDER BY run_after LIMIT {STRANDED_HORIZON}"""
 _CLAIMED_LONG_AGO = f"""SELECT queues_job.id, queues_job.broker_row, queues_job.run_after
     FROM {TABLE} r JOIN queues_job ON queues_job.broker_row = r.id
-    WHERE r.key LIKE %(claimed_like)s
+    WHERE r.key LIKE '%%@%%' AND split_part(r.key, '@', 1) = %(queue)s
     AND NULLIF(split_part(r.key, '@', 3), '')::bigint < %(late_epoch)s
     AND queues_job.queue = %(queue)s AND queues_job.status IN ('queued', 'retrying')
     AND queues_job.run_after < %(late)s"""
