@@ -107,8 +107,8 @@ class Job(models.Model):
                 condition=models.Q(status__in=["succeeded", "failed", "cancelled"]),
                 name="job_retention_finished_idx",
             ),
-            # Live jobs (`LIVE`): the waiting ones that are due (backlog, rescue of stranded ones)
-            # and the running ones (rescue of dead workers' attempts, the dashboard).
+            # Live jobs (`LIVE`): the running ones (rescue of dead workers' attempts, the
+            # dashboard) and the dashboard's status filter.
             models.Index(
                 fields=["status", "run_after"],
                 condition=models.Q(status__in=["queued", "running", "retrying"]),

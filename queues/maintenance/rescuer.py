@@ -10,8 +10,8 @@ schedule once a minute:
    retry (or fails, if that was its last attempt);
 3. unless the queue is paused (its jobs wait on purpose), a waiting job is pushed again and its
    `run_after` moved to now when, on the database broker, it is due and its broker row is gone
-   (at the next pass: an anti-join of the due waiting jobs against broker rows, on
-   `job_live_status_idx` and the rows' primary key), or it is more than
+   (at the next pass, once it is among its queue's `STRANDED_HORIZON` longest-due waiting jobs:
+   a bounded look, the same cost over any backlog), or it is more than
    `QUEUE_STRANDED_AFTER` seconds past due and its row was claimed longer ago than that (lost in
    a worker killed before it began the job); on Redis, which cannot be asked, when it is more
    than `QUEUE_STRANDED_AFTER` seconds past due, so at most once per `QUEUE_STRANDED_AFTER`.
