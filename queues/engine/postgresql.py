@@ -345,8 +345,8 @@ STRANDED_HORIZON = 1000
 # waiting or being begun). Looked for in two bounded places: among the queue's STRANDED_HORIZON
 # longest-due waiting jobs (job_waiting_due_idx), and among the jobs of rows claimed before
 # `late` (the claimed rows' partial index of migration 0010, whose predicate the literal LIKE
-# repeats, then job_waiting_row_idx): a job whose worker died
-# before beginning it, however deep in the backlog it was claimed from.
+# repeats, then job_waiting_row_idx): a job whose worker died before beginning it, however deep
+# in the backlog it was claimed from.
 _ROW_LOST = f"""NOT EXISTS (
     SELECT 1 FROM {TABLE} r WHERE r.id = j.broker_row
     AND ({_ROW_ON_ITS_WAY} OR j.run_after >= %(late)s)
