@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/run.py            # ours, raw SQL, stock django-q2
     .venv/bin/python bench/run.py --peers    # also Celery (Redis) and Procrastinate
+    .venv/bin/python bench/run.py --only scaling --backlogs 1000,100000,1000000   # bench/scaling.py
+    .venv/bin/python bench/run.py --only busy        # the API during a drain: bench/busy_api.py
     .venv/bin/pip install -r bench/requirements.txt   # once, for --peers and py-spy
 
 Everything runs on a throwaway PostgreSQL server the bench starts itself (bench/pg_server.py):
