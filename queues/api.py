@@ -47,7 +47,7 @@ from queues.errors import (
     TransientJobError,
     WorkerLost,
 )
-from queues.execution.cancellation import raise_if_stop_requested
+from queues.execution.cancellation import araise_if_stop_requested, raise_if_stop_requested
 from queues.execution.handlers import RunningJob
 from queues.models import Job
 
@@ -66,6 +66,7 @@ __all__ = [
     "TransientJobError",
     "Unique",
     "WorkerLost",
+    "araise_if_stop_requested",
     "cancel_waiting_jobs",
     "enqueue",
     "enqueue_if",

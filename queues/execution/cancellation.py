@@ -13,6 +13,7 @@
               raise_if_stop_requested()  # raises JobCancelled once a stop was asked
               ...
 
+  (an `async def` handler awaits `araise_if_stop_requested()`.)
   `JobCancelled` rolls the handler's transaction back whole and the runner records the job
   `cancelled`. A handler that never checks, or has passed its last check, finishes normally. A
   request stands until the job finishes: should the attempt fail and be retried automatically,
@@ -24,6 +25,7 @@
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
@@ -88,6 +90,12 @@ def raise_if_stop_requested():
     job_id = _running.get()
     if job_id is not None and stop_requested(job_id):
         raise JobCancelled("stopped at the request of an operator")
+
+
+async def araise_if_stop_requested():
+    """`raise_if_stop_requested` for `async def` handlers: its query runs on the worker's
+    connection (`queues.execution.coroutines`)."""
+    await sync_to_async(raise_if_stop_requested)()
 
 
 @contextmanager

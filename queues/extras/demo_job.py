@@ -20,7 +20,7 @@ class DemoOutage(TransientJobError):
     DEMO_FAILING_JOB,
     queue=conf.DEFAULT_QUEUE,
     schema=JobData,
-    retry=RetryPolicy(attempts=3, backoff_seconds=10.0),
+    retry=RetryPolicy(attempts=3, backoff_seconds=10.0, jitter=0),  # the delays it announces
     subject=lambda data, result=None: "demo:failing-job",
 )
 def demo_fails_until_retried(job):
