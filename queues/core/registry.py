@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.utils.module_loading import autodiscover_modules, import_string
 
@@ -31,6 +31,7 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 # Error classes a policy names: classes, or dotted paths to them (as settings give them).
 ErrorClasses = type[BaseException] | str | Sequence[type[BaseException] | str]
+Errors = tuple[type[BaseException], ...]
 # The longest exponent of the backoff: beyond it the cap applies anyway.
 _MAX_DOUBLINGS = 64
 
@@ -72,9 +73,13 @@ class RetryPolicy:
 
     def retries(self, exc: BaseException) -> bool:
         """Whether a failure with `exc` earns another attempt (if one is left)."""
-        if isinstance(exc, (*PERMANENT, *self.dont_autoretry_for)):
+        # Tuples of classes once `__post_init__` has run.
+        retried, not_retried = cast(
+            tuple[Errors, Errors], (self.autoretry_for, self.dont_autoretry_for)
+        )
+        if isinstance(exc, (*PERMANENT, *not_retried)):
             return False
-        return isinstance(exc, self.autoretry_for) or is_transient(exc)
+        return isinstance(exc, retried) or is_transient(exc)
 
     def delay_after(self, failed_attempt: int) -> float:
         doublings = min(max(failed_attempt - 1, 0), _MAX_DOUBLINGS)
@@ -84,7 +89,7 @@ class RetryPolicy:
         return max(delay, 0.0)
 
 
-def _error_classes(name: str, given: ErrorClasses) -> tuple[type[BaseException], ...]:
+def _error_classes(name: str, given: ErrorClasses) -> Errors:
     """`given` as a tuple of exception classes, importing dotted paths; ValueError if any is not
     an exception class."""
     items = [given] if isinstance(given, str | type) else list(given)
