@@ -22,10 +22,12 @@ the type)::
     enqueue("send_receipt", {"id": 7, "user_id": user.pk}, request_id=request.request_id)
 
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
-Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
-`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
-A long handler calls `raise_if_stop_requested()` where stopping is safe: an operator's stop
-request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
+Raised by a handler: any exception is retried with backoff while attempts are left, except
+`PermanentJobError`, which fails the job at once, `SubjectGone` too (and erases its content
+fields), and what the type's `RetryPolicy(dont_autoretry_for=...)` names.
+A long handler calls `raise_if_stop_requested()` where stopping is safe (an `async def` one
+awaits `araise_if_stop_requested()`): an operator's stop request then raises `JobCancelled`,
+its transaction rolls back, and the job ends cancelled.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The queues app's own job type: a demo of the failure path (`manage.py demo_failing_job`).
 
 It shows what an outage looks like without breaking anything: every attempt of its first run
-fails as a transient error, so it is retried with backoff (10 s, then 20 s) and ends failed after
-three attempts; an operator's retry gives it a fresh budget, and its next attempt succeeds. It
-touches no data.
+fails (a `TransientJobError`, as an outage would), so it is retried with backoff (10 s, then
+20 s) and ends failed after three attempts; an operator's retry gives it a fresh budget, and its
+next attempt succeeds. It touches no data.
 """
 
 from queues.api import JobData, RetryPolicy, TransientJobError, job_type
