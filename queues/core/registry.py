@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from django.utils.module_loading import autodiscover_modules, import_string
 
 from queues.conf import conf
-from queues.errors import PERMANENT, JobValidationError, is_transient
+from queues.errors import PERMANENT, JobValidationError, WorkerLost, is_transient
 from queues.execution import handlers
 
 if TYPE_CHECKING:
@@ -77,7 +77,11 @@ class RetryPolicy:
         retried, not_retried = cast(
             tuple[Errors, Errors], (self.autoretry_for, self.dont_autoretry_for)
         )
-        if isinstance(exc, (*PERMANENT, *not_retried)):
+        if isinstance(exc, PERMANENT):
+            return False
+        if isinstance(exc, WorkerLost):  # not the handler's error: counted, like every attempt
+            return True
+        if isinstance(exc, not_retried):
             return False
         return isinstance(exc, retried) or is_transient(exc)
 

@@ -14,8 +14,12 @@ from queues.execution import coroutines
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support import tasks
+from tests.support.cluster import database_session
 
 pytestmark = pytest.mark.django_db
+
+# Another session holds the conversation's row, as a long transaction would.
+LOCK_CONVERSATION = "SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE"
 
 
 def run_due(job_id):
@@ -74,6 +78,31 @@ def test_a_query_made_directly_from_a_coroutine_fails_clearly_and_is_retried(use
     failed = run_due(enqueue("test_async_write", {"user_id": user.pk}).pk)
     # Django's own error, as in an async view: a bug of the handler, retried like any.
     assert (failed.status, failed.last_error_class) == ("retrying", "SynchronousOnlyOperation")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_async_handlers_query_past_the_timeout_is_cancelled_and_its_lock_wait_ends(
+    user, settings, monkeypatch
+):
+    """The timer cancels the query the coroutine waits on (on the worker's connection) as well as
+    its task: the attempt ends with `JobTimeout`, and the row it waited for is untouched."""
+    settings.QUEUES = {"database": {"timeout": 0.3}}
+    conversation = Conversation.objects.create(owner=user, title="held")
+
+    async def waits_for_a_lock(data):
+        await Conversation.objects.filter(pk=conversation.pk).aupdate(title="changed")
+
+    kind = registry.find("test_async_write")
+    monkeypatch.setitem(registry._types, kind.name, replace(kind, handler=waits_for_a_lock))
+    job = enqueue("test_async_write", {"user_id": user.pk})
+    with database_session() as other:
+        other.execute(LOCK_CONVERSATION, [conversation.pk])
+        failed = run_due(job.pk)
+    assert (failed.status, failed.last_error_class) == ("retrying", "JobTimeout")
+    assert "timeout of 0.3s" in failed.last_error
+    conversation.refresh_from_db()
+    assert conversation.title == "held"
 
 
 @pytest.mark.parametrize("kind", ["async generator", "generator"])

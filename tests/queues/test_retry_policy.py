@@ -99,6 +99,8 @@ def test_a_type_may_retry_only_some_errors_of_its_own_but_the_queues_troubles_st
     assert policy.retries(OperationalError("the database went away"))
     assert policy.retries(JobTimeout("too long"))
     assert not RetryPolicy(dont_autoretry_for=(JobTimeout,)).retries(JobTimeout("too long"))
+    # A lost worker is always counted and retried, as when its next delivery finds it.
+    assert RetryPolicy(dont_autoretry_for=(Exception,)).retries(WorkerLost("killed"))
 
 
 def test_error_classes_may_be_dotted_paths_and_anything_else_is_refused():
