@@ -186,7 +186,7 @@ class QueueBackend(BaseTaskBackend):
     """Runs `@task` functions as jobs of our queue (docs/tasks.md)."""
 
     supports_defer = True
-    supports_async_task = True  # run to completion by the worker, as the immediate backend does
+    supports_async_task = True  # awaited by the worker, as async job handlers are
     supports_get_result = True
     supports_priority = True
 
