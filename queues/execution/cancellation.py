@@ -22,6 +22,7 @@
 - finished: nothing to cancel.
 """
 
+import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -88,8 +89,18 @@ def raise_if_stop_requested():
     One indexed lookup; does nothing outside a job (a handler called directly, e.g. in a test).
     """
     job_id = _running.get()
+    if job_id is not None and _in_event_loop():
+        raise TypeError("an async handler awaits araise_if_stop_requested() instead")
     if job_id is not None and stop_requested(job_id):
         raise JobCancelled("stopped at the request of an operator")
+
+
+def _in_event_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def araise_if_stop_requested():

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from chat.models import Conversation
-from queues.api import JobData, enqueue, job_type
+from queues.api import JobData, enqueue, job_type, raise_if_stop_requested
 from queues.core import registry
 from queues.execution import coroutines
 from queues.execution.runner import run_job
@@ -78,6 +78,17 @@ def test_a_query_made_directly_from_a_coroutine_fails_clearly_and_is_retried(use
     failed = run_due(enqueue("test_async_write", {"user_id": user.pk}).pk)
     # Django's own error, as in an async view: a bug of the handler, retried like any.
     assert (failed.status, failed.last_error_class) == ("retrying", "SynchronousOnlyOperation")
+
+
+def test_the_synchronous_stop_check_in_a_coroutine_says_which_one_to_await(user, monkeypatch):
+    async def checks_synchronously(data):
+        raise_if_stop_requested()
+
+    kind = registry.find("test_async_write")
+    monkeypatch.setitem(registry._types, kind.name, replace(kind, handler=checks_synchronously))
+    failed = run_due(enqueue("test_async_write", {"user_id": user.pk}).pk)
+    assert (failed.status, failed.last_error_class) == ("retrying", "TypeError")
+    assert "awaits araise_if_stop_requested()" in failed.last_error
 
 
 @pytest.mark.postgres
