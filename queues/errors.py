@@ -1,7 +1,7 @@
 """The queue's errors, and the two kinds of failure every retry policy knows: errors that never
-retry (`PERMANENT`) and the queue's own transient ones (`is_transient`), which always do while
-attempts are left. Any other error retries or not as the job type's `RetryPolicy` says (by
-default it does: `queues.core.registry.RetryPolicy`)."""
+retry (`PERMANENT`) and the queue's own transient ones (`is_transient`), which retry even where a
+type narrows `autoretry_for`. Any other error retries or not as the job type's `RetryPolicy`
+says (by default it does: `queues.core.registry.RetryPolicy`)."""
 
 from __future__ import annotations
 
