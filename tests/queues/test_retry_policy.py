@@ -6,9 +6,6 @@ import pytest
 from django.db import IntegrityError, OperationalError
 from django.utils import timezone
 
-from chat import jobs as chat_jobs
-from chat import services
-from chat.models import Message
 from chat.services import ConversationGone
 from queues.api import enqueue
 from queues.core import registry
@@ -21,7 +18,6 @@ from queues.errors import (
     WorkerLost,
 )
 from queues.execution.runner import run_job
-from tests.support.data import make_conversation
 
 
 class Unreachable(OSError):
@@ -198,22 +194,3 @@ def test_settings_declare_an_error_permanent_by_its_dotted_path(user, clock, set
     job = enqueue("test_unreachable", {"user_id": user.pk, "fail_times": 1})
     run_attempts(job, clock, 1)
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "ConnectionError")
-
-
-@pytest.mark.django_db
-def test_a_deletion_failing_with_a_bug_is_retried_then_fails_for_good(user, clock, monkeypatch):
-    """The default policy: two retries (2 s, then 4 s, ±10%), then failed, where the sweeper and
-    operators see it; the conversation stays hidden and whole. A wrong owner fails at once
-    (tests/chat/test_conversation_deletion.py)."""
-    conversation = make_conversation(user, messages=2)
-    job = services.request_conversation_deletion(conversation, request_id="bug")
-
-    def buggy(**ids):
-        raise AttributeError("a bug in the deletion")
-
-    monkeypatch.setattr(chat_jobs.services, "delete_conversation", buggy)
-    (first, wait1), (second, wait2), (last, _) = run_attempts(job, clock, 3)
-    assert (first, second, last) == ("retrying", "retrying", "failed")
-    assert 1.8 <= wait1 <= 2.2 and 3.6 <= wait2 <= 4.4
-    assert (job.attempts, job.last_error_class) == (3, "AttributeError")
-    assert Message.objects.filter(conversation_id=conversation.pk).count() == 2
