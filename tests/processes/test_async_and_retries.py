@@ -9,7 +9,7 @@ from django_tasks import TaskResultStatus
 from chat.models import Conversation
 from queues.api import enqueue
 from tests.support import tasks
-from tests.support.cluster import wait_for
+from tests.support.cluster import FAST_RECOVERY, wait_for
 from tests.support.jobs import wait_for_job, wait_for_jobs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -69,3 +69,15 @@ def test_an_async_handler_past_its_timeout_is_cancelled_and_its_worker_goes_on(c
     follow_up = wait_for_job(enqueue("test_async_write", {"user_id": user.pk}).pk, timeout=30)
     assert (follow_up.status, follow_up.attempts) == ("succeeded", 1)
     assert follow_up.worker == final.worker
+
+
+@pytest.mark.postgres  # the lost worker is found by its liveness lock, as in test_faults
+def test_an_async_handler_blocking_its_loop_has_its_worker_replaced(cluster, user):
+    qcluster = cluster.start(workers=1, timeout=2, extra_env=FAST_RECOVERY)
+    workers_before = set(qcluster.worker_pids())
+    job = enqueue("test_async_blocking", {"user_id": user.pk, "seconds": 60})
+    final = wait_for_job(job.pk, timeout=90)
+    assert (final.status, final.attempts, final.last_error_class) == ("failed", 2, "WorkerLost")
+    assert set(qcluster.worker_pids()) - workers_before, "the guard started a new worker"
+    follow_up = wait_for_job(enqueue("test_async_write", {"user_id": user.pk}).pk, timeout=30)
+    assert follow_up.status == "succeeded"

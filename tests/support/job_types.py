@@ -148,6 +148,18 @@ async def async_write(data, job):
     return {"conversation_id": conversation.pk, "attempt": job.attempt}
 
 
+@register(
+    "test_async_blocking",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(attempts=2, backoff_seconds=0.1),
+)
+async def async_blocking(data):
+    """Blocks its event loop (`time.sleep` in a coroutine), where no cancellation reaches it."""
+    time.sleep(data["seconds"])
+    return {"slept": data["seconds"]}
+
+
 @register("test_unreachable", queue="database", schema=TestData, retry=QUICK_RETRIES)
 def unreachable(job):
     """Fails as an HTTP client does when its host is unreachable (`ConnectionError`, an
