@@ -46,6 +46,9 @@ class SaveMessageData(JobData, MessageSerializer):
     # One live deletion per conversation: the sweeper or an operator asking again while one waits
     # or runs gets that one back.
     unique=Unique(fields=["conversation_id"]),
+    # The default retry policy: a failure (an outage, a bug) is retried twice, then the job fails
+    # where the sweeper marks it and operators see it; someone else's conversation
+    # (`PermanentJobError`) fails at once.
 )
 def delete_conversation(data):
     result = services.delete_conversation(

@@ -22,10 +22,12 @@ the type)::
     enqueue("send_receipt", {"id": 7, "user_id": user.pk}, request_id=request.request_id)
 
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
-Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
-`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
-A long handler calls `raise_if_stop_requested()` where stopping is safe: an operator's stop
-request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
+Raised by a handler: any exception is retried with backoff while attempts are left, except
+`PermanentJobError`, which fails the job at once, `SubjectGone` too (and erases its content
+fields), and what the type's `RetryPolicy(dont_autoretry_for=...)` names.
+A long handler calls `raise_if_stop_requested()` where stopping is safe (an `async def` one
+awaits `araise_if_stop_requested()`): an operator's stop request then raises `JobCancelled`,
+its transaction rolls back, and the job ends cancelled.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from queues.errors import (
     TransientJobError,
     WorkerLost,
 )
-from queues.execution.cancellation import raise_if_stop_requested
+from queues.execution.cancellation import araise_if_stop_requested, raise_if_stop_requested
 from queues.execution.handlers import RunningJob
 from queues.models import Job
 
@@ -66,6 +68,7 @@ __all__ = [
     "TransientJobError",
     "Unique",
     "WorkerLost",
+    "araise_if_stop_requested",
     "cancel_waiting_jobs",
     "enqueue",
     "enqueue_if",

@@ -8,7 +8,7 @@ merged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from importlib import import_module
 from typing import Any
 
@@ -209,7 +209,20 @@ def _retry_policies(raw: dict[str, Any]) -> list[CheckMessage]:
                     id="queues.E005",
                 )
             )
-        if registry.find(job_type) is None:
+        kind = registry.find(job_type)
+        if not set(overrides) - known:
+            try:  # values the policy refuses: an error class that does not import, attempts 0
+                replace(kind.retry if kind else RetryPolicy(), **overrides)
+            except (TypeError, ValueError) as exc:
+                problems.append(
+                    Error(
+                        f"JOB_RETRY_POLICIES[{job_type!r}] is refused: {exc}.",
+                        hint="Error classes are given by dotted path, e.g. "
+                        '"requests.exceptions.HTTPError".',
+                        id="queues.E005",
+                    )
+                )
+        if kind is None:
             problems.append(
                 Warning(
                     f"JOB_RETRY_POLICIES names {job_type!r}, which is no registered job type.",

@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUES": {"database": {}},
     # The queue of job types that name none (queues' demo job, django.tasks' "default" queue).
     "DEFAULT_QUEUE": "database",
-    # Job type name -> fields of its RetryPolicy (attempts, backoff_seconds, jitter) to override.
+    # Job type name -> fields of its RetryPolicy to override (error classes as dotted paths).
     "JOB_RETRY_POLICIES": {},
     # Modules that register job types, besides every installed app's `jobs` module.
     "JOB_TYPE_MODULES": [],

@@ -1,4 +1,7 @@
-"""How a job's failure is classified: retried (transient) or failed at once (permanent)."""
+"""The queue's errors, and the two kinds of failure every retry policy knows: errors that never
+retry (`PERMANENT`) and the queue's own transient ones (`is_transient`), which retry even where a
+type narrows `autoretry_for`. Any other error retries or not as the job type's `RetryPolicy`
+says (by default it does: `queues.core.registry.RetryPolicy`)."""
 
 from __future__ import annotations
 
@@ -47,12 +50,16 @@ class WorkerLost(TransientJobError):
 
 
 TRANSIENT = (TransientJobError, OperationalError, InterfaceError)
+# Never retried, whatever the policy: retrying cannot help (the job's data, its subject).
+PERMANENT = (PermanentJobError, JobValidationError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Database trouble and timeouts are worth retrying; anything else is a bug or bad data.
+    """Database trouble, timeouts and lost workers: retried even by a policy that narrows
+    `autoretry_for` to the handler's own errors.
 
-    Integrity and data errors are `DatabaseError`s too, but retrying them gives the same answer.
+    Integrity and data errors are `DatabaseError`s too, but not the database's trouble: the
+    policy decides about them like about any error of the handler.
     """
     if isinstance(exc, TRANSIENT):
         return True

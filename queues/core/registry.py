@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from django.utils.module_loading import autodiscover_modules
+from django.utils.module_loading import autodiscover_modules, import_string
 
 from queues.conf import conf
-from queues.errors import JobValidationError
+from queues.errors import PERMANENT, JobValidationError, WorkerLost, is_transient
 from queues.execution import handlers
 
 if TYPE_CHECKING:
@@ -29,19 +29,85 @@ if TYPE_CHECKING:
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
+# Error classes a policy names: classes, or dotted paths to them (as settings give them).
+ErrorClasses = type[BaseException] | str | Sequence[type[BaseException] | str]
+Errors = tuple[type[BaseException], ...]
+# The longest exponent of the backoff: beyond it the cap applies anyway.
+_MAX_DOUBLINGS = 64
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """`attempts` runs in all; the n-th failure waits `backoff_seconds * 2**(n-1)` (± jitter)."""
+    """How often a job type's attempts run and which failures earn another one.
 
-    attempts: int = 3
+    `attempts` runs in all. A failed attempt is retried while attempts are left unless its error
+    is permanent (`PermanentJobError`, `SubjectGone`, `JobValidationError`) or an instance of
+    `dont_autoretry_for`; otherwise when it is an instance of `autoretry_for` (by default any
+    `Exception`, as Oban and Sidekiq do) or one of the queue's transient errors (database
+    connection lost, `JobTimeout`, `WorkerLost`). The n-th failure waits
+    `backoff_seconds * 2**(n-1)`, at most `max_backoff_seconds`, spread by ± `jitter` (a
+    fraction). Names as Celery's task options (`autoretry_for`, `dont_autoretry_for`); error
+    classes may be given as dotted paths. Defaults: docs/job-queue.md, "Retries and backoff".
+    """
+
+    attempts: int = 3  # a run and two retries
     backoff_seconds: float = 2.0
-    jitter: float = 0.0  # a fraction: 0.1 spreads each delay by ±10%
+    jitter: float = 0.1  # ±10%, as Oban's default backoff
+    max_backoff_seconds: float = 600.0  # Celery's `retry_backoff_max`
+    autoretry_for: ErrorClasses = (Exception,)
+    dont_autoretry_for: ErrorClasses = ()
+
+    def __post_init__(self) -> None:
+        for name in ("autoretry_for", "dont_autoretry_for"):
+            object.__setattr__(self, name, _error_classes(name, getattr(self, name)))
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"attempts must be a whole number, not {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {self.attempts}")
+        for name in ("backoff_seconds", "max_backoff_seconds", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number of at least 0, not {value!r}")
+        if self.jitter > 1:
+            raise ValueError(f"jitter is a fraction of the delay, at most 1, not {self.jitter}")
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with `exc` earns another attempt (if one is left)."""
+        # Tuples of classes once `__post_init__` has run.
+        retried, not_retried = cast(
+            tuple[Errors, Errors], (self.autoretry_for, self.dont_autoretry_for)
+        )
+        if isinstance(exc, PERMANENT):
+            return False
+        if isinstance(exc, WorkerLost):  # not the handler's error: counted, like every attempt
+            return True
+        if isinstance(exc, not_retried):
+            return False
+        return isinstance(exc, retried) or is_transient(exc)
 
     def delay_after(self, failed_attempt: int) -> float:
-        delay = self.backoff_seconds * 2 ** (failed_attempt - 1)
+        doublings = min(max(failed_attempt - 1, 0), _MAX_DOUBLINGS)
+        delay = min(self.backoff_seconds * 2**doublings, self.max_backoff_seconds)
         if self.jitter:
             delay *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(delay, 0.0)
+
+
+def _error_classes(name: str, given: ErrorClasses) -> Errors:
+    """`given` as a tuple of exception classes, importing dotted paths; ValueError if any is not
+    an exception class."""
+    items = [given] if isinstance(given, str | type) else list(given)
+    classes = []
+    for item in items:
+        if isinstance(item, str):
+            try:
+                item = import_string(item)
+            except ImportError as exc:
+                raise ValueError(f"{name}: {item!r} cannot be imported ({exc})") from None
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise ValueError(f"{name}: {item!r} is not an exception class")
+        classes.append(item)
+    return tuple(classes)
 
 
 # Statuses a job passes through by itself, each with the statuses it can come from (the
@@ -139,8 +205,8 @@ class JobType:
     @property
     def retry_policy(self) -> RetryPolicy:
         """The registered policy with `settings.JOB_RETRY_POLICIES[name]` applied over it."""
-        overrides = conf.JOB_RETRY_POLICIES.get(self.name, {})
-        return RetryPolicy(**{**self.retry.__dict__, **overrides})
+        overrides = conf.JOB_RETRY_POLICIES.get(self.name)
+        return replace(self.retry, **overrides) if overrides else self.retry
 
     def validate(self, data: object, *, user_checked: bool = False) -> dict[str, Any]:
         """The cleaned data, or JobValidationError naming every problem."""

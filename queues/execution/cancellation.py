@@ -13,6 +13,7 @@
               raise_if_stop_requested()  # raises JobCancelled once a stop was asked
               ...
 
+  (an `async def` handler awaits `araise_if_stop_requested()`.)
   `JobCancelled` rolls the handler's transaction back whole and the runner records the job
   `cancelled`. A handler that never checks, or has passed its last check, finishes normally. A
   request stands until the job finishes: should the attempt fail and be retried automatically,
@@ -21,9 +22,11 @@
 - finished: nothing to cancel.
 """
 
+import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
@@ -86,8 +89,24 @@ def raise_if_stop_requested():
     One indexed lookup; does nothing outside a job (a handler called directly, e.g. in a test).
     """
     job_id = _running.get()
+    if job_id is not None and _in_event_loop():
+        raise TypeError("an async handler awaits araise_if_stop_requested() instead")
     if job_id is not None and stop_requested(job_id):
         raise JobCancelled("stopped at the request of an operator")
+
+
+def _in_event_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def araise_if_stop_requested():
+    """`raise_if_stop_requested` for `async def` handlers: its query runs on the worker's
+    connection (`queues.execution.coroutines`)."""
+    await sync_to_async(raise_if_stop_requested)()
 
 
 @contextmanager

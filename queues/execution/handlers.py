@@ -8,12 +8,17 @@ A handler's parameters say what it wants, checked once when its type is declared
 
 `job` is recognised by its name; the data parameter may have any name. The running job is a
 read-only snapshot: the runner alone writes the job's record (its outcome is fenced by attempt).
+
+A handler may be `async def`: the worker awaits it (`queues.execution.coroutines`, which says how
+its queries join the attempt's transaction). An async generator is refused when declared.
 """
 
 import inspect
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+
+from queues.execution import coroutines
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class RunningJob:
 def wants(handler):
     """(whether `handler` takes the data, whether it takes the job); TypeError if it fits neither
     `handler(data)`, `handler(data, job)` nor `handler(job)`."""
+    if inspect.isasyncgenfunction(handler) or inspect.isgeneratorfunction(handler):
+        raise TypeError(
+            f"job handler {handler.__qualname__} is a generator: a job has one result, so a "
+            "handler returns it (`async def` handlers are awaited), it does not yield"
+        )
     parameters = inspect.signature(handler).parameters
     takes_job = "job" in parameters
     takes_data = any(name != "job" for name in parameters)
@@ -73,4 +83,7 @@ def call(handler, job):
     """Run `handler` for `job` (a `queues.models.Job`), giving it what its parameters ask for."""
     takes_data, takes_job = wants(handler)
     args = (dict(job.data),) if takes_data else ()
-    return handler(*args, **({"job": RunningJob.of(job)} if takes_job else {}))
+    result = handler(*args, **({"job": RunningJob.of(job)} if takes_job else {}))
+    if inspect.isawaitable(result):  # an `async def` handler (or one returning a coroutine)
+        result = coroutines.run(result)
+    return result

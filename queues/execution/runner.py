@@ -11,7 +11,8 @@ delivery understands:
 2. work: the handler runs in one transaction that also marks the job succeeded and deletes its
    broker row, so the work, its success and its acknowledgement commit together or not at all.
    A handler that runs too long is stopped (`queues.execution.timeouts`).
-3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good.
+3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good, as the
+   type's `RetryPolicy` says.
 
 Every write of an outcome names the attempt it belongs to (fencing): a worker whose attempt was
 taken over writes nothing, and its work rolls back. The statement that records the outcome also
@@ -51,7 +52,6 @@ from queues.errors import (
     SubjectGone,
     TransientJobError,
     WorkerLost,
-    is_transient,
 )
 from queues.execution import cancellation, handlers, log_context, tracing
 from queues.execution.timeouts import discard_connection_if_busy, handler_timeout
@@ -270,14 +270,16 @@ def record_stopped(job: Job) -> None:
 
 
 def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bool:
-    """Schedule a retry for a transient failure with attempts left; otherwise fail the job.
+    """Schedule a retry when the type's policy retries `exc` and attempts are left; otherwise
+    fail the job.
 
     `own_attempt=False` for a caller that is not the attempt's worker (the rescuer): it holds no
     liveness lock and acknowledges no delivery. Returns whether the outcome was recorded.
     """
     kind = registry.find(job.job_type)
     # A type no longer declared (removed from the code) cannot run again: it fails for good.
-    retry = kind is not None and is_transient(exc) and job.attempts < job.max_attempts
+    policy = kind.retry_policy if kind is not None else None
+    retry = policy is not None and policy.retries(exc) and job.attempts < job.max_attempts
     now = timezone.now()
     fields: dict[str, Any] = {
         "last_error": str(exc) or exc.__class__.__name__,
@@ -285,8 +287,8 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
         "traceback": "".join(traceback.format_exception(exc)),
     }
     with transaction.atomic():
-        if kind is not None and retry:
-            delay = kind.retry_policy.delay_after(job.attempts)
+        if policy is not None and retry:
+            delay = policy.delay_after(job.attempts)
             job.run_after = now + timedelta(seconds=delay)
             fields.update(
                 status=Job.Status.RETRYING, run_after=job.run_after, broker_row=engine().push(job)
@@ -306,7 +308,7 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
             engine().release_if_connected(job.pk)
         return False
     if retry:
-        # Expected (a transient error, retried): a warning, its traceback in the job record only.
+        # Expected (retried): a warning, its traceback in the job record only.
         logger.warning(
             "job attempt failed, retrying in %.1fs: %s: %s",
             delay,

@@ -127,7 +127,28 @@ def test_a_stranded_job_must_be_rescued_before_it_counts_as_overdue(setting):
 def test_a_retry_policy_override_naming_an_unknown_field_is_an_error():
     report = check(JOB_RETRY_POLICIES={"delete_conversation": {"atempts": 5}})
     assert "(queues.E005) JOB_RETRY_POLICIES['delete_conversation'] names unknown field" in report
-    assert "'attempts', 'backoff_seconds', 'jitter'" in report
+    assert "'attempts', 'autoretry_for', 'backoff_seconds', 'dont_autoretry_for'" in report
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ({"dont_autoretry_for": ["requests.NoSuchError"]}, "cannot be imported"),
+        ({"autoretry_for": "queues.conf.conf"}, "is not an exception class"),
+        ({"attempts": 0}, "attempts must be at least 1"),
+    ],
+)
+def test_a_retry_policy_override_the_policy_refuses_is_an_error(override, said):
+    report = check(JOB_RETRY_POLICIES={"delete_conversation": override})
+    assert "(queues.E005) JOB_RETRY_POLICIES['delete_conversation'] is refused" in report
+    assert said in report
+
+
+def test_a_retry_policy_override_naming_error_classes_by_path_is_fine():
+    report = check(
+        JOB_RETRY_POLICIES={"delete_conversation": {"dont_autoretry_for": ["builtins.KeyError"]}}
+    )
+    assert "queues.E005" not in report
 
 
 def test_retention_of_an_unknown_status_is_an_error():

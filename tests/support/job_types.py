@@ -3,6 +3,7 @@
 Loaded by test clusters through `JOB_TYPE_MODULES`.
 """
 
+import asyncio
 import os
 import signal
 import time
@@ -11,7 +12,14 @@ from django.db import OperationalError
 from rest_framework import serializers
 
 from chat.models import Conversation
-from queues.api import JobData, PermanentJobError, RetryPolicy, Unique, raise_if_stop_requested
+from queues.api import (
+    JobData,
+    PermanentJobError,
+    RetryPolicy,
+    Unique,
+    araise_if_stop_requested,
+    raise_if_stop_requested,
+)
 from queues.api import job_type as register
 
 
@@ -20,7 +28,8 @@ class TestData(JobData):
     seconds = serializers.FloatField(min_value=0, default=0)
 
 
-@register("test_flaky", queue="database", schema=TestData)
+# No jitter: tests time its retries to the second.
+@register("test_flaky", queue="database", schema=TestData, retry=RetryPolicy(jitter=0))
 def flaky(data, job):
     """Fails with a transient database error on the first `fail_times` attempts."""
     attempts = job.attempt
@@ -118,3 +127,57 @@ def unique(data):
 def debounced(data):
     """One job per `name` waiting to start; another may wait while one runs."""
     return {"name": data["name"]}
+
+
+# Retried quickly, at a fixed pace: the tests that use them wait for their retries.
+QUICK_RETRIES = RetryPolicy(backoff_seconds=0.2, jitter=0)
+
+
+@register("test_async_write", queue="database", schema=TestData, retry=QUICK_RETRIES)
+async def async_write(data, job):
+    """An `async def` handler: writes a conversation through the async ORM, waits `seconds`
+    (checking for a stop request), then fails with a bug on the first `fail_times` attempts, so
+    that attempt's conversation rolls back."""
+    conversation = await Conversation.objects.acreate(
+        owner_id=data["user_id"], title=f"written by async attempt {job.attempt}"
+    )
+    await asyncio.sleep(data["seconds"])
+    await araise_if_stop_requested()
+    if job.attempt <= data["fail_times"]:
+        raise RuntimeError(f"simulated bug on attempt {job.attempt}")
+    return {"conversation_id": conversation.pk, "attempt": job.attempt}
+
+
+@register(
+    "test_async_blocking",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(attempts=2, backoff_seconds=0.1),
+)
+async def async_blocking(data):
+    """Blocks its event loop (`time.sleep` in a coroutine), where no cancellation reaches it."""
+    time.sleep(data["seconds"])
+    return {"slept": data["seconds"]}
+
+
+@register("test_unreachable", queue="database", schema=TestData, retry=QUICK_RETRIES)
+def unreachable(job):
+    """Fails as an HTTP client does when its host is unreachable (`ConnectionError`, an
+    `OSError`) on the first `fail_times` attempts."""
+    if job.attempt <= job.data["fail_times"]:
+        raise ConnectionError(f"simulated unreachable host on attempt {job.attempt}")
+    return {"attempt": job.attempt}
+
+
+@register(
+    "test_gives_up",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(backoff_seconds=0.2, jitter=0, dont_autoretry_for=(ValueError,)),
+)
+def gives_up(job):
+    """Raises `ValueError`, which its type declares never worth a retry, on the first
+    `fail_times` attempts; any other error of it would be retried."""
+    if job.attempt <= job.data["fail_times"]:
+        raise ValueError(f"simulated bad input on attempt {job.attempt}")
+    return {"attempt": job.attempt}

@@ -36,6 +36,15 @@ def flaky(context, fail_times):
 
 
 @task(takes_context=True)
+async def fetch_flaky(context, fail_times):
+    """An async task whose host is unreachable (`ConnectionError`) on its first `fail_times`
+    attempts."""
+    if context.attempt <= fail_times:
+        raise ConnectionError(f"simulated unreachable host on attempt {context.attempt}")
+    return context.attempt
+
+
+@task(takes_context=True)
 def fails_once(context):
     """Fails for good on its first attempt; succeeds when an operator retries it."""
     if context.attempt == 1:
