@@ -67,6 +67,12 @@ TABLE = [
         {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 200},
     ),
     (
+        "get",
+        "/api/queues/jobs",
+        None,
+        {"anonymous": 401, "owner": 200, "other": 200, "staff": 200, "operator": 200},
+    ),
+    (
         "post",
         "/api/queues/jobs",
         {"queue": "database", "type": "test_sleep", "data": {}},
