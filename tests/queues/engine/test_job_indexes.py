@@ -157,6 +157,16 @@ def test_retention_ranks_a_status_on_the_index_of_finished_jobs(jobs):
     assert "job_retention_finished_idx" in cancelled, cancelled
 
 
+def test_retention_by_age_finds_old_records_on_the_index_of_finish_times(jobs, settings):
+    # The oldest finished record is 55 hours old: a limit near it, as a day's pruning would meet.
+    settings.JOB_RETENTION_MAX_AGE = {"succeeded": timedelta(hours=54)}
+    settings.JOB_RETENTION_BY_TYPE = {"save_message": {"max_age": {"succeeded": 54 * 3600}}}
+    plans = job_plans(prune_finished_jobs)
+    by_age = {sql: plan for sql, plan in plans.items() if '"finished_at" <' in sql}
+    assert len(by_age) == 2, plans.keys()  # the type's own limit, the status's for the others
+    assert_every_plan_uses(by_age, "job_finished_idx")
+
+
 def test_the_sweeper_looks_its_subjects_up_on_an_index(jobs, users):
     long_ago = timezone.now() - timedelta(days=1)
     Conversation.objects.bulk_create(
