@@ -2,9 +2,6 @@
 from a shell."""
 
 import json
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from io import StringIO
 
@@ -168,19 +165,12 @@ def test_enqueue_validates_like_the_api(user):
 def test_manage_py_jobs_runs_from_a_shell(user):
     """The command as an operator types it: exit status 0 and a table, 1 and the reason."""
     job = enqueue("test_sleep", {"user_id": user.pk})
-    env = {
-        **os.environ,
-        "DATABASE_URL": cluster.test_database_url(),
-        "JOB_TYPE_MODULES": "tests.support.job_types",
-    }
 
-    def manage(*args):
-        return subprocess.run(
-            [sys.executable, "manage.py", "jobs", *args], env=env, capture_output=True, text=True
-        )
+    def jobs_command(*args):
+        return cluster.manage("jobs", *args)
 
-    listing = manage("list")
+    listing = jobs_command("list")
     assert listing.returncode == 0, listing.stderr
     assert str(job.pk) in listing.stdout and "1 job(s)" in listing.stderr
-    bad = manage("list", "--status", "finished")
+    bad = jobs_command("list", "--status", "finished")
     assert bad.returncode == 1 and "--status: Select a valid choice" in bad.stderr

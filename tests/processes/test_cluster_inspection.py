@@ -1,0 +1,74 @@
+"""`qinfo`, `qmonitor` and `qmemory` on real clusters: what an operator sees from a shell."""
+
+import json
+
+import pytest
+
+from queues.api import enqueue
+from queues.conf import conf
+from queues.core import pausing
+from queues.django_q2.heartbeats import live_clusters
+from tests.support.cluster import manage, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def shown(*args):
+    done = manage(*args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_qinfo_and_qmonitor_show_each_live_cluster_its_workers_and_the_backlog(cluster, user):
+    running = cluster.start(workers=2)
+    wait_for(lambda: live_clusters().exists(), 30, message="a heartbeat")
+    pausing.pause("database", detail="test")
+    for _ in range(3):
+        enqueue("test_sleep", {"user_id": user.pk})
+
+    snapshot = json.loads(shown("qinfo", "--json"))
+    (seen,) = snapshot["clusters"]
+    assert (seen["queue"], seen["pid"], seen["status"]) == ("database", running.process.pid, "Idle")
+    # The sentinel's children: its workers, its pusher and its monitor.
+    children = {*seen["workers"], seen["pusher"], seen["monitor"]}
+    assert children == set(running.worker_pids()) and len(seen["workers"]) == 2
+    (queue,) = snapshot["queues"]
+    assert queue["queue"] == "database" and queue["live_clusters"] == 1
+    assert (queue["paused"], queue["waiting"], queue["running"]) == (True, 3, 0)
+
+    text = shown("qinfo")
+    lines = text.splitlines()
+    assert lines[0].startswith("Clusters seen in the last 30 s (1)")
+    assert lines[1].split()[:3] == ["queue", "host", "pid"]
+    assert lines[2].split()[:5] == ["database", seen["host"], str(running.process.pid), "Idle", "2"]
+    queue_row = lines[lines.index("Queues") + 2].split()
+    options = conf.QUEUES["database"]  # the settings' (the cluster was started with 2 workers)
+    workers, timeout = str(options["workers"]), str(options["timeout"])
+    assert queue_row[:7] == ["database", "1", workers, timeout, "paused", "3", "0"]
+    monitor = shown("qmonitor", "--run-once")
+    # The same view (the times aside: uptime, last seen).
+    assert [row.split()[:5] for row in monitor.splitlines()[1:]] == [
+        row.split()[:5] for row in lines[1:]
+    ]
+    ids = shown("qinfo", "--ids").split()
+    assert ids[:3] == ["database", seen["host"], str(running.process.pid)]
+    assert "Q_STAT" in shown("qinfo", "--config")  # django-q2's settings, as before
+
+    running.stop()
+    pausing.resume("database", detail="test")
+    wait_for(lambda: not live_clusters().exists(), 30, message="the stop's heartbeat")
+    after = shown("qinfo")
+    assert "(0)" in after.splitlines()[0] and "none: start one with manage.py qcluster" in after
+    queue_row = after.splitlines()[after.splitlines().index("Queues") + 2].split()
+    assert queue_row[4:6] == ["no", "cluster"]  # the queue's state: its 3 jobs wait for one
+
+
+def test_qmemory_shows_this_hosts_cluster_processes(cluster):
+    running = cluster.start(workers=2)
+    wait_for(lambda: live_clusters().exists(), 30, message="a heartbeat")
+    rows = [line.split() for line in shown("qmemory", "--run-once", "--workers").splitlines()]
+    (total,) = [row for row in rows if row[:1] == ["database"]]
+    assert total[1:3] == [str(running.process.pid), "cluster"] and float(total[3]) > 10
+    workers = {int(row[0]): float(row[3]) for row in rows if row[1:2] == ["worker"]}
+    assert set(workers) < set(running.worker_pids()) and len(workers) == 2
+    assert all(mb > 10 for mb in workers.values())
