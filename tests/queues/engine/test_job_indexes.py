@@ -23,6 +23,7 @@ from queues.engine import engine, postgresql
 from queues.maintenance import rescuer
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job
+from tests.support.clients import token_client
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -118,6 +119,30 @@ def test_the_dashboards_search_finds_its_jobs_on_an_index(jobs, users, search, i
 def test_a_user_sees_their_jobs_on_an_index(jobs, users):
     plans = job_plans(lambda: selectors.jobs_page(selectors.jobs_visible_to(users[7]), size=50))
     assert_every_plan_uses(plans, "job_user_status_idx")
+
+
+@pytest.mark.parametrize(
+    "query, index",
+    [
+        ("", "job_created_idx"),
+        ("?status=failed", "job_failed_created_idx"),
+        ("?subject=conversation:4242", "job_subject_idx"),
+        ("?q=conversation:4242", "job_subject_idx"),
+    ],
+)
+def test_the_apis_job_list_pages_on_an_index(jobs, query, index):
+    client = token_client(operator())
+    first = client.get(f"/api/queues/jobs{query}").json()
+    plans = job_plans(lambda: client.get(first["next"] or f"/api/queues/jobs{query}"))
+    pages = {sql: plan for sql, plan in plans.items() if "LIMIT" in sql}
+    assert len(pages) == 1, plans.keys()
+    assert_every_plan_uses(pages, index)
+
+
+def test_a_users_job_list_is_on_their_index(jobs, users):
+    plans = job_plans(lambda: token_client(users[7]).get("/api/queues/jobs"))
+    pages = {sql: plan for sql, plan in plans.items() if "LIMIT" in sql}
+    assert_every_plan_uses(pages, "job_user_status_idx")
 
 
 @pytest.mark.parametrize("job_types", [None, ["delete_conversation"]])
