@@ -55,16 +55,20 @@ class JobFilterForm(forms.Form):
     finished_before = UtcDateTimeField(required=False)
 
     def __init__(self, data: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(_split(data) if data is not None else None, **kwargs)
+        split = _split(data) if data is not None else MultiValueDict()
+        super().__init__(split if data is not None else None, **kwargs)
         self.repeated = [
-            name for name in self.data if name not in MULTIPLE and len(self.data.getlist(name)) > 1
+            name for name in split if name not in MULTIPLE and len(split.getlist(name)) > 1
         ]
-        self.empty = [name for name in self.data if not any(self.data.getlist(name))]
-        self.fields["job_type"].choices = [(name, name) for name in sorted(registry.all_types())]
-        self.fields["queue"].choices = [(name, name) for name in conf.QUEUES]
+        self.empty = [name for name in split if not any(split.getlist(name))]
+        for name, choices in (("job_type", sorted(registry.all_types())), ("queue", conf.QUEUES)):
+            field = self.fields[name]
+            assert isinstance(field, forms.ChoiceField)
+            field.choices = [(choice, choice) for choice in choices]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         for name in self.repeated:
             if name in self.fields:
                 self.add_error(name, "Give one value, not several.")
