@@ -193,6 +193,28 @@ def test_each_endpoint_answers_each_role_as_the_table_says(
 
 
 @pytest.mark.parametrize(
+    "role, sees",
+    [("owner", "content"), ("other", None), ("staff", None), ("operator", "size")],
+)
+def test_the_job_list_shows_each_role_what_the_jobs_own_page_does(clients, user, role, sees):
+    """The owner sees the job with its content, an operator (`queues.view_job`) with its
+    content's size, anyone else not at all: whatever they filter on."""
+    conversation = Conversation.objects.create(owner=user, title="Owned")
+    data = {"conversation_id": conversation.pk, "role": "user", "content": "private words"}
+    job = enqueue("save_message", {"user_id": user.pk, **data})
+    token, _ = clients[role]
+    for query in ({}, {"subject": job.subject}, {"q": str(job.pk)}, {"user": user.username}):
+        listed = token.get("/api/queues/jobs", query).json()["results"]
+        if sees is None:
+            assert listed == [], query
+            continue
+        (shown,) = listed
+        assert shown == token.get(f"/api/queues/jobs/{job.pk}").json()
+        content = "private words" if sees == "content" else "[13 chars]"
+        assert shown["data"]["content"] == content
+
+
+@pytest.mark.parametrize(
     "method, path, body",
     [
         ("post", C, {"title": "x"}),
