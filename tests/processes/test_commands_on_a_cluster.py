@@ -1,16 +1,20 @@
-"""`qinfo`, `qmonitor` and `qmemory` on real clusters: what an operator sees from a shell."""
+"""Commands on real clusters, as an operator types them: `qinfo`, `qmonitor` and `qmemory` show
+them; `jobs` enqueues, stops and retries the jobs they run."""
 
 import json
 
 import pytest
 
+from chat.models import Conversation
 from queues.api import enqueue
 from queues.conf import conf
 from queues.core import pausing
 from queues.django_q2.heartbeats import live_clusters
+from queues.models import Job
 from tests.support.cluster import manage, wait_for
+from tests.support.jobs import wait_for_job
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 
 def shown(*args):
@@ -72,3 +76,32 @@ def test_qmemory_shows_this_hosts_cluster_processes(cluster):
     workers = {int(row[0]): float(row[3]) for row in rows if row[1:2] == ["worker"]}
     assert set(workers) < set(running.worker_pids()) and len(workers) == 2
     assert all(mb > 10 for mb in workers.values())
+
+
+@pytest.mark.postgres  # a stop asked of a running job, as in test_operator_controls_cluster
+def test_jobs_enqueues_stops_and_retries_what_a_cluster_runs(cluster, user, operator_user):
+    cluster.start(workers=2)
+    data = json.dumps({"user_id": user.pk, "seconds": 30})
+    stoppable = json.loads(shown("jobs", "enqueue", "test_stoppable", "--data", data, "--json"))
+    wait_for_job(stoppable["id"], until="running", timeout=30)
+    listed = json.loads(shown("jobs", "list", "--status", "running", "--json"))
+    assert [job["id"] for job in listed] == [stoppable["id"]]
+
+    said = shown("jobs", "cancel", stoppable["id"], "--by", operator_user.username)
+    assert said == "0 cancelled, 1 asked to stop\n"
+    job = wait_for_job(stoppable["id"], timeout=10)
+    assert (job.status, job.cancel_requested_by) == ("cancelled", operator_user)
+    assert not Conversation.objects.filter(title="written by test_stoppable").exists()
+    assert list(job.events.values_list("action", "by")) == [
+        ("cancel_requested", operator_user.pk),
+        ("stopped", operator_user.pk),
+    ]
+
+    data = json.dumps({"user_id": user.pk})
+    failing = shown("jobs", "enqueue", "test_fails_once", "--data", data).split()[0]
+    assert wait_for_job(failing, timeout=30).status == "failed"
+    assert shown("jobs", "retry", "--status", "failed", "--by", operator_user.username) == (
+        "1 retried\n"
+    )
+    assert wait_for_job(failing, timeout=30).status == "succeeded"
+    assert Job.objects.get(pk=failing).events.get().by == operator_user
