@@ -195,8 +195,7 @@ class Command(BaseCommand):
         try:
             job = services.enqueue(job_type, values, priority=priority, run_after=run_after)
         except JobValidationError as error:
-            problems = json.dumps(error.fields, default=str) if error.fields else ""
-            raise CommandError(f"{error} {problems}".strip()) from None
+            raise CommandError(str(error)) from None
         if options["json"]:
             self.write_json(job)
         else:
