@@ -345,9 +345,10 @@ def waiting_on_a_lock(statement):
     [
         {"JOB_RETENTION": {"succeeded": 0, "failed": 0, "cancelled": 0}},
         {"JOB_RETENTION_MAX_AGE": {"failed": 60}},
+        {"JOB_RETENTION_BY_TYPE": {"test_permanent": {"count": {"failed": 0}}}},
         {"JOB_RETENTION_BY_TYPE": {"test_permanent": {"max_age": {"failed": 60}}}},
     ],
-    ids=["count", "age", "type's age"],
+    ids=["count", "age", "type's count", "type's age"],
 )
 def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, settings, retention):
     """The retry holds its row (updated, not committed) while retention's DELETE, which selected
