@@ -13,12 +13,13 @@ from queues.django_q2.heartbeats import live_clusters
 from queues.models import Job
 from tests.support.cluster import manage, wait_for
 from tests.support.jobs import wait_for_job
+from tests.support.redis_queue import ON_REDIS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 
-def shown(*args):
-    done = manage(*args)
+def shown(*args, extra_env=None):
+    done = manage(*args, extra_env=extra_env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -65,6 +66,15 @@ def test_qinfo_and_qmonitor_show_each_live_cluster_its_workers_and_the_backlog(c
     assert "(0)" in after.splitlines()[0] and "none: start one with manage.py qcluster" in after
     queue_row = after.splitlines()[after.splitlines().index("Queues") + 2].split()
     assert queue_row[4:6] == ["no", "cluster"]  # the queue's state: its 3 jobs wait for one
+
+
+def test_qinfo_shows_a_cluster_on_redis_too(redis_queue, cluster):
+    running = cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    wait_for(lambda: live_clusters().exists(), 30, message="a heartbeat")
+    snapshot = json.loads(shown("qinfo", "--json", extra_env=ON_REDIS))
+    (seen,) = snapshot["clusters"]
+    assert (seen["pid"], len(seen["workers"])) == (running.process.pid, 2)
+    assert snapshot["queues"][0]["live_clusters"] == 1
 
 
 def test_qmemory_shows_this_hosts_cluster_processes(cluster):
