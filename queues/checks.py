@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
+from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
@@ -20,6 +21,7 @@ from django.core.checks import register as register_check
 from queues.conf import DEFAULTS, conf
 from queues.core import registry
 from queues.core.registry import RetryPolicy
+from queues.maintenance.periodic import retention_age
 from queues.maintenance.schedules import MAINTENANCE
 from queues.models import Job
 
@@ -27,6 +29,7 @@ from queues.models import Job
 # (redelivery right at the timeout), not negative.
 POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
 RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
+RETENTION_RULES = {"count", "max_age"}
 QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
 SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
 # django-q2's `retry` when Q_CLUSTER sets none.
@@ -76,6 +79,20 @@ def _types(raw: dict[str, Any]) -> list[CheckMessage]:
         "JOB_RETENTION": (
             lambda v: isinstance(v, dict) and all(is_int(n) for n in v.values()),
             "a dict of status -> number of records",
+        ),
+        "JOB_RETENTION_MAX_AGE": (_ages, "a dict of status -> timedelta, seconds or None"),
+        "JOB_RETENTION_BY_TYPE": (
+            lambda v: (
+                isinstance(v, dict)
+                and all(
+                    isinstance(rules, dict)
+                    and isinstance(rules.get("count", {}), dict)
+                    and all(is_int(n) for n in rules.get("count", {}).values())
+                    and _ages(rules.get("max_age", {}))
+                    for rules in v.values()
+                )
+            ),
+            'a dict of job type -> {"count": {status: n}, "max_age": {status: age}}',
         ),
         "CLIENT_LIVE_JOBS_PER_USER": (is_int, "an int"),
         "QUEUE_REDELIVERY_GRACE": (is_int, "an int (seconds)"),
@@ -233,24 +250,70 @@ def _retry_policies(raw: dict[str, Any]) -> list[CheckMessage]:
     return problems
 
 
+def _ages(value: object) -> bool:
+    """Whether `value` is a dict of age limits: timedeltas, seconds or None."""
+    return isinstance(value, dict) and all(
+        age is None
+        or isinstance(age, timedelta)
+        or (isinstance(age, int | float) and not isinstance(age, bool))
+        for age in value.values()
+    )
+
+
 def _retention(raw: dict[str, Any]) -> list[CheckMessage]:
-    problems: list[CheckMessage] = [
-        Error(
-            f"JOB_RETENTION names unknown status {status!r}.",
-            hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
-            id="queues.E006",
-        )
-        for status in sorted(set(raw["JOB_RETENTION"]) - RETENTION_STATUSES)
-    ]
-    problems += [
-        Error(
-            f"JOB_RETENTION[{status!r}] must be zero or more, not {count}.",
-            hint="The number of finished records kept per queue and user.",
-            id="queues.E002",
-        )
-        for status, count in raw["JOB_RETENTION"].items()
-        if count < 0
-    ]
+    # (setting as named in a message, {status: count}, {status: age}) of the global settings
+    # and of each type's own.
+    rules = [("JOB_RETENTION", raw["JOB_RETENTION"], raw["JOB_RETENTION_MAX_AGE"])]
+    problems: list[CheckMessage] = []
+    for job_type, own in raw["JOB_RETENTION_BY_TYPE"].items():
+        named = f"JOB_RETENTION_BY_TYPE[{job_type!r}]"
+        rules.append((named, own.get("count", {}), own.get("max_age", {})))
+        problems += [
+            Error(
+                f"{named} names unknown key {key!r}.",
+                hint='A type\'s retention has "count" and "max_age", each {status: value}.',
+                id="queues.E008",
+            )
+            for key in sorted(set(own) - RETENTION_RULES)
+        ]
+        if registry.find(job_type) is None:
+            problems.append(
+                Warning(
+                    f"JOB_RETENTION_BY_TYPE names {job_type!r}, which is no registered job type.",
+                    hint=f"Registered job types: {sorted(registry.all_types())}.",
+                    id="queues.W004",
+                )
+            )
+    for setting, counts, ages in rules:
+        ages_named = "JOB_RETENTION_MAX_AGE" if setting == "JOB_RETENTION" else setting
+        for named, statuses in ((setting, counts), (ages_named, ages)):
+            problems += [
+                Error(
+                    f"{named} names unknown status {status!r}.",
+                    hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
+                    id="queues.E006",
+                )
+                for status in sorted(set(statuses) - RETENTION_STATUSES)
+            ]
+        problems += [
+            Error(
+                f"{setting}[{status!r}] must be zero or more, not {count}.",
+                hint="The number of finished records kept per queue and user.",
+                id="queues.E002",
+            )
+            for status, count in counts.items()
+            if count < 0
+        ]
+        problems += [
+            Error(
+                f"{ages_named} for {status!r} must be above zero, not {age!r}.",
+                hint="How long a finished record is kept at most: a timedelta, or seconds; "
+                "None for no limit.",
+                id="queues.E002",
+            )
+            for status, age in ages.items()
+            if age is not None and retention_age(age) <= timedelta(0)
+        ]
     return problems
 
 

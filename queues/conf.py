@@ -28,6 +28,12 @@ DEFAULTS: dict[str, Any] = {
     "JOB_TYPE_MODULES": [],
     # Finished job records kept per queue, user and status; older ones are pruned.
     "JOB_RETENTION": {"succeeded": 50, "failed": 100, "cancelled": 50},
+    # Status -> how long a finished record is kept at most (a timedelta, or seconds; None: no
+    # limit), beside the counts above.
+    "JOB_RETENTION_MAX_AGE": {},
+    # Job type -> {"count": {status: n}, "max_age": {status: age}} over the two above; a type
+    # with its own counts is counted apart from the other types.
+    "JOB_RETENTION_BY_TYPE": {},
     # Live jobs of client-enqueueable types a user may have; one more gets a 429.
     "CLIENT_LIVE_JOBS_PER_USER": 100,
     # Seconds after a job's timeout before its broker row is handed out again when its worker

@@ -5,6 +5,7 @@ Everything that differs between machines is read from the environment here, and 
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -257,6 +258,12 @@ JOB_RETENTION = {
     "succeeded": env_int("JOB_KEEP_SUCCEEDED", 50),
     "failed": env_int("JOB_KEEP_FAILED", 100),
     "cancelled": env_int("JOB_KEEP_CANCELLED", 50),
+}
+# And none older than this many days, per status (unset: no age limit).
+JOB_RETENTION_MAX_AGE = {
+    status: timedelta(days=days)
+    for status in JOB_RETENTION
+    if (days := env_int(f"JOB_KEEP_{status.upper()}_DAYS", None)) is not None
 }
 # Queued, running or retrying jobs a user may have of the client-enqueueable types; one more
 # gets a 429.

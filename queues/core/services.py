@@ -204,8 +204,9 @@ def _new_job(
 
 
 @transaction.atomic
-def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
+def retry_jobs(jobs: QuerySet, *, by: Any = None, detail: str = "") -> int:
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
+    `detail` goes into each job's history (e.g. which command did it).
 
     A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
     so the new attempt's checks do not stop it; the job's history keeps the request.
@@ -226,7 +227,7 @@ def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
         job.cancel_requested_by = job.cancel_requested_at = None
         if not engine().store_retry(job):  # a newer job holds its unique key: that one stays
             continue
-        history.record([job], JobEvent.Action.RETRIED, by=by)
+        history.record([job], JobEvent.Action.RETRIED, by=by, detail=detail)
         count += 1
     return count
 

@@ -41,10 +41,10 @@ _running = ContextVar("queues_running_job", default=None)
 
 
 @transaction.atomic
-def cancel_jobs(jobs, *, by=None, stop_running=True):
+def cancel_jobs(jobs, *, by=None, stop_running=True, detail=""):
     """Cancel the waiting jobs of `jobs` and ask the running ones to stop (unless not
     `stop_running`). Returns (how many were cancelled, how many were asked to stop); finished
-    jobs are left alone."""
+    jobs are left alone. `detail` goes into each job's history."""
     now = timezone.now()
     live = list(
         Job.objects.select_for_update()
@@ -67,14 +67,14 @@ def cancel_jobs(jobs, *, by=None, stop_running=True):
     for queue, job_type in {(job.queue, job.job_type) for job in waiting}:
         count = sum(1 for job in waiting if (job.queue, job.job_type) == (queue, job_type))
         counters.jobs_cancelled(queue, job_type, count)
-    history.record(waiting, JobEvent.Action.CANCELLED, by=by)
+    history.record(waiting, JobEvent.Action.CANCELLED, by=by, detail=detail)
     # Never to run: nothing will use their content (a title, a message), so it goes now.
     with_content = registry.types_with_content()
     drop_content(Job.objects.filter(pk__in=[j.pk for j in waiting if j.job_type in with_content]))
     Job.objects.filter(pk__in=[job.pk for job in running]).update(
         cancel_requested_by=by, cancel_requested_at=now
     )
-    history.record(running, JobEvent.Action.CANCEL_REQUESTED, by=by)
+    history.record(running, JobEvent.Action.CANCEL_REQUESTED, by=by, detail=detail)
     return len(waiting), len(running)
 
 

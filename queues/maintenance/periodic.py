@@ -1,10 +1,12 @@
 """Periodic upkeep of the job tables, run on the schedules of `queues.maintenance.schedules`."""
 
+from __future__ import annotations
+
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Window
+from django.db.models import F, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -16,37 +18,82 @@ from queues.models import Job, JobMinute
 logger = logging.getLogger("queues.maintenance")
 
 
-def prune_finished_jobs():
-    """Keep each user's newest N succeeded, M failed and K cancelled job records per queue.
+def prune_finished_jobs(now: datetime | None = None) -> int:
+    """Retention: keep each user's newest N succeeded, M failed and K cancelled job records per
+    queue (`JOB_RETENTION`), and none older than its status's age limit
+    (`JOB_RETENTION_MAX_AGE`); a type may have its own counts and ages
+    (`JOB_RETENTION_BY_TYPE`). Returns how many records it deleted.
 
     Counted per user, so one user's flood of jobs never evicts another user's records (jobs with
-    no user, enqueued by the app itself, count as one more user). One DELETE per queue and status,
-    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at). It deletes
-    finished jobs only: a row retried while the DELETE runs is left alone.
+    no user, enqueued by the app itself, count as one more user); a type with its own counts is
+    counted apart from the others. One DELETE per queue and status (and per type counted apart),
+    ranking rows on `job_retention_finished_idx` (queue, status, user, finished_at); one per
+    status and age limit, a range of `job_finished_idx`. Every DELETE names the status it
+    selected, so a row retried while it runs is left alone.
     """
-    keep = {
-        Job.Status.SUCCEEDED: conf.JOB_RETENTION["succeeded"],
-        Job.Status.FAILED: conf.JOB_RETENTION["failed"],
-        Job.Status.CANCELLED: conf.JOB_RETENTION["cancelled"],
+    apart = {
+        job_type: {**conf.JOB_RETENTION, **rules["count"]}
+        for job_type, rules in conf.JOB_RETENTION_BY_TYPE.items()
+        if "count" in rules
     }
     deleted = 0
     for queue in conf.QUEUES:
-        for status, count in keep.items():
-            ranked = Job.objects.filter(queue=queue, status=status).annotate(
-                rank=Window(
-                    RowNumber(),
-                    partition_by=[F("user_id")],
-                    order_by=[F("finished_at").desc(nulls_last=True), F("id").desc()],
-                )
-            )
-            older = ranked.filter(rank__gt=count).values("pk")
-            # The status again in the DELETE's own condition: PostgreSQL re-checks it on a row
-            # changed since the ranking read it, so a job an operator retried meanwhile (live
-            # again, with a new broker row) is not deleted.
-            deleted += Job.objects.filter(pk__in=older, status=status).delete()[0]
+        for status in Job.FINISHED:
+            shared = Job.objects.filter(queue=queue, status=status)
+            if apart:
+                shared = shared.exclude(job_type__in=list(apart))
+            deleted += _keep_newest(shared, status, conf.JOB_RETENTION[status])
+            for job_type, counts in apart.items():
+                own = Job.objects.filter(queue=queue, status=status, job_type=job_type)
+                deleted += _keep_newest(own, status, counts[status])
+    deleted += _prune_by_age(now or timezone.now())
     if deleted:
         logger.info("pruned %d finished job records", deleted)
     return deleted
+
+
+def _keep_newest(jobs: QuerySet[Job], status: str, count: int) -> int:
+    """Delete all but each user's newest `count` of `jobs` (all of one `status`)."""
+    ranked = jobs.annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("user_id")],
+            order_by=[F("finished_at").desc(nulls_last=True), F("id").desc()],
+        )
+    )
+    older = ranked.filter(rank__gt=count).values("pk")
+    # The status again in the DELETE's own condition: PostgreSQL re-checks it on a row changed
+    # since the ranking read it, so a job an operator retried meanwhile (live again, with a new
+    # broker row) is not deleted.
+    return Job.objects.filter(pk__in=older, status=status).delete()[0]
+
+
+def _prune_by_age(now: datetime) -> int:
+    """Delete finished records older than their status's age limit, in every queue: the type's
+    own (`JOB_RETENTION_BY_TYPE[type]["max_age"]`), else `JOB_RETENTION_MAX_AGE`'s. A retried
+    job is live again (its status changed, `finished_at` cleared): no DELETE matches it."""
+    own = {
+        job_type: rules["max_age"]
+        for job_type, rules in conf.JOB_RETENTION_BY_TYPE.items()
+        if "max_age" in rules
+    }
+    deleted = 0
+    for status in Job.FINISHED:
+        typed = {job_type: ages[status] for job_type, ages in own.items() if status in ages}
+        limits = [(Q(job_type=job_type), age) for job_type, age in typed.items()]
+        others = ~Q(job_type__in=list(typed)) if typed else Q()
+        limits.append((others, conf.JOB_RETENTION_MAX_AGE.get(status)))
+        for which, age in limits:
+            if age is not None:
+                cutoff = now - retention_age(age)
+                old = Job.objects.filter(which, status=status, finished_at__lt=cutoff)
+                deleted += old.delete()[0]
+    return deleted
+
+
+def retention_age(value: timedelta | float) -> timedelta:
+    """An age limit of the retention settings: a timedelta, or seconds."""
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
 def prune_minute_stats(keep=timedelta(hours=2)):

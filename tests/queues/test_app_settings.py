@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -155,6 +156,42 @@ def test_retention_of_an_unknown_status_is_an_error():
     assert "(queues.E006) JOB_RETENTION names unknown status 'success'" in check(
         JOB_RETENTION={"success": 10}
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "report"),
+    [
+        ({"JOB_RETENTION_MAX_AGE": {"done": 60}}, "(queues.E006) JOB_RETENTION_MAX_AGE names"),
+        ({"JOB_RETENTION_MAX_AGE": {"failed": 0}}, "(queues.E002) JOB_RETENTION_MAX_AGE for"),
+        ({"JOB_RETENTION_MAX_AGE": {"failed": "7d"}}, "(queues.E001) JOB_RETENTION_MAX_AGE must"),
+        ({"JOB_RETENTION_BY_TYPE": {"test_sleep": 5}}, "(queues.E001) JOB_RETENTION_BY_TYPE must"),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"count": {"failed": -1}}}},
+            "(queues.E002) JOB_RETENTION_BY_TYPE['test_sleep']['failed'] must be zero or more",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"max_age": {"failed": timedelta(0)}}}},
+            "(queues.E002) JOB_RETENTION_BY_TYPE['test_sleep'] for 'failed' must be above zero",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"count": {"sucess": 1}}}},
+            "(queues.E006) JOB_RETENTION_BY_TYPE['test_sleep'] names unknown status 'sucess'",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"age": {"failed": 1}}}},
+            "(queues.E008) JOB_RETENTION_BY_TYPE['test_sleep'] names unknown key 'age'",
+        ),
+    ],
+)
+def test_bad_retention_by_age_or_type_is_an_error(overrides, report):
+    assert report in check(**overrides)
+
+
+def test_retention_for_an_unregistered_type_is_a_warning(capsys):
+    report = check_warnings(capsys, JOB_RETENTION_BY_TYPE={"delete_conversaton": {}})
+    assert "(queues.W004) JOB_RETENTION_BY_TYPE names 'delete_conversaton'" in report
+    fine = {"count": {"failed": 500}, "max_age": {"succeeded": timedelta(hours=1)}}
+    assert check(JOB_RETENTION_BY_TYPE={"delete_conversation": fine}) == ""
 
 
 @pytest.mark.parametrize(

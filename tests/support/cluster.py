@@ -143,3 +143,22 @@ class ClusterFactory:
     def stop_all(self):
         for cluster in self.clusters:
             cluster.stop()
+
+
+def manage(*args, timeout=60, extra_env=None):
+    """`manage.py ARGS` in a process of its own, on the test database, as an operator types it
+    (with the test job types loaded); the `CompletedProcess`, output as text."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "JOB_TYPE_MODULES": "tests.support.job_types",
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
