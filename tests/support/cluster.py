@@ -108,7 +108,9 @@ class ClusterFactory:
         self.tmp_path = tmp_path
         self.clusters = []
 
-    def start(self, *, workers=4, timeout=10, extra_env=None, wait=True):
+    def start(self, *, workers=4, timeout=10, extra_env=None, wait=True, args=()):
+        """A `manage.py qcluster` (with `args`) whose queues' workers default to `workers`;
+        with `wait`, returned once every queue's sentinel runs."""
         env = {
             **os.environ,
             "DATABASE_URL": test_database_url(),
@@ -122,7 +124,7 @@ class ClusterFactory:
         log_path = self.tmp_path / f"qcluster-{len(self.clusters)}.log"
         with log_path.open("w") as log:  # the process keeps its own copy open
             process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", "qcluster", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -133,7 +135,7 @@ class ClusterFactory:
         self.clusters.append(cluster)
         if wait:
             wait_for(
-                lambda: "running." in cluster.log or process.poll() is not None,
+                lambda: " ready: " in cluster.log or process.poll() is not None,
                 60,
                 message="qcluster start",
             )

@@ -1,0 +1,153 @@
+"""One real `qcluster` serving two queues (`database` and `emails`, tests.support.two_queues),
+each with its own workers: concurrency counted in running jobs, pausing per queue, a stop of the
+whole process group, and the command line's choice of queues and workers.
+
+Concurrency is counted on PostgreSQL: on SQLite one job's write transaction holds the others'
+(README, "SQLite and PostgreSQL")."""
+
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from django.db.models import Count
+
+from queues.api import enqueue
+from queues.core import pausing
+from queues.models import Job
+from tests.support.cluster import ROOT, wait_for
+from tests.support.cluster import test_database_url as database_url
+from tests.support.two_queues import EMAILS
+
+pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
+
+TWO_QUEUES = {"DJANGO_SETTINGS_MODULE": "tests.support.two_queues"}
+
+
+@pytest.fixture
+def two_queues(settings):
+    """This process knows the `emails` queue and its job type, as the cluster does."""
+    settings.QUEUES = {**settings.QUEUES, "emails": EMAILS}
+    importlib.import_module("tests.support.emails_jobs")  # registers once per process
+
+
+def enqueue_sleepers(user, count, seconds):
+    database = [
+        enqueue("test_sleep", {"user_id": user.pk, "seconds": seconds}) for _ in range(count)
+    ]
+    emails = [
+        enqueue("test_email_sleep", {"user_id": user.pk, "seconds": seconds}) for _ in range(count)
+    ]
+    return database, emails
+
+
+def most_running_at_once(until, timeout=60):
+    """{queue: the most jobs seen running at once}, sampled until `until()` holds."""
+    most = Counter()
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out; most running at once: {dict(most)}"
+        running = Job.objects.filter(status="running").values("queue").annotate(n=Count("pk"))
+        for row in running:
+            most[row["queue"]] = max(most[row["queue"]], row["n"])
+        time.sleep(0.02)
+    return dict(most)
+
+
+def all_succeeded(jobs):
+    ids = [job.pk for job in jobs]
+    return lambda: Job.objects.filter(pk__in=ids, status="succeeded").count() == len(ids)
+
+
+@pytest.mark.postgres
+def test_one_cluster_runs_both_queues_each_with_its_own_workers(cluster, user, two_queues):
+    database, emails = enqueue_sleepers(user, 8, seconds=0.8)
+    qcluster = cluster.start(workers=3, extra_env=TWO_QUEUES)
+
+    most = most_running_at_once(all_succeeded(database + emails))
+
+    # database: QUEUE_WORKERS (3); emails: its QUEUES entry (2). The emails jobs ran alongside
+    # the database ones, not after them: neither queue waits for the other's workers.
+    assert most == {"database": 3, "emails": 2}
+    assert "ready: database (3 workers), emails (2 workers)" in qcluster.log
+
+
+@pytest.mark.postgres
+def test_the_command_line_chooses_the_queues_and_their_workers(cluster, user, two_queues):
+    database, emails = enqueue_sleepers(user, 6, seconds=0.8)
+    qcluster = cluster.start(workers=3, extra_env=TWO_QUEUES, args=["--queues", "emails=3"])
+
+    most = most_running_at_once(all_succeeded(emails))
+
+    assert most == {"emails": 3}
+    assert "ready: emails (3 workers)." in qcluster.log
+    assert Job.objects.filter(pk__in=[j.pk for j in database], status="queued").count() == 6
+
+    qcluster.stop()
+    cluster.start(workers=3, extra_env=TWO_QUEUES, args=["--name", "database"])
+    wait_for(all_succeeded(database), 60, message="the database jobs")
+
+
+def test_pausing_one_queue_leaves_the_other_running(cluster, user, two_queues):
+    cluster.start(workers=2, extra_env=TWO_QUEUES)
+    pausing.pause("emails")
+    database, emails = enqueue_sleepers(user, 4, seconds=0)
+
+    wait_for(all_succeeded(database), 60, message="the database jobs")
+    time.sleep(1)  # emails had time to start, had it not been paused
+    assert Job.objects.filter(pk__in=[j.pk for j in emails], status="queued").count() == 4
+
+    pausing.resume("emails")
+    wait_for(all_succeeded(emails), 60, message="the emails jobs after the resume")
+
+
+@pytest.mark.postgres
+def test_sigterm_to_the_group_stops_both_queues_and_loses_nothing(cluster, user, two_queues):
+    database, emails = enqueue_sleepers(user, 8, seconds=2)
+    qcluster = cluster.start(workers=2, timeout=5, extra_env=TWO_QUEUES)
+
+    def both_busy():
+        running = dict(
+            Job.objects.filter(status="running").values_list("queue").annotate(n=Count("pk"))
+        )
+        return running == {"database": 2, "emails": 2}
+
+    wait_for(both_busy, 30, message="both queues' workers busy")
+    qcluster.signal_group(signal.SIGTERM)
+    qcluster.process.wait(20)
+    assert qcluster.process.returncode == 0, qcluster.log
+    wait_for(lambda: not qcluster.group_alive(), 5, message="every cluster process gone")
+
+    jobs = Job.objects.filter(pk__in=[j.pk for j in database + emails])
+    # The in-flight jobs of both queues finished; nothing is left running or half-claimed.
+    for queue in ("database", "emails"):
+        assert jobs.filter(queue=queue, status="succeeded").count() >= 2, qcluster.log
+    assert not jobs.filter(status="running").exists()
+    handed_back = re.findall(r"Handed (\d+) claimed jobs back to the queue", qcluster.log)
+    assert handed_back, qcluster.log
+
+    cluster.start(workers=2, timeout=5, extra_env=TWO_QUEUES)
+    wait_for(all_succeeded(database + emails), 60, message="all 16 jobs after a restart")
+    assert not jobs.exclude(attempts=1).exists()  # no attempt lost or run twice
+
+
+def test_a_bad_queues_flag_is_a_clear_error(two_queues):
+    env = {"DATABASE_URL": database_url(), **TWO_QUEUES}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "qcluster", "--queues", "database=0,emails"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "CommandError: --queues: workers of queue 'database' must be a number above 0" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
