@@ -19,6 +19,7 @@ from django.db.models import Count
 
 from queues.api import enqueue
 from queues.core import pausing
+from queues.django_q2.heartbeats import clusters_serving
 from queues.models import Job
 from tests.support.cluster import ROOT, wait_for
 from tests.support.cluster import test_database_url as database_url
@@ -94,7 +95,18 @@ def test_the_command_line_chooses_the_queues_and_their_workers(cluster, user, tw
 
 
 def test_pausing_one_queue_leaves_the_other_running(cluster, user, two_queues):
-    cluster.start(workers=2, extra_env=TWO_QUEUES)
+    qcluster = cluster.start(workers=3, extra_env=TWO_QUEUES)
+
+    # Its heartbeats say which queues it serves, with how many workers (dashboard, /metrics).
+    def served():
+        return [
+            (c["pid"], q["queue"], q["workers"]) for c in clusters_serving() for q in c["queues"]
+        ]
+
+    pid = qcluster.process.pid
+    expected = [(pid, "database", 3), (pid, "emails", 2)]
+    wait_for(lambda: served() == expected, 10, message=lambda: f"heartbeats {served()}")
+
     pausing.pause("emails")
     database, emails = enqueue_sleepers(user, 4, seconds=0)
 
