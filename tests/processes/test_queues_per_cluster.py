@@ -60,6 +60,12 @@ def most_running_at_once(until, timeout=60):
     return dict(most)
 
 
+def both_busy():
+    """Both queues' two workers each running a job."""
+    running = Job.objects.filter(status="running").values_list("queue").annotate(n=Count("pk"))
+    return dict(running) == {"database": 2, "emails": 2}
+
+
 def all_succeeded(jobs):
     ids = [job.pk for job in jobs]
     return lambda: Job.objects.filter(pk__in=ids, status="succeeded").count() == len(ids)
@@ -123,12 +129,6 @@ def test_sigterm_to_the_group_stops_both_queues_and_loses_nothing(cluster, user,
     database, emails = enqueue_sleepers(user, 8, seconds=2)
     qcluster = cluster.start(workers=2, timeout=5, extra_env=TWO_QUEUES)
 
-    def both_busy():
-        running = dict(
-            Job.objects.filter(status="running").values_list("queue").annotate(n=Count("pk"))
-        )
-        return running == {"database": 2, "emails": 2}
-
     wait_for(both_busy, 30, message="both queues' workers busy")
     qcluster.signal_group(signal.SIGTERM)
     qcluster.process.wait(20)
@@ -146,6 +146,23 @@ def test_sigterm_to_the_group_stops_both_queues_and_loses_nothing(cluster, user,
     cluster.start(workers=2, timeout=5, extra_env=TWO_QUEUES)
     wait_for(all_succeeded(database + emails), 60, message="all 16 jobs after a restart")
     assert not jobs.exclude(attempts=1).exists()  # no attempt lost or run twice
+
+
+@pytest.mark.postgres
+def test_a_sigkilled_cluster_s_jobs_of_both_queues_run_on_a_new_cluster(cluster, user, two_queues):
+    database, emails = enqueue_sleepers(user, 6, seconds=1)
+    first = cluster.start(workers=2, extra_env=TWO_QUEUES)
+    wait_for(both_busy, 30, message="both queues' workers busy")
+    first.kill()
+    running = list(Job.objects.filter(status="running").values_list("pk", flat=True))
+
+    cluster.start(workers=2, extra_env=TWO_QUEUES)
+    wait_for(all_succeeded(database + emails), 30, message="all 12 jobs on the new cluster")
+    jobs = Job.objects.filter(pk__in=[j.pk for j in database + emails])
+    lost = jobs.filter(pk__in=running)
+    assert set(lost.values_list("last_error_class", flat=True)) == {"WorkerLost"}
+    assert set(lost.values_list("queue", flat=True)) == {"database", "emails"}
+    assert set(jobs.exclude(pk__in=running).values_list("attempts", flat=True)) == {1}
 
 
 def test_a_bad_queues_flag_is_a_clear_error(two_queues):
