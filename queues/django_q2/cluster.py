@@ -40,7 +40,7 @@ from django_q.status import Stat
 
 from queues.conf import conf
 from queues.django_q2.scheduler import run_due_schedules
-from queues.django_q2.worker import IDLE, worker
+from queues.django_q2.worker import IDLE, set_title, worker
 
 # The sentinel's guard calls django-q2's module-level `scheduler` about every 30 s: ours runs each
 # schedule in its own transaction, so one failing schedule never stops the others.
@@ -188,6 +188,7 @@ def serve_queue(name, workers, stop_event, start_event, cluster_id):
     """A sentinel process: django-q2's `Conf` set to queue `name`'s options, then our Sentinel
     on its broker. What it forks (pusher, monitor, workers) inherits that `Conf`."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the main process leads a stop
+    set_title(f"qcluster {current_process().name} sentinel [{name}]")
     options = queue_options(name, workers)
     for key, (attribute, default) in PER_QUEUE_CONF.items():
         setattr(Conf, attribute, options.get(key, default))
