@@ -2,33 +2,15 @@
 and `slimy_cluster_workers` in `/metrics`, from the heartbeat rows its sentinels write (one per
 queue, all with the main process's pid)."""
 
-import uuid
-from datetime import timedelta
-
 import pytest
 from django.utils import timezone
-from django_q.signing import SignedPackage
-from django_q.status import Status
 from prometheus_client.parser import text_string_to_metric_families
 
 from queues.django_q2.heartbeats import clusters_serving
 from queues.models import ClusterHeartbeat
+from tests.support.heartbeats import heartbeat
 
 pytestmark = pytest.mark.django_db
-
-
-def heartbeat(queue, pid, workers, *, host="worker-1", status="Idle", age=0):
-    stat = Status(pid=pid, cluster_id=uuid.uuid4())
-    stat.workers = list(range(workers))
-    ClusterHeartbeat.objects.create(
-        key=f"django_q:database:cluster:{stat.cluster_id}",
-        queue=queue,
-        host=host,
-        pid=pid,
-        status=status,
-        payload=SignedPackage.dumps(stat, True),
-        seen_at=timezone.now() - timedelta(seconds=age),
-    )
 
 
 @pytest.fixture
