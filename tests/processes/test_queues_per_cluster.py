@@ -165,16 +165,30 @@ def test_a_sigkilled_cluster_s_jobs_of_both_queues_run_on_a_new_cluster(cluster,
     assert set(jobs.exclude(pk__in=running).values_list("attempts", flat=True)) == {1}
 
 
-def test_a_bad_queues_flag_is_a_clear_error(two_queues):
-    env = {"DATABASE_URL": database_url(), **TWO_QUEUES}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "qcluster", "--queues", "database=0,emails"],
+def run_qcluster(*args):
+    """`manage.py qcluster *args` to its end, on the test database."""
+    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_Q_LOG_LEVEL": "INFO"}
+    return subprocess.run(
+        [sys.executable, "manage.py", "qcluster", *args],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_run_once_starts_every_queue_named_then_stops(two_queues):
+    result = run_qcluster(
+        "--run-once", "--settings", "tests.support.two_queues", "--name", "emails"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ready: emails (2 workers)." in result.stderr
+    assert "has stopped." in result.stderr
+
+
+def test_a_bad_queues_flag_is_a_clear_error(two_queues):
+    result = run_qcluster("--settings", "tests.support.two_queues", "--queues", "database=0,emails")
     assert result.returncode == 1
     assert "CommandError: --queues: workers of queue 'database' must be a number above 0" in (
         result.stderr
