@@ -16,7 +16,7 @@ One cluster serves several queues, each with its own concurrency: the main proce
 sentinel per queue (`serve_queue`), each with its own pusher, monitor and pool of workers, so a
 busy queue never takes the workers of another. A sentinel process sets django-q2's `Conf` to its
 queue's options (`queue_options`) before it starts anything, and what it forks inherits them;
-the sentinels share one stop event. A sentinel that dies outside a stop stops the others, and the
+one signal stops them all at once. A sentinel that dies outside a stop stops the others, and the
 command exits non-zero, so the service manager restarts the whole cluster.
 
 Its workers run our worker loop (`queues.django_q2.worker`); its scheduler is
@@ -30,7 +30,7 @@ import signal
 import time
 import uuid
 from multiprocessing import Event, Value, current_process
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django_q import cluster as q_cluster
@@ -52,45 +52,50 @@ POLL = 0.1
 log = logging.getLogger(__name__)
 
 
+class QueueSentinel(NamedTuple):
+    queue: str
+    process: Any
+    stop: Any  # its own stop event: setting one a dead process slept on would hang
+    started: Any
+
+
 class Cluster(q_cluster.Cluster):
     """The main `qcluster` process: one sentinel per queue of `queues` ({queue: workers})."""
 
     def __init__(self, queues: dict[str, int]):
         super().__init__()
         self.queues = dict(queues)
-        self.sentinels: list = []
-        self.start_events: list = []
+        self.sentinels: list[QueueSentinel] = []
+        self.stopped = False
 
     def start(self):
         """django-q2's `Cluster.start`, one of our sentinels per queue."""
-        self.stop_event = Event()
         context = q_cluster.get_mp_context()
         for name, workers in self.queues.items():
-            started = Event()
-            sentinel = context.Process(
+            stop, started = Event(), Event()
+            process = context.Process(
                 target=serve_queue,
                 name=f"Process-{uuid.uuid4().hex}",
-                args=(name, workers, self.stop_event, started, uuid.uuid4()),
+                args=(name, workers, stop, started, uuid.uuid4()),
             )
-            sentinel.start()
-            self.sentinels.append(sentinel)
-            self.start_events.append(started)
-        self.sentinel = self.sentinels[0]  # django-q2's attribute, for its `stat`
-        self.start_event = self.start_events[0]
+            process.start()
+            self.sentinels.append(QueueSentinel(name, process, stop, started))
+        # django-q2's attributes, for its `stat` and `is_running`: the first queue's.
+        self.sentinel, self.stop_event, self.start_event = self.sentinels[0][1:]
         logger.info("Q Cluster %s starting.", self.name)
         # Polls instead of `Event.wait()`, which a signal arriving meanwhile would deadlock
-        # (django-q2 does the same); a stop sets stop_event to None.
-        while self.stop_event and not all(event.is_set() for event in self.start_events):
+        # (django-q2 does the same).
+        while not self.stopped and not all(s.started.is_set() for s in self.sentinels):
             for sentinel in self.sentinels:
-                if sentinel.is_alive() or sentinel.exitcode == 0:
-                    continue  # exit code 0: stopped by a signal while starting
-                code = sentinel.exitcode
-                self.stop()
-                raise RuntimeError(
-                    f"Q Cluster {self.name} failed to start: sentinel exited with code {code}"
-                )
+                code = sentinel.process.exitcode
+                if code:  # 0: stopped by a signal while starting
+                    self.stop()
+                    raise RuntimeError(
+                        f"Q Cluster {self.name} failed to start: the sentinel of queue "
+                        f"{sentinel.queue!r} exited with code {code}"
+                    )
             time.sleep(POLL)
-        if self.stop_event:
+        if not self.stopped:
             served = ", ".join(f"{name} ({n} workers)" for name, n in self.queues.items())
             log.info("Worker cluster %s ready: %s.", self.name, served)
         return self.pid
@@ -98,34 +103,32 @@ class Cluster(q_cluster.Cluster):
     def supervise(self) -> int:
         """Wait until the cluster stops; 0 after a stop by signal, 1 if a sentinel died first
         (the others are stopped then, so the whole cluster restarts, not half of it)."""
-        while self.stop_event:
-            dead = [s for s in self.sentinels if not s.is_alive()]
-            if dead and self.stop_event and not self.stop_event.is_set():
-                queues = [
-                    name for name, s in zip(self.queues, self.sentinels, strict=True) if s in dead
-                ]
-                log.error(
-                    "Sentinel of queue(s) %s exited with code %s; stopping the cluster",
-                    ", ".join(queues),
-                    dead[0].exitcode,
-                )
+        while not self.stopped:
+            dead = [s for s in self.sentinels if not s.process.is_alive()]
+            if dead and not getattr(self, "stopping", False):
                 self.stopping = True
+                log.error(
+                    "The sentinel of queue(s) %s exited with code %s; stopping the cluster",
+                    ", ".join(s.queue for s in dead),
+                    dead[0].process.exitcode,
+                )
                 self.stop()
                 return 1
             time.sleep(POLL)
         return 0
 
     def stop(self) -> bool:
-        """Stop every queue's sentinel at once (a shared event), and wait for all of them."""
-        if self.stop_event is None or not any(s.is_alive() for s in self.sentinels):
-            self.stop_event = None
+        """Stop every queue's live sentinel at once, and wait for all of them."""
+        self.stopped = True
+        live = [s for s in self.sentinels if s.process.is_alive()]
+        if not live:
             return False
         logger.info("Q Cluster %s stopping.", self.name)
-        self.stop_event.set()
+        for sentinel in live:
+            sentinel.stop.set()
         for sentinel in self.sentinels:
-            sentinel.join()
+            sentinel.process.join()
         logger.info("Q Cluster %s has stopped.", self.name)
-        self.start_event = self.stop_event = None
         return True
 
     def sig_handler(self, signum, frame):

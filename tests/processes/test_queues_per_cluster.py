@@ -165,6 +165,19 @@ def test_a_sigkilled_cluster_s_jobs_of_both_queues_run_on_a_new_cluster(cluster,
     assert set(jobs.exclude(pk__in=running).values_list("attempts", flat=True)) == {1}
 
 
+def test_a_dead_sentinel_stops_the_cluster_with_an_error(cluster, two_queues):
+    qcluster = cluster.start(workers=2, extra_env=TWO_QUEUES)
+    sentinels = qcluster.sentinel_pids()
+    assert len(sentinels) == 2
+    os.kill(sentinels[-1], signal.SIGKILL)  # as the out-of-memory killer would
+    qcluster.process.wait(20)
+    # Exit status 1, so the service manager restarts it, rather than half a cluster running on.
+    assert qcluster.process.returncode == 1, qcluster.log
+    assert "exited with code -9; stopping the cluster" in qcluster.log
+    assert "A queue's sentinel died; the cluster stopped" in qcluster.log
+    qcluster.kill()  # what the dead sentinel left behind (its pusher, monitor, workers)
+
+
 def run_qcluster(*args):
     """`manage.py qcluster *args` to its end, on the test database."""
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_Q_LOG_LEVEL": "INFO"}
