@@ -190,7 +190,8 @@ def queue_options(name: str, workers: int | None = None) -> dict[str, Any]:
 def serve_queue(name, workers, stop_event, start_event, cluster_id):
     """A sentinel process: django-q2's `Conf` set to queue `name`'s options, then our Sentinel
     on its broker. What it forks (pusher, monitor, workers) inherits that `Conf`."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the main process leads a stop
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the main process leads a stop
+        signal.signal(sig, signal.SIG_IGN)
     set_title(f"qcluster {current_process().name} sentinel [{name}]")
     options = queue_options(name, workers)
     for key, (attribute, default) in PER_QUEUE_CONF.items():
