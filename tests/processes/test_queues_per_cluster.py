@@ -15,6 +15,7 @@ import time
 
 import pytest
 from django.db.models import Count
+from django_q.brokers import get_broker
 
 from queues.api import enqueue
 from queues.core import pausing
@@ -22,6 +23,7 @@ from queues.django_q2.heartbeats import clusters_serving
 from queues.models import Job
 from tests.support.cluster import ROOT, wait_for
 from tests.support.cluster import test_database_url as database_url
+from tests.support.redis_queue import ON_REDIS
 from tests.support.two_queues import EMAILS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
@@ -167,6 +169,19 @@ def test_a_sigkilled_cluster_s_jobs_of_both_queues_run_on_a_new_cluster(cluster,
     assert set(lost.values_list("last_error_class", flat=True)) == {"WorkerLost"}
     assert set(lost.values_list("queue", flat=True)) == {"database", "emails"}
     assert set(jobs.exclude(pk__in=running).values_list("attempts", flat=True)) == {1}
+
+
+@pytest.mark.postgres
+def test_on_redis_one_cluster_runs_both_queues(redis_queue, cluster, user, two_queues):
+    emails_list = get_broker("emails")
+    emails_list.delete_queue()
+    try:
+        database, emails = enqueue_sleepers(user, 3, seconds=0)
+        cluster.start(workers=2, extra_env={**TWO_QUEUES, **ON_REDIS})
+        wait_for(all_succeeded(database + emails), 30, message="both queues' jobs on Redis")
+        assert redis_queue.queue_size() == emails_list.queue_size() == 0
+    finally:
+        emails_list.delete_queue()
 
 
 def test_a_dead_sentinel_stops_the_cluster_with_an_error(cluster, two_queues):
