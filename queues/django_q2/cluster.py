@@ -23,13 +23,15 @@ Its workers run our worker loop (`queues.django_q2.worker`); its scheduler is
 `queues.django_q2.scheduler`'s.
 """
 
+import ctypes
 import logging
 import math
+import os
 import queue
 import signal
 import time
 import uuid
-from multiprocessing import Event, Value, current_process
+from multiprocessing import Event, Value, current_process, util
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -196,7 +198,27 @@ def serve_queue(name, workers, stop_event, start_event, cluster_id):
     options = queue_options(name, workers)
     for key, (attribute, default) in PER_QUEUE_CONF.items():
         setattr(Conf, attribute, options.get(key, default))
+    global sentinel_pid
+    sentinel_pid = os.getpid()
+    util.register_after_fork(die_with_parent, die_with_parent)
     Sentinel(stop_event, start_event, cluster_id, get_broker(name))
+
+
+PR_SET_PDEATHSIG = 1
+sentinel_pid = None  # in a sentinel process and what it forks: the sentinel's pid
+
+
+def die_with_parent(_=None):
+    """Run in each process a sentinel forks (pusher, monitor, workers): on Linux it is SIGKILLed
+    when the sentinel dies, so a sentinel killed outright (out of memory) leaves no pusher
+    claiming or worker running without it; their jobs are rescued like any dead worker's.
+    Elsewhere they outlive it, as with django-q2."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != sentinel_pid:  # the sentinel died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Sentinel(q_cluster.Sentinel):

@@ -194,7 +194,8 @@ def test_a_dead_sentinel_stops_the_cluster_with_an_error(cluster, two_queues):
     assert qcluster.process.returncode == 1, qcluster.log
     assert "exited with code -9; stopping the cluster" in qcluster.log
     assert "A queue's sentinel died; the cluster stopped" in qcluster.log
-    qcluster.kill()  # what the dead sentinel left behind (its pusher, monitor, workers)
+    # Its pusher, monitor and workers died with it: nothing of the cluster is left.
+    wait_for(lambda: not qcluster.group_alive(), 5, message="every cluster process gone")
 
 
 def run_qcluster(*args):
