@@ -149,27 +149,18 @@ def _cluster_names() -> tuple[str, set[str]]:
 
 
 def _queues_match_clusters() -> list[CheckMessage]:
+    """Each django-q2 cluster of Q_CLUSTER must be a queue. A queue needs no cluster entry of
+    its own: `qcluster` serves every queue, with options derived from its QUEUES entry."""
     main, alternatives = _cluster_names()
-    clusters = {main, *alternatives}
     queues = set(conf.QUEUES)
-    problems: list[CheckMessage] = [
+    return [
         Error(
             f"Q_CLUSTER serves queue {name!r}, which is not in QUEUES.",
             hint=f"Name each django-q2 cluster after a queue: one of {sorted(queues)}.",
             id="queues.E003",
         )
-        for name in sorted(clusters - queues)
+        for name in sorted({main, *alternatives} - queues)
     ]
-    problems += [
-        Warning(
-            f"Queue {name!r} has no cluster in Q_CLUSTER, so its jobs would never run.",
-            hint=f'Add Q_CLUSTER["ALT_CLUSTERS"]["{name}"] and run `qcluster` with '
-            f"Q_CLUSTER_NAME={name}.",
-            id="queues.W001",
-        )
-        for name in sorted(queues - clusters)
-    ]
-    return problems
 
 
 def _stranded_after(raw: dict[str, Any]) -> list[CheckMessage]:

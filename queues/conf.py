@@ -17,8 +17,8 @@ DEFAULTS: dict[str, Any] = {
     # Options every queue starts from: worker processes, and seconds a handler may run before it
     # is cut off and retried.
     "QUEUE_DEFAULTS": {"workers": 4, "timeout": 120},
-    # Queue name -> options over QUEUE_DEFAULTS. Each queue is one django-q2 cluster: its name is
-    # `Q_CLUSTER["name"]` or a key of `Q_CLUSTER["ALT_CLUSTERS"]`.
+    # Queue name -> options over QUEUE_DEFAULTS. `qcluster` serves each with its own workers
+    # (queues.django_q2.cluster).
     "QUEUES": {"database": {}},
     # The queue of job types that name none (queues' demo job, django.tasks' "default" queue).
     "DEFAULT_QUEUE": "database",

@@ -232,9 +232,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Job queues -----------------------------------------------------------------------------
-# Each queue is its own django-q2 cluster (`manage.py qcluster --name <queue>`), all on the ORM
-# broker of the default database so a job is stored in the same transaction as the change that
-# asks for it. SQLite allows one writer at a time, so it gets fewer workers.
+# `manage.py qcluster` serves every queue, each with its own workers (`--queues` picks some), all
+# on the ORM broker of the default database so a job is stored in the same transaction as the
+# change that asks for it. SQLite allows one writer at a time, so it gets fewer workers.
 QUEUE_DEFAULTS = {
     "workers": env_int("QUEUE_WORKERS", 2 if DB_VENDOR == "sqlite" else 10),
     # Seconds a job's handler may run before it is cut off and retried.

@@ -221,12 +221,10 @@ def test_a_cron_schedule_passes_the_checks():
     assert "E007" not in check(QUEUE_SCHEDULES=[entry])
 
 
-def test_a_queue_without_a_cluster_is_a_warning(capsys, settings):
+def test_a_queue_needs_no_cluster_entry_of_its_own(capsys, settings):
+    # qcluster serves it with options derived from QUEUES (tests/queues/test_served_queues.py).
     queues = {**settings.QUEUES, "reports": {}}
-    report = check_warnings(capsys, QUEUES=queues)
-    assert "(queues.W001) Queue 'reports' has no cluster in Q_CLUSTER" in report
-    alt = {**settings.Q_CLUSTER, "ALT_CLUSTERS": {"reports": {}}}
-    assert "queues.W001" not in check_warnings(capsys, QUEUES=queues, Q_CLUSTER=alt)
+    assert "queues." not in check_warnings(capsys, QUEUES=queues)
 
 
 def test_redelivery_before_a_job_may_end_is_a_warning(capsys, settings):
