@@ -6,6 +6,7 @@ Loaded by test clusters through `JOB_TYPE_MODULES`.
 import os
 import signal
 import time
+from datetime import timedelta
 
 from django.db import OperationalError
 from rest_framework import serializers
@@ -107,6 +108,28 @@ def unique(data):
     """One live job per `name`; claimed after priorities 0 and 1."""
     time.sleep(data["seconds"])
     return {"name": data["name"]}
+
+
+@register(
+    "test_once_per_window",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], period=timedelta(minutes=10)),
+)
+def once_per_window(data):
+    """One job per `name` and 10-minute window, whatever became of it."""
+    return {"name": data["name"]}
+
+
+@register(
+    "test_latest_data",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], states=["queued"], on_conflict="replace"),
+)
+def latest_data(data):
+    """One job per `name` waiting to start, which runs with the data of the latest enqueue."""
+    return {"name": data["name"], "seconds": data["seconds"]}
 
 
 @register(
