@@ -1,4 +1,8 @@
-"""Periodic upkeep of the job tables, run on the schedules of `queues.maintenance.schedules`."""
+"""Periodic upkeep of the job tables, declared as periodic job types of the default queue: each
+run is a job with its record, retries, metrics and dashboard row (`queues.core.periodic`).
+
+Also the job type of the `func` entries of `QUEUE_SCHEDULES`: `call_function`.
+"""
 
 import logging
 from datetime import timedelta
@@ -7,9 +11,13 @@ from django.db import transaction
 from django.db.models import F, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
+from django.utils.module_loading import import_string
+from rest_framework import serializers
 
+from queues.api import UserlessJobData, job_type
 from queues.conf import conf
 from queues.core.history import prune_orphaned_events
+from queues.core.periodic import CALL_FUNCTION
 from queues.maintenance.rescuer import rescue
 from queues.models import Job, JobMinute
 
@@ -64,3 +72,40 @@ def prune():
 def redeliver_stranded_jobs():
     """Rescue every queue (`rescuer`), also those whose pushers wait on busy workers."""
     return sum(rescue(queue) for queue in conf.QUEUES)
+
+
+# Retention of finished job records, and per-minute stats older than two hours. Every five
+# minutes: retention counts records, so a later prune only keeps a few more for a while, and an
+# idle cluster sends fewer statements.
+@job_type(
+    "prune_job_records",
+    queue=conf.DEFAULT_QUEUE,
+    schema=UserlessJobData,
+    every=timedelta(minutes=5),
+)
+def prune_job_records(data):
+    return {"deleted": prune()}
+
+
+# A rescue pass over every queue, for clusters whose pusher waits on busy workers (a pusher
+# that dequeues runs one every QUEUE_RESCUE_INTERVAL itself).
+@job_type(
+    "redeliver_stranded_jobs",
+    queue=conf.DEFAULT_QUEUE,
+    schema=UserlessJobData,
+    every=timedelta(minutes=1),
+)
+def redeliver_stranded_jobs_job(data):
+    return {"rescued": redeliver_stranded_jobs()}
+
+
+class FunctionData(UserlessJobData):
+    func = serializers.CharField(max_length=200)
+
+
+@job_type(CALL_FUNCTION, queue=conf.DEFAULT_QUEUE, schema=FunctionData)
+def call_function(data):
+    """Call the function a `func` entry of `QUEUE_SCHEDULES` names (the checks vouch that it
+    imports); its return value is the result if JSON can hold it."""
+    result = import_string(data["func"])()
+    return result if isinstance(result, int | float | str | bool | list | dict) else None

@@ -12,7 +12,15 @@ from django.db import OperationalError
 from rest_framework import serializers
 
 from chat.models import Conversation
-from queues.api import JobData, PermanentJobError, RetryPolicy, Unique, raise_if_stop_requested
+from queues.api import (
+    JobData,
+    PermanentJobError,
+    RetryPolicy,
+    TransientJobError,
+    Unique,
+    UserlessJobData,
+    raise_if_stop_requested,
+)
 from queues.api import job_type as register
 
 
@@ -141,3 +149,21 @@ def latest_data(data):
 def debounced(data):
     """One job per `name` waiting to start; another may wait while one runs."""
     return {"name": data["name"]}
+
+
+class PeriodicTestData(UserlessJobData):
+    fail_times = serializers.IntegerField(min_value=0, default=0)
+
+
+@register(
+    "test_periodic",
+    queue="database",
+    schema=PeriodicTestData,
+    retry=RetryPolicy(attempts=3, backoff_seconds=0.5),
+)
+def periodic(data, job):
+    """Fired by `QUEUE_SCHEDULES` in tests: fails as a transient error on the first `fail_times`
+    attempts."""
+    if job.attempt <= data["fail_times"]:
+        raise TransientJobError(f"simulated outage of a periodic job on attempt {job.attempt}")
+    return {"attempt": job.attempt}
