@@ -135,7 +135,7 @@ def test_clusters_firing_one_slot_store_one_job_and_the_next_slot_another(settin
     assert again.pk == first.pk == late.pk and again.deduplicated and late.deduplicated
     assert following.pk != first.pk and not following.deduplicated
     assert jobs_of().count() == 2 and counted("enqueued", "test_periodic") == 2
-    assert first.data["fail_times"] == 1 and first.request_id == "periodic:20260301T120000Z"
+    assert first.data["fail_times"] == 5 and first.request_id == "periodic:20260301T120000Z"
 
 
 @pytest.mark.django_db
