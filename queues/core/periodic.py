@@ -27,7 +27,7 @@ from croniter import croniter
 from django.utils import timezone
 
 from queues.conf import conf
-from queues.core import services, uniqueness
+from queues.core import pausing, registry, services, uniqueness
 
 # The function a periodic declaration's Schedule row names: the scheduler pass calls it in place
 # (`fire_schedule`); django-q2's own scheduler, should it run the row, calls it in a worker.
@@ -146,8 +146,13 @@ def fire(name: str, now: datetime | None = None) -> Any:
 
 def fire_schedule(schedule: Any, now: datetime | None = None) -> Any:
     """The scheduler pass's firing of a due Schedule row of a declaration (locked by the
-    caller): the latest slot's job, and `next_run` moved to the slot after it. Returns the job."""
+    caller): the latest slot's job, and `next_run` moved to the slot after it. Returns the job,
+    or None while the type's queue is paused: the row stays due, and the resume fires its latest
+    slot once (as after downtime), not a job per slot of the pause."""
     periodic = _declaration(ast.literal_eval(schedule.args))
+    kind = registry.find(periodic.job_type)
+    if kind is not None and pausing.is_paused(kind.queue):
+        return None
     slot = periodic.latest_slot(now or timezone.now())
     job = _enqueue(periodic, slot)
     schedule.next_run = periodic.next_slot(slot)

@@ -57,10 +57,10 @@ def run_due_schedules(broker=None):
                 schedule = due_schedules().select_for_update().filter(pk=pk).first()
                 if schedule is None:  # another cluster took it meanwhile
                     continue
-                if schedule.func == periodic.FIRE:
-                    periodic.fire_schedule(schedule)
-                else:
+                if schedule.func != periodic.FIRE:
                     create_task(schedule, broker)
+                elif periodic.fire_schedule(schedule) is None:
+                    continue  # its queue is paused
                 created += 1
         except Exception as exc:
             logger.exception(

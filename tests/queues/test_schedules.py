@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
 from chat.models import Conversation
-from queues.core import periodic
+from queues.core import pausing, periodic
 from queues.core.periodic import FIRE, Periodic
 from queues.django_q2.scheduler import run_due_schedules
 from queues.execution.runner import run_job
@@ -261,3 +261,20 @@ def test_qcluster_refuses_to_start_with_a_cron_croniter_cannot_read(cluster):
     refused = cluster.start(extra_env=settings_module, wait=False)
     assert refused.process.wait(60) != 0
     assert "(queues.E007)" in refused.log and "61 * * * *" in refused.log
+
+
+@pytest.mark.django_db
+def test_a_paused_queue_fires_nothing_and_its_resume_fires_the_latest_slot_once(settings):
+    settings.QUEUE_SCHEDULES = [PERIODIC]
+    migrate()
+    Schedule.objects.exclude(name=NAME).update(next_run=timezone.now() + timedelta(days=1))
+    Schedule.objects.filter(name=NAME).update(next_run=timezone.now() - timedelta(minutes=30))
+    pausing.pause("database")
+
+    assert scheduler_pass() == 0 and scheduler_pass() == 0
+    assert not jobs_of().exists()
+    assert Schedule.objects.get(name=NAME).next_run < timezone.now()  # left due
+
+    pausing.resume("database")
+    assert scheduler_pass() == 1 and scheduler_pass() == 0
+    assert jobs_of().count() == 1
