@@ -16,6 +16,7 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.checks import register as register_check
+from django_tasks.exceptions import InvalidTaskError
 
 from queues.conf import DEFAULTS, conf
 from queues.core import periodic, registry
@@ -28,7 +29,11 @@ from queues.models import Job
 POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
 RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
 QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
-SCHEDULE_KEYS = {"name", "job_type", "data", "func", "minutes", "every", "cron"}
+SCHEDULE_KEYS = {"name", "job_type", "data", "task", "args", "kwargs", "func"} | {
+    "minutes",
+    "every",
+    "cron",
+}
 # django-q2's `retry` when Q_CLUSTER sets none.
 DJANGO_Q_RETRY = 60
 
@@ -246,7 +251,7 @@ def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
     names = set(periodic.all_declared_beside_handlers())
     for entry in raw["QUEUE_SCHEDULES"]:
         reason = _schedule_problem(entry, names)
-        names.add(entry.get("name") or entry.get("job_type") or entry.get("func"))
+        names.add(_name(entry))
         if reason:
             problems.append(
                 Error(
@@ -264,10 +269,13 @@ def _schedule_problem(entry: dict[str, Any], names: set[str]) -> str | None:
     unknown = set(entry) - SCHEDULE_KEYS
     if unknown:
         return f"has unknown keys {sorted(unknown)}"
-    if ("job_type" in entry) == ("func" in entry):
-        return "needs a job_type (or, the older form, a func), not both"
-    name = entry.get("name") or entry.get("job_type") or entry["func"]
-    if name in names:
+    if sum(key in entry for key in ("job_type", "task", "func")) != 1:
+        return "needs one of job_type, task and (the older form) func"
+    if "task" not in entry and ("args" in entry or "kwargs" in entry):
+        return "sets args or kwargs for a job type; a job type takes data, a task args and kwargs"
+    if "task" in entry and "data" in entry:
+        return "sets data for a task; a task takes args and kwargs"
+    if _name(entry) in names:
         return "repeats a name already declared (an entry's name defaults to its job type's)"
     if "func" in entry and not entry.get("name"):
         return "needs a name besides its func"
@@ -282,9 +290,19 @@ def _schedule_problem(entry: dict[str, Any], names: set[str]) -> str | None:
         problem = periodic.schedule_problem(entry.get("every"), entry.get("cron"))
         if problem:
             return f"is wrong: {problem}"
+    if "task" in entry:
+        try:
+            firing = periodic.from_setting(entry)
+        except (InvalidTaskError, KeyError, ValueError) as exc:
+            return f"names a task that cannot fire: {exc}"
+        return _data_problem(firing.job_type, firing.data)
     if "job_type" in entry:
         return _data_problem(entry["job_type"], entry.get("data", {}))
     return None
+
+
+def _name(entry: dict[str, Any]) -> object:
+    return entry.get("name") or entry.get("task") or entry.get("job_type") or entry.get("func")
 
 
 def _data_problem(job_type: str, data: object) -> str | None:

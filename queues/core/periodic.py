@@ -105,19 +105,24 @@ def from_setting(entry: dict[str, Any]) -> Periodic:
     """A `QUEUE_SCHEDULES` entry as a declaration (the checks, `queues.E007`, vouch for it).
 
     `{"job_type": ..., "data": {...}, "name": ..., "minutes": n | "every": timedelta |
-    "cron": ...}`; a `func` entry (a dotted path, the older form) fires `call_function` with
-    it. The name defaults to the job type's; minutes default to 1.
+    "cron": ...}`; a `task` entry (a django.tasks `@task` of our backend, with `args` and
+    `kwargs`) fires the task's job type; a `func` entry (a dotted path, the older form) fires
+    `call_function` with it. The name defaults to the job type's (the task's path for a task);
+    minutes default to 1.
     """
     if "func" in entry:
         job_type, data = CALL_FUNCTION, {"func": entry["func"]}
+    elif "task" in entry:
+        from queues.extras.task_backend import periodic_firing
+
+        job_type, data = periodic_firing(entry)
     else:
         job_type, data = entry["job_type"], dict(entry.get("data") or {})
     every = entry.get("every")
     if every is None and not entry.get("cron"):
         every = timedelta(minutes=entry.get("minutes", 1))
-    return Periodic(
-        entry.get("name") or job_type, job_type, data, every=every, cron=entry.get("cron")
-    )
+    name = entry.get("name") or entry.get("task") or job_type
+    return Periodic(name, job_type, data, every=every, cron=entry.get("cron"))
 
 
 # The job type of `func` entries (`queues.maintenance.periodic.call_function`).

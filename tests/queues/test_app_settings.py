@@ -161,6 +161,10 @@ def test_retention_of_an_unknown_status_is_an_error():
         {"job_type": "test_periodic", "data": []},
         {"job_type": "test_periodic", "every": timedelta(seconds=30)},
         {"job_type": "test_periodic", "every": 60},
+        {"task": "tests.support.tasks.no_such_task"},
+        {"task": "tests.support.tasks.add", "args": {"a": 1}},
+        {"task": "tests.support.tasks.add", "data": {}},
+        {"job_type": "test_periodic", "kwargs": {}},
     ],
 )
 def test_a_bad_schedule_declaration_is_an_error(entry):
@@ -174,6 +178,7 @@ def test_a_bad_schedule_declaration_is_an_error(entry):
         {"job_type": "test_periodic", "data": {"fail_times": 2}, "cron": "0 3 * * 1-5"},
         {"job_type": "test_periodic", "every": timedelta(hours=2)},
         {"name": "often", "job_type": "test_periodic", "minutes": 2},
+        {"task": "tests.support.tasks.add", "args": [1, 2], "cron": "0 3 * * *"},
     ],
 )
 def test_a_good_schedule_declaration_passes_the_checks(entry):

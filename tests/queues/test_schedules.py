@@ -278,3 +278,20 @@ def test_a_paused_queue_fires_nothing_and_its_resume_fires_the_latest_slot_once(
     pausing.resume("database")
     assert scheduler_pass() == 1 and scheduler_pass() == 0
     assert jobs_of().count() == 1
+
+
+@pytest.mark.django_db
+def test_a_task_entry_fires_a_django_task_job_with_its_arguments(settings):
+    settings.QUEUE_SCHEDULES = [{"task": "tests.support.tasks.add", "args": [2, 3], "minutes": 5}]
+    migrate()
+    assert schedules()["tests.support.tasks.add"] == (
+        FIRE,
+        "'tests.support.tasks.add'",
+        "I",
+        5,
+        None,
+    )
+    job = periodic.fire("tests.support.tasks.add")
+    assert job.job_type == "django_task.database" and job.data["args"] == [2, 3]
+    run_job(job.pk)
+    assert Job.objects.get(pk=job.pk).result == {"sum": 5}
