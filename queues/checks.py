@@ -248,7 +248,7 @@ def _retention(raw: dict[str, Any]) -> list[CheckMessage]:
 
 def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
     problems: list[CheckMessage] = []
-    names = set(periodic.all_declared_beside_handlers())
+    names: set[object] = set(periodic.all_declared_beside_handlers())
     for entry in raw["QUEUE_SCHEDULES"]:
         reason = _schedule_problem(entry, names)
         names.add(_name(entry))
@@ -264,7 +264,7 @@ def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
     return problems
 
 
-def _schedule_problem(entry: dict[str, Any], names: set[str]) -> str | None:
+def _schedule_problem(entry: dict[str, Any], names: set[object]) -> str | None:
     """Why a `QUEUE_SCHEDULES` entry would not fire its job, or None."""
     unknown = set(entry) - SCHEDULE_KEYS
     if unknown:

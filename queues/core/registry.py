@@ -81,15 +81,15 @@ class Unique:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
-        if self.states is None:
-            default = tuple(_COMES_FROM) if self.period else ("queued", "running", "retrying")
-            object.__setattr__(self, "states", default)
-        object.__setattr__(self, "states", tuple(self.states))
-        unknown = set(self.states) - set(_COMES_FROM)
-        if unknown or not (self.fields or self.period) or not self.states:
+        states = self.states
+        if states is None:
+            states = tuple(_COMES_FROM) if self.period else ("queued", "running", "retrying")
+        object.__setattr__(self, "states", tuple(states))
+        unknown = set(states) - set(_COMES_FROM)
+        if unknown or not (self.fields or self.period) or not states:
             raise ValueError(f"unique jobs need fields (or a period) and known states, not {self}")
-        for state in self.states:
-            missing = set(_COMES_FROM[state]) - set(self.states)
+        for state in states:
+            missing = set(_COMES_FROM[state]) - set(states)
             if missing:
                 raise ValueError(f"unique in {state!r} needs {sorted(missing)} too")
         if self.period is not None and (
