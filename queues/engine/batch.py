@@ -115,7 +115,6 @@ def replace_waiting(holder: Job, duplicate: Job, replace: Callable[[Job, Job], b
     """Give `holder` the data of `duplicate` if it still waits (the engine's `replace` says)."""
     if holder.status in Job.WAITING and replace(holder, duplicate):
         holder.data, holder.subject = duplicate.data, duplicate.subject
-        holder.replaced = True
 
 
 def set_unique_key(kind: JobType, jobs: Iterable[Job]) -> None:
