@@ -111,10 +111,12 @@ def job_type(
     if every is None and cron is None:
         return register
 
+    declaration = periodic.Periodic(name, name, every=every, cron=cron)  # ValueError if bad
+    _check_empty_data(name, schema)
+
     def periodic_type(handler: registry.Handler) -> registry.Handler:
         handler = register(handler)
-        _check_empty_data(name, schema)
-        periodic.declare(name, every=every, cron=cron)
+        periodic.declare(declaration)
         return handler
 
     return periodic_type

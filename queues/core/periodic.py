@@ -89,12 +89,12 @@ def schedule_problem(every: object, cron: object) -> str | None:
 _declared: dict[str, Periodic] = {}
 
 
-def declare(job_type: str, *, every: timedelta | None = None, cron: str | None = None) -> None:
-    """Fire `job_type` (with empty data) every `every` or on `cron`; its name is the type's.
-    `job_type(..., every=...)` calls it."""
-    if job_type in _declared:
-        raise ValueError(f"job type {job_type!r} is already periodic")
-    _declared[job_type] = Periodic(job_type, job_type, every=every, cron=cron)
+def declare(declaration: Periodic) -> None:
+    """Fire `declaration.job_type` (with empty data) on its schedule: `job_type(..., every=...)`
+    calls it once the type is registered."""
+    if declaration.name in _declared:
+        raise ValueError(f"job type {declaration.name!r} is already periodic")
+    _declared[declaration.name] = declaration
 
 
 def all_declared_beside_handlers() -> dict[str, Periodic]:

@@ -11,7 +11,8 @@ from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
 from chat.models import Conversation
-from queues.core import pausing, periodic
+from queues.api import JobData, UserlessJobData, job_type
+from queues.core import pausing, periodic, registry
 from queues.core.periodic import FIRE, Periodic
 from queues.django_q2.scheduler import run_due_schedules
 from queues.execution.runner import run_job
@@ -295,3 +296,19 @@ def test_a_task_entry_fires_a_django_task_job_with_its_arguments(settings):
     assert job.job_type == "django_task.database" and job.data["args"] == [2, 3]
     run_job(job.pk)
     assert Job.objects.get(pk=job.pk).result == {"sum": 5}
+
+
+@pytest.mark.parametrize(
+    ("schema", "timing"),
+    [
+        (JobData, {"every": timedelta(hours=1)}),  # needs a user_id: cannot fire with no data
+        (UserlessJobData, {"every": timedelta(seconds=20)}),
+        (UserlessJobData, {"cron": "0 3 * *"}),
+        (UserlessJobData, {"every": timedelta(hours=1), "cron": "0 3 * * *"}),
+    ],
+)
+def test_a_periodic_type_that_could_not_fire_is_refused_when_declared(schema, timing):
+    with pytest.raises(ValueError):
+        job_type("test_never_declared", queue="database", schema=schema, **timing)(lambda data: 0)
+    assert registry.find("test_never_declared") is None
+    assert "test_never_declared" not in periodic.all_periodic()
