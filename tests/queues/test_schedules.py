@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.utils import timezone
 from django_q.models import OrmQ, Schedule
 
@@ -196,13 +197,13 @@ def test_a_func_entry_fires_a_job_that_calls_its_function(settings):
 
 
 def test_a_real_cluster_runs_the_declared_sweeper(cluster, user):
-    """The sweeper's schedule, as synced, is picked up by django-q2's scheduler (about 30 s after
-    a cluster starts) and the deletion it re-queues runs."""
+    """The sweeper's schedule, as synced, is fired by the cluster's scheduler pass (about 30 s
+    after a cluster starts): its run is a job with its record, and the deletion it re-queues
+    runs."""
     stalled = Conversation.objects.create(owner=user, title="its job was lost")
     Conversation.objects.filter(pk=stalled.pk).update(
         deletion_requested_at=timezone.now() - timedelta(minutes=10)
     )
-    migrate()  # the test database was flushed: its schedules are synced again
     sweeper = Schedule.objects.filter(name=SWEEPER)
     assert sweeper.update(next_run=timezone.now() - timedelta(minutes=1)) == 1
 
@@ -212,6 +213,8 @@ def test_a_real_cluster_runs_the_declared_sweeper(cluster, user):
         90,
         message="the scheduled sweeper to re-queue the deletion and a worker to run it",
     )
+    (run,) = jobs_of(SWEEPER)
+    assert (run.status, run.result) == ("succeeded", {"requeued": 1})
 
 
 def test_a_failing_or_broken_schedule_never_stops_the_others(cluster, client, operator_user):
@@ -312,3 +315,16 @@ def test_a_periodic_type_that_could_not_fire_is_refused_when_declared(schema, ti
         job_type("test_never_declared", queue="database", schema=schema, **timing)(lambda data: 0)
     assert registry.find("test_never_declared") is None
     assert "test_never_declared" not in periodic.all_periodic()
+
+
+@pytest.mark.django_db
+def test_a_failing_maintenance_run_is_a_job_that_is_retried_and_counted():
+    migrate()
+    job = periodic.fire("prune_job_records")
+    outage = OperationalError("the database went away")
+    with mock.patch("queues.maintenance.periodic.prune", side_effect=outage):
+        run_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.last_error_class) == ("retrying", 1, "OperationalError")
+    assert counted("attempts_failed", "prune_job_records") == 1
+    assert counted("retries_scheduled", "prune_job_records") == 1
