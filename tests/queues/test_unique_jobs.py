@@ -1,6 +1,7 @@
 """Unique jobs: a type declares a key over its data and the statuses in which it is unique; a
 duplicate enqueue returns the job holding the key, race-free across connections."""
 
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -274,3 +275,25 @@ def test_replace_leaves_a_job_that_began_as_it_is(user):
     # Not waiting any more: the key is free again for a new waiting job.
     second = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": 3})
     assert second.pk != first.pk and second.data["seconds"] == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_replacing_enqueues_make_one_job_holding_one_of_their_data(user):
+    callers = 20
+    start = threading.Barrier(callers)
+    numbers = itertools.count()
+
+    def enqueue_mine():
+        seconds = next(numbers)
+        with transaction.atomic():
+            start.wait(timeout=30)
+            job = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": seconds})
+            connection.cursor().execute("SELECT pg_sleep(0.02)")
+        return job.pk
+
+    ids = in_threads(enqueue_mine, callers)
+    (job,) = Job.objects.filter(job_type="test_latest_data")
+    assert set(ids) == {job.pk} and OrmQ.objects.count() == 1
+    assert job.data["seconds"] in range(callers)
+    assert counted("enqueued", "test_latest_data") == 1
