@@ -2,7 +2,7 @@
 per time slot, and a periodic job that fails is retried, recorded, counted and shown."""
 
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.management import call_command
 from django.utils import timezone
@@ -18,6 +18,11 @@ NAME = PERIODIC["name"]
 SETTINGS = {"DJANGO_SETTINGS_MODULE": "tests.support.periodic_settings"}
 
 
+def slot_of(job):
+    """The start of the slot a periodic job was fired for (its request id says it)."""
+    return datetime.strptime(job.request_id, "periodic:%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
 def fired():
     return Job.objects.filter(job_type="test_periodic").order_by("created_at")
 
@@ -30,6 +35,7 @@ def test_two_clusters_fire_one_job_per_slot_and_a_failing_one_is_retried_and_sho
     # Missed for five minutes: the clusters' first scheduler pass fires the latest slot only.
     Schedule.objects.filter(name=NAME).update(next_run=timezone.now() - timedelta(minutes=5))
 
+    started = timezone.now()
     cluster.start(workers=2, extra_env=SETTINGS)
     cluster.start(workers=2, extra_env=SETTINGS)
     first = wait_for(
@@ -37,6 +43,8 @@ def test_two_clusters_fire_one_job_per_slot_and_a_failing_one_is_retried_and_sho
         120,
         message="the first slot's job to fail for good (passes about every 30 s)",
     )
+    assert fired().count() == 1  # the latest slot only, not one per missed minute
+    assert slot_of(first) > started - timedelta(minutes=1)
     assert first.attempts == 3 and "simulated outage of a periodic job" in first.last_error
     assert counted("retries_scheduled", "test_periodic") == 2
     assert counted("failed", "test_periodic") == 1
