@@ -33,11 +33,12 @@ its transaction rolls back, and the job ends cancelled.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from queues.core import registry, selectors, services
+from queues.core import periodic, registry, selectors, services
 from queues.core.registry import RetryPolicy, Unique
-from queues.core.schemas import JobData
+from queues.core.schemas import JobData, UserlessJobData
 from queues.errors import (
     JobCancelled,
     JobError,
@@ -67,6 +68,7 @@ __all__ = [
     "TooManyLiveJobs",
     "TransientJobError",
     "Unique",
+    "UserlessJobData",
     "WorkerLost",
     "araise_if_stop_requested",
     "cancel_waiting_jobs",
@@ -84,7 +86,13 @@ __all__ = [
 
 
 def job_type(
-    name: str, *, queue: str, schema: type[JobData], **options: Any
+    name: str,
+    *,
+    queue: str,
+    schema: type[JobData],
+    every: timedelta | None = None,
+    cron: str | None = None,
+    **options: Any,
 ) -> Callable[[registry.Handler], registry.Handler]:
     """Decorator declaring its function as the handler of job type `name` on `queue`.
 
@@ -95,9 +103,33 @@ def job_type(
     owner only, erased with its subject), `output_is_content` (the handler's return value and
     error text may hold user content: shown and erased like those fields), `client_enqueueable`
     (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9) and `unique` (a
-    `Unique`: at most one job per value of some data fields among jobs in some states).
+    `Unique`: at most one job per value of some data fields among jobs in some states, or per
+    period).
+
+    `every` (a timedelta of whole minutes) or `cron` (five fields, in `TIME_ZONE`) makes the type
+    periodic: a job of it, with empty data, is enqueued for each time slot, once whatever the
+    number of clusters (`queues.core.periodic`; its schedule is synced by `migrate`).
     """
-    return registry.register(name, queue=queue, schema=schema, **options)
+    register = registry.register(name, queue=queue, schema=schema, **options)
+    if every is None and cron is None:
+        return register
+
+    declaration = periodic.Periodic(name, name, every=every, cron=cron)  # ValueError if bad
+    _check_empty_data(name, schema)
+
+    def periodic_type(handler: registry.Handler) -> registry.Handler:
+        handler = register(handler)
+        periodic.declare(declaration)
+        return handler
+
+    return periodic_type
+
+
+def _check_empty_data(name: str, schema: type[JobData]) -> None:
+    """A periodic type is enqueued with no data: its schema must take that."""
+    serializer = schema(data={"request_id": "periodic"}, context={"user_checked": True})
+    if not serializer.is_valid():
+        raise ValueError(f"periodic job type {name!r} must take empty data: {serializer.errors}")
 
 
 # The one verb: `enqueue(job_type, data, ...)`; `enqueue_if(update, values, job_type, data, ...)`

@@ -17,12 +17,13 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.checks import register as register_check
+from django_tasks.exceptions import InvalidTaskError
 
 from queues.conf import DEFAULTS, conf
-from queues.core import registry
+from queues.core import periodic, registry
 from queues.core.registry import RetryPolicy
+from queues.errors import JobValidationError
 from queues.maintenance.periodic import retention_age
-from queues.maintenance.schedules import MAINTENANCE
 from queues.models import Job
 
 # Seconds settings that must be whole numbers above zero. QUEUE_REDELIVERY_GRACE may be zero
@@ -31,7 +32,11 @@ POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
 RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
 RETENTION_RULES = {"count", "max_age"}
 QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
-SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
+SCHEDULE_KEYS = {"name", "job_type", "data", "task", "args", "kwargs", "func"} | {
+    "minutes",
+    "every",
+    "cron",
+}
 # django-q2's `retry` when Q_CLUSTER sets none.
 DJANGO_Q_RETRY = 60
 
@@ -310,45 +315,73 @@ def _retention(raw: dict[str, Any]) -> list[CheckMessage]:
 
 def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
     problems: list[CheckMessage] = []
-    names = {entry["name"] for entry in MAINTENANCE}
+    names: set[object] = set(periodic.all_declared_beside_handlers())
     for entry in raw["QUEUE_SCHEDULES"]:
-        unknown = set(entry) - SCHEDULE_KEYS
-        name = entry.get("name")
-        reason = None
-        if not name or not entry.get("func"):
-            reason = "needs a name and a func"
-        elif unknown:
-            reason = f"has unknown keys {sorted(unknown)}"
-        elif name in names:
-            reason = "repeats a name already declared"
-        elif not _importable(entry["func"]):
-            reason = f"names func {entry['func']!r}, which cannot be imported"
-        elif "cron" in entry and "minutes" in entry:
-            reason = "sets both minutes and cron; a schedule has one or the other"
-        elif "cron" in entry:
-            reason = _cron_problem(entry["cron"])
-        elif "minutes" in entry and not _whole_above_zero(entry["minutes"]):
-            reason = f"has minutes {entry['minutes']!r}, not a whole number above zero"
-        names.add(name)
+        reason = _schedule_problem(entry, names)
+        names.add(_name(entry))
         if reason:
             problems.append(
                 Error(
                     f"QUEUE_SCHEDULES entry {entry!r} {reason}.",
-                    hint='e.g. {"name": "app: sweep", "func": "app.tasks.sweep", "minutes": 5}',
+                    hint='e.g. {"job_type": "send_digest", "data": {}, "minutes": 5} or '
+                    '{"job_type": "nightly_report", "cron": "0 3 * * *"}',
                     id="queues.E007",
                 )
             )
     return problems
 
 
-def _cron_problem(expression: object) -> str | None:
-    """Why `expression` would fail django-q2's scheduler (croniter reads it), or None."""
-    try:
-        from croniter import croniter
-    except ImportError:
-        return "uses cron, but croniter is not installed (it is in requirements.txt)"
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
-        return f"has cron {expression!r}, which is no cron expression croniter reads"
+def _schedule_problem(entry: dict[str, Any], names: set[object]) -> str | None:
+    """Why a `QUEUE_SCHEDULES` entry would not fire its job, or None."""
+    unknown = set(entry) - SCHEDULE_KEYS
+    if unknown:
+        return f"has unknown keys {sorted(unknown)}"
+    if sum(key in entry for key in ("job_type", "task", "func")) != 1:
+        return "needs one of job_type, task and (the older form) func"
+    if "task" not in entry and ("args" in entry or "kwargs" in entry):
+        return "sets args or kwargs for a job type; a job type takes data, a task args and kwargs"
+    if "task" in entry and "data" in entry:
+        return "sets data for a task; a task takes args and kwargs"
+    if _name(entry) in names:
+        return "repeats a name already declared (an entry's name defaults to its job type's)"
+    if "func" in entry and not entry.get("name"):
+        return "needs a name besides its func"
+    if "func" in entry and not _importable(entry["func"]):
+        return f"names func {entry['func']!r}, which cannot be imported"
+    timing = [key for key in ("minutes", "every", "cron") if key in entry]
+    if len(timing) > 1:
+        return f"sets {' and '.join(timing)}; a schedule has one of minutes, every and cron"
+    if "minutes" in entry and not _whole_above_zero(entry["minutes"]):
+        return f"has minutes {entry['minutes']!r}, not a whole number above zero"
+    if "cron" in entry or "every" in entry:
+        problem = periodic.schedule_problem(entry.get("every"), entry.get("cron"))
+        if problem:
+            return f"is wrong: {problem}"
+    if "task" in entry:
+        try:
+            firing = periodic.from_setting(entry)
+        except (InvalidTaskError, KeyError, ValueError) as exc:
+            return f"names a task that cannot fire: {exc}"
+        return _data_problem(firing.job_type, firing.data)
+    if "job_type" in entry:
+        return _data_problem(entry["job_type"], entry.get("data", {}))
+    return None
+
+
+def _name(entry: dict[str, Any]) -> object:
+    return entry.get("name") or entry.get("task") or entry.get("job_type") or entry.get("func")
+
+
+def _data_problem(job_type: str, data: object) -> str | None:
+    kind = registry.find(job_type)
+    if kind is None:
+        return f"names job type {job_type!r}, which is not registered"
+    if not isinstance(data, dict):
+        return f"has data {data!r}, not a dict"
+    try:  # the user, if any, is looked up when it fires: the database may not exist yet
+        kind.validate({"request_id": "periodic", **data}, user_checked=True)
+    except JobValidationError as exc:
+        return f"has data its job type refuses ({exc})"
     return None
 
 

@@ -44,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds past due after which a waiting job whose broker row was claimed but never begun
     # (on Redis: any waiting job) is pushed again. One whose row is gone: at the next pass.
     "QUEUE_STRANDED_AFTER": 45,
-    # Periodic tasks the project adds to queues' own (queues.maintenance.schedules), e.g.
-    # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].
+    # Periodic jobs declared in settings (queues.core.periodic), besides `every=`/`cron=` beside
+    # handlers, e.g. [{"job_type": "send_digest", "data": {"kind": "daily"}, "cron": "0 8 * * *"}].
     "QUEUE_SCHEDULES": [],
     # Whether the statements a job sends for every attempt (`hot_cursor`) are prepared on their
     # connection. Off for a process whose database connection goes through a transaction-mode

@@ -317,9 +317,9 @@ class DeclaredSchedule(models.Model):
 
 class ScheduleFailureCounter(models.Model):
     """How often a schedule failed, by its name (django-q2's `group` of the tasks it creates):
-    to create its task (a cron expression that does not parse, a function that will not import)
-    or in its function. Counted by `queues.django_q2.scheduler` for `/metrics` and the dashboard; a
-    failing schedule never stops another one."""
+    to fire its periodic job or create its task (a type no longer declared, a cron expression
+    that does not parse) or in its function. Counted by `queues.django_q2.scheduler` for
+    `/metrics` and the dashboard; a failing schedule never stops another one."""
 
     schedule = models.CharField(max_length=100, unique=True)
     failures = models.BigIntegerField(default=0)

@@ -271,14 +271,9 @@ CLIENT_LIVE_JOBS_PER_USER = env_int("CLIENT_LIVE_JOBS_PER_USER", 100)
 # A conversation whose deletion was requested this long ago, still present and with no live
 # job, is queued for deletion again by the sweeper.
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
-# Periodic tasks besides queues' own maintenance, synced into django-q2's schedules after
-# `migrate` (queues.maintenance.schedules).
-QUEUE_SCHEDULES = [
-    {
-        "name": "chat: re-queue stalled conversation deletions",
-        "func": "chat.sweeper.sweep_deletions",
-    },
-]
+# Periodic jobs besides those declared beside their handlers (`every=`/`cron=` in `chat/jobs.py`,
+# queues' own upkeep), synced into django-q2's schedules after `migrate` (docs/settings.md).
+QUEUE_SCHEDULES = []
 # /readyz fails when a due job has waited longer than this (seconds).
 READY_MAX_BACKLOG_SECONDS = env_int("READY_MAX_BACKLOG_SECONDS", 300)
 

@@ -11,6 +11,7 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -130,22 +131,43 @@ class Unique:
 
     `states` must hold every status a job can reach them from on its own (e.g. with `running`,
     also `queued` and `retrying`): the database refuses a second job entering them, and no
-    worker could act on that refusal.
+    worker could act on that refusal. Default: the live ones; with a `period`, every status.
+
+    `period`: the key holds within one window of that length (windows aligned on the Unix epoch,
+    e.g. 10 minutes: 12:00-12:10), so at most one job per key and window; `fields` may then be
+    empty (one job of the type per window). `on_conflict="replace"`: a duplicate enqueued while
+    the holder still waits (queued or retrying) gives it its data; a running or finished holder
+    is returned as it is.
     """
 
     fields: tuple[str, ...] | list[str]  # stored as a tuple
-    states: tuple[str, ...] | list[str] = ("queued", "running", "retrying")
+    states: tuple[str, ...] | list[str] | None = None  # stored as a tuple
+    period: timedelta | None = None
+    on_conflict: str = "keep"  # or "replace"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
-        object.__setattr__(self, "states", tuple(self.states))
-        unknown = set(self.states) - set(_COMES_FROM)
-        if unknown or not self.fields or not self.states:
-            raise ValueError(f"unique jobs need fields and known states, not {self}")
-        for state in self.states:
-            missing = set(_COMES_FROM[state]) - set(self.states)
+        states = self.states
+        if states is None:
+            states = tuple(_COMES_FROM) if self.period else ("queued", "running", "retrying")
+        object.__setattr__(self, "states", tuple(states))
+        unknown = set(states) - set(_COMES_FROM)
+        if unknown or not (self.fields or self.period) or not states:
+            raise ValueError(f"unique jobs need fields (or a period) and known states, not {self}")
+        for state in states:
+            missing = set(_COMES_FROM[state]) - set(states)
             if missing:
                 raise ValueError(f"unique in {state!r} needs {sorted(missing)} too")
+        if self.period is not None and (
+            not isinstance(self.period, timedelta) or self.period < timedelta(seconds=1)
+        ):
+            raise ValueError(f"a unique period must be a timedelta of a second or more: {self}")
+        if self.on_conflict not in ("keep", "replace"):
+            raise ValueError(f"on_conflict must be 'keep' or 'replace', not {self.on_conflict!r}")
+
+    @property
+    def replaces(self) -> bool:
+        return self.on_conflict == "replace"
 
 
 @dataclass(frozen=True)

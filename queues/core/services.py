@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
@@ -13,7 +13,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from queues.conf import conf
-from queues.core import history, registry
+from queues.core import history, registry, uniqueness
 from queues.engine import engine
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.execution import tracing
@@ -100,6 +100,18 @@ def enqueue(
     kind = _kind(job_type)
     job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
     return engine().store_job(kind, job)
+
+
+def enqueue_slot(job_type: str, data: dict[str, Any], *, periodic: str, slot: datetime) -> Job:
+    """`enqueue` the job the periodic declaration `periodic` (its name) fires for the time slot
+    starting at `slot` (`queues.core.periodic`): keyed by both, in every status, so clusters
+    firing one slot store one job; the others get that one (`deduplicated` set)."""
+    kind = _kind(job_type)
+    request_id = f"periodic:{slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    job = _new_job(kind, data, request_id, False, kind.priority)
+    job.unique_key = uniqueness.slot_key(kind.name, periodic, slot)
+    job.unique_states = uniqueness.ALL_STATES
+    return engine().store(kind, [job])[0]
 
 
 def enqueue_if(

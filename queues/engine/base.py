@@ -60,6 +60,11 @@ class Engine:
         job, atomically: the job (or its key's holder), or None and nothing stored. `enqueue_if`."""
         raise NotImplementedError
 
+    def replace_waiting(self, holder: Job, duplicate: Job) -> bool:
+        """Give the unique key's `holder` the data (and subject) of `duplicate` if it still waits
+        (queued or retrying); whether it did. `Unique(on_conflict="replace")`."""
+        raise NotImplementedError
+
     def store_broker_row(
         self,
         queue: str,

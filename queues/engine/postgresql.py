@@ -222,6 +222,14 @@ SELECT_STORED = "SELECT id, broker_row FROM stored"
 # if the change matched one, with the job's id and broker row if it was stored (not a duplicate).
 SELECT_STORED_IF = "SELECT s.id, s.broker_row, c.* FROM condition c LEFT JOIN stored s ON true"
 
+# A unique type's waiting holder takes the data of a duplicate (`Unique(on_conflict="replace")`);
+# a holder that began meanwhile is left as it is (no row comes back).
+REPLACE_WAITING_DATA = """
+UPDATE queues_job SET data = %s, subject = %s
+WHERE id = %s AND status IN ('queued', 'retrying')
+RETURNING id
+"""
+
 # Jobs per statement: a bigger batch takes several statements, in the same transaction.
 ROWS_PER_STATEMENT = 500
 
@@ -404,7 +412,7 @@ class PostgreSQLEngine(Engine):
         """One statement per `ROWS_PER_STATEMENT` jobs: records, broker rows (with the NOTIFY)
         and counters, for the jobs actually inserted (`INSERT ... ON CONFLICT DO NOTHING` skips
         a duplicate). Only a duplicate costs a second round trip, to read its key's holder."""
-        return batch.store(kind, jobs, self._insert)
+        return batch.store(kind, jobs, self._insert, self.replace_waiting)
 
     def store_job(self, kind: JobType, job: Job) -> Job:
         """One round trip: the record, which stores its broker row's id, the row (its RETURNING
@@ -437,7 +445,9 @@ class PostgreSQLEngine(Engine):
         INSERT selects from, so it needs no transaction of its own (no BEGIN and COMMIT when the
         caller has none open). With Redis, the change then `store`, in one transaction."""
         if not self.broker_in_database():
-            return batch.store_after_update(kind, job, update, values, self._insert)
+            return batch.store_after_update(
+                kind, job, update, values, self._insert, self.replace_waiting
+            )
         batch.set_unique_key(kind, [job])
         rows = self._insert_together(kind, [job], update_returning_sql(update, values))
         if not rows:
@@ -448,6 +458,13 @@ class PostgreSQLEngine(Engine):
         # A duplicate: the change is made; the job is the holder's, or, should the holder have
         # finished meanwhile, stored now.
         return self.store(kind, [job])[0]
+
+    def replace_waiting(self, holder: Job, duplicate: Job) -> bool:
+        """`REPLACE_WAITING_DATA`: whether `holder` still waited and took `duplicate`'s data."""
+        data = Job._meta.get_field("data").get_db_prep_value(duplicate.data, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(REPLACE_WAITING_DATA, [data, duplicate.subject, holder.pk])
+            return cursor.fetchone() is not None
 
     def store_broker_row(
         self,
@@ -499,7 +516,7 @@ class PostgreSQLEngine(Engine):
             (job,) = jobs
             insert, params = insert_from_statement(job, "condition")
             statements = [(SELECT_STORED_IF, []), (*condition, "condition")]
-        if kind.unique:
+        if any(job.unique_key for job in jobs):  # a unique type's, or a periodic job's slot
             insert += f" ON CONFLICT (unique_key) WHERE {holds_key_sql()} DO NOTHING"
         statements += [
             (f"{insert} RETURNING id, broker_row", params, "stored"),

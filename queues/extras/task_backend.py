@@ -74,6 +74,30 @@ def resolve_task(path):
     return found
 
 
+def periodic_firing(entry):
+    """(job type, data) of a `QUEUE_SCHEDULES` entry naming a task (`{"task": "app.tasks.f",
+    "args": [...], "kwargs": {...}, ...}`): what its backend's `enqueue` would store, or
+    InvalidTaskError (`queues.core.periodic`)."""
+    from django_tasks import task_backends
+
+    task = resolve_task(entry["task"])
+    backend = task_backends[task.backend]
+    if not isinstance(backend, QueueBackend):
+        raise InvalidTaskError(f"{entry['task']!r} runs on backend {task.backend!r}, not ours")
+    args, kwargs = entry.get("args", []), entry.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not is_json([args, kwargs]):
+        raise InvalidTaskError("a periodic task's args must be a JSON list and kwargs a dict")
+    data = {
+        "task": task.module_path,
+        "args": args,
+        "kwargs": kwargs,
+        "backend": backend.alias,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+    }
+    return job_type_for(backend.queue_map[task.queue_name]), data
+
+
 def is_json(value):
     """Whether `value` comes back from JSON unchanged (no NaN, non-string keys, tuples, NUL)."""
     try:

@@ -1,4 +1,8 @@
-"""Periodic upkeep of the job tables, run on the schedules of `queues.maintenance.schedules`."""
+"""Periodic upkeep of the job tables, declared as periodic job types of the default queue: each
+run is a job with its record, retries, metrics and dashboard row (`queues.core.periodic`).
+
+Also the job type of the `func` entries of `QUEUE_SCHEDULES`: `call_function`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,13 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
+from django.utils.module_loading import import_string
+from rest_framework import serializers
 
+from queues.api import UserlessJobData, job_type
 from queues.conf import conf
 from queues.core.history import prune_orphaned_events
+from queues.core.periodic import CALL_FUNCTION
 from queues.maintenance.rescuer import rescue
 from queues.models import Job, JobMinute
 
@@ -32,8 +40,8 @@ def prune_finished_jobs(now: datetime | None = None) -> int:
     selected, so a row retried while it runs is left alone.
     """
     apart = {
-        job_type: {**conf.JOB_RETENTION, **rules["count"]}
-        for job_type, rules in conf.JOB_RETENTION_BY_TYPE.items()
+        type_name: {**conf.JOB_RETENTION, **rules["count"]}
+        for type_name, rules in conf.JOB_RETENTION_BY_TYPE.items()
         if "count" in rules
     }
     deleted = 0
@@ -43,8 +51,8 @@ def prune_finished_jobs(now: datetime | None = None) -> int:
             if apart:
                 shared = shared.exclude(job_type__in=list(apart))
             deleted += _keep_newest(shared, status, conf.JOB_RETENTION[status])
-            for job_type, counts in apart.items():
-                own = Job.objects.filter(queue=queue, status=status, job_type=job_type)
+            for type_name, counts in apart.items():
+                own = Job.objects.filter(queue=queue, status=status, job_type=type_name)
                 deleted += _keep_newest(own, status, counts[status])
     deleted += _prune_by_age(now or timezone.now())
     if deleted:
@@ -73,14 +81,14 @@ def _prune_by_age(now: datetime) -> int:
     own (`JOB_RETENTION_BY_TYPE[type]["max_age"]`), else `JOB_RETENTION_MAX_AGE`'s. A retried
     job is live again (its status changed, `finished_at` cleared): no DELETE matches it."""
     own = {
-        job_type: rules["max_age"]
-        for job_type, rules in conf.JOB_RETENTION_BY_TYPE.items()
+        type_name: rules["max_age"]
+        for type_name, rules in conf.JOB_RETENTION_BY_TYPE.items()
         if "max_age" in rules
     }
     deleted = 0
     for status in Job.FINISHED:
-        typed = {job_type: ages[status] for job_type, ages in own.items() if status in ages}
-        limits = [(Q(job_type=job_type), age) for job_type, age in typed.items()]
+        typed = {name: ages[status] for name, ages in own.items() if status in ages}
+        limits = [(Q(job_type=name), age) for name, age in typed.items()]
         others = ~Q(job_type__in=list(typed)) if typed else Q()
         limits.append((others, conf.JOB_RETENTION_MAX_AGE.get(status)))
         for which, age in limits:
@@ -111,3 +119,40 @@ def prune():
 def redeliver_stranded_jobs():
     """Rescue every queue (`rescuer`), also those whose pushers wait on busy workers."""
     return sum(rescue(queue) for queue in conf.QUEUES)
+
+
+# Retention of finished job records, and per-minute stats older than two hours. Every five
+# minutes: retention counts records, so a later prune only keeps a few more for a while, and an
+# idle cluster sends fewer statements.
+@job_type(
+    "prune_job_records",
+    queue=conf.DEFAULT_QUEUE,
+    schema=UserlessJobData,
+    every=timedelta(minutes=5),
+)
+def prune_job_records(data):
+    return {"deleted": prune()}
+
+
+# A rescue pass over every queue, for clusters whose pusher waits on busy workers (a pusher
+# that dequeues runs one every QUEUE_RESCUE_INTERVAL itself).
+@job_type(
+    "redeliver_stranded_jobs",
+    queue=conf.DEFAULT_QUEUE,
+    schema=UserlessJobData,
+    every=timedelta(minutes=1),
+)
+def redeliver_stranded_jobs_job(data):
+    return {"rescued": redeliver_stranded_jobs()}
+
+
+class FunctionData(UserlessJobData):
+    func = serializers.CharField(max_length=200)
+
+
+@job_type(CALL_FUNCTION, queue=conf.DEFAULT_QUEUE, schema=FunctionData)
+def call_function(data):
+    """Call the function a `func` entry of `QUEUE_SCHEDULES` names (the checks vouch that it
+    imports); its return value is the result if JSON can hold it."""
+    result = import_string(data["func"])()
+    return result if isinstance(result, int | float | str | bool | list | dict) else None

@@ -56,7 +56,7 @@ def test_a_project_that_sets_none_of_the_queue_settings_gets_the_defaults(tmp_pa
         [*manage, "shell", "-v0", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert shown.stdout.splitlines() == [
-        "['queues: prune finished job records', 'queues: push stranded jobs again']",
+        "['prune_job_records', 'redeliver_stranded_jobs']",
         "{'database': {'workers': 4, 'timeout': 120}} 45 "
         "{'succeeded': 50, 'failed': 100, 'cancelled': 50}",
     ], shown.stderr
@@ -199,8 +199,10 @@ def test_retention_for_an_unregistered_type_is_a_warning(capsys):
     [
         {"name": "no func"},
         {"name": "typo", "func": "chat.sweeper.sweep_deletions", "minute": 5},
-        {"name": "queues: prune finished job records", "func": "queues.maintenance.periodic.prune"},
+        {"name": "prune_job_records", "func": "queues.maintenance.periodic.prune"},
+        {"job_type": "sweep_deletions"},  # declared beside its handler already
         {"name": "gone", "func": "chat.sweeper.no_such_function"},
+        {"func": "queues.maintenance.periodic.prune"},  # no name
         {"name": "bad cron", "func": "queues.maintenance.periodic.prune", "cron": "61 * * * *"},
         {"name": "short cron", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * *"},
         {
@@ -210,14 +212,33 @@ def test_retention_for_an_unregistered_type_is_a_warning(capsys):
             "minutes": 5,
         },
         {"name": "zero", "func": "queues.maintenance.periodic.prune", "minutes": 0},
+        {"job_type": "no_such_type"},
+        {"job_type": "test_periodic", "func": "queues.maintenance.periodic.prune"},
+        {"job_type": "test_periodic", "data": {"fail_times": -1}},
+        {"job_type": "test_periodic", "data": []},
+        {"job_type": "test_periodic", "every": timedelta(seconds=30)},
+        {"job_type": "test_periodic", "every": 60},
+        {"task": "tests.support.tasks.no_such_task"},
+        {"task": "tests.support.tasks.add", "args": {"a": 1}},
+        {"task": "tests.support.tasks.add", "data": {}},
+        {"job_type": "test_periodic", "kwargs": {}},
     ],
 )
 def test_a_bad_schedule_declaration_is_an_error(entry):
     assert "(queues.E007) QUEUE_SCHEDULES entry" in check(QUEUE_SCHEDULES=[entry])
 
 
-def test_a_cron_schedule_passes_the_checks():
-    entry = {"name": "nightly", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * * 1-5"}
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "nightly", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * * 1-5"},
+        {"job_type": "test_periodic", "data": {"fail_times": 2}, "cron": "0 3 * * 1-5"},
+        {"job_type": "test_periodic", "every": timedelta(hours=2)},
+        {"name": "often", "job_type": "test_periodic", "minutes": 2},
+        {"task": "tests.support.tasks.add", "args": [1, 2], "cron": "0 3 * * *"},
+    ],
+)
+def test_a_good_schedule_declaration_passes_the_checks(entry):
     assert "E007" not in check(QUEUE_SCHEDULES=[entry])
 
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import timedelta
 
 from django.db import OperationalError
 from rest_framework import serializers
@@ -16,7 +17,9 @@ from queues.api import (
     JobData,
     PermanentJobError,
     RetryPolicy,
+    TransientJobError,
     Unique,
+    UserlessJobData,
     araise_if_stop_requested,
     raise_if_stop_requested,
 )
@@ -119,6 +122,28 @@ def unique(data):
 
 
 @register(
+    "test_once_per_window",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], period=timedelta(minutes=10)),
+)
+def once_per_window(data):
+    """One job per `name` and 10-minute window, whatever became of it."""
+    return {"name": data["name"]}
+
+
+@register(
+    "test_latest_data",
+    queue="database",
+    schema=NamedTestData,
+    unique=Unique(fields=["name"], states=["queued"], on_conflict="replace"),
+)
+def latest_data(data):
+    """One job per `name` waiting to start, which runs with the data of the latest enqueue."""
+    return {"name": data["name"], "seconds": data["seconds"]}
+
+
+@register(
     "test_debounced",
     queue="database",
     schema=NamedTestData,
@@ -180,4 +205,21 @@ def gives_up(job):
     `fail_times` attempts; any other error of it would be retried."""
     if job.attempt <= job.data["fail_times"]:
         raise ValueError(f"simulated bad input on attempt {job.attempt}")
+
+
+class PeriodicTestData(UserlessJobData):
+    fail_times = serializers.IntegerField(min_value=0, default=0)
+
+
+@register(
+    "test_periodic",
+    queue="database",
+    schema=PeriodicTestData,
+    retry=RetryPolicy(attempts=3, backoff_seconds=0.5),
+)
+def periodic(data, job):
+    """Fired by `QUEUE_SCHEDULES` in tests: fails as a transient error on the first `fail_times`
+    attempts."""
+    if job.attempt <= data["fail_times"]:
+        raise TransientJobError(f"simulated outage of a periodic job on attempt {job.attempt}")
     return {"attempt": job.attempt}
