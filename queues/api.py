@@ -23,7 +23,9 @@ the type)::
 
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
 Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
-`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
+`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields;
+`Snooze(seconds)` (or `job.snooze(seconds)`) runs the job again later without spending an
+attempt. `job.report_progress(percent, message)` shows how far a handler got, while it runs.
 A long handler calls `raise_if_stop_requested()` where stopping is safe: an operator's stop
 request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
 """
@@ -42,6 +44,7 @@ from queues.errors import (
     JobTimeout,
     JobValidationError,
     PermanentJobError,
+    Snooze,
     SubjectGone,
     TooManyLiveJobs,
     TransientJobError,
@@ -61,6 +64,7 @@ __all__ = [
     "PermanentJobError",
     "RetryPolicy",
     "RunningJob",
+    "Snooze",
     "SubjectGone",
     "TooManyLiveJobs",
     "TransientJobError",
@@ -91,8 +95,11 @@ def job_type(
     be found and erased), `content_fields` (data fields holding user content: shown to the job's
     owner only, erased with its subject), `output_is_content` (the handler's return value and
     error text may hold user content: shown and erased like those fields), `client_enqueueable`
-    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9) and `unique` (a
-    `Unique`: at most one job per value of some data fields among jobs in some states).
+    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9), `unique` (a
+    `Unique`: at most one job per value of some data fields among jobs in some states),
+    `timeout` (seconds an attempt may run, at most the queue's, which is the default) and
+    `delay` (seconds from enqueue to the first run). `enqueue` may override `priority`, `delay`,
+    `timeout`, the policy's `attempts` (`max_attempts`) and `backoff_seconds` per job.
     """
     return registry.register(name, queue=queue, schema=schema, **options)
 

@@ -1,4 +1,4 @@
-"""Stopping a handler that runs past its queue's timeout.
+"""Stopping a handler that runs past its timeout (its job's, its type's or its queue's).
 
 A timer (SIGALRM, in the main thread of a worker process) raises `JobTimeout` in the handler's
 Python code. A handler waiting on a database query cannot be interrupted there: the query is
@@ -33,7 +33,7 @@ def handler_timeout(seconds: float) -> Iterator[None]:
         if engine().cancel_query():
             signal.setitimer(signal.ITIMER_REAL, 1)  # again, should the query have just ended
             return
-        raise JobTimeout(f"job exceeded its queue's timeout of {seconds}s")
+        raise JobTimeout(f"job exceeded its timeout of {seconds:g}s")
 
     try:
         previous = signal.signal(signal.SIGALRM, expire)
@@ -46,7 +46,7 @@ def handler_timeout(seconds: float) -> Iterator[None]:
     except Exception as exc:
         if was_cancelled(exc) and time.monotonic() - started >= seconds:
             raise JobTimeout(
-                f"job exceeded its queue's timeout of {seconds}s; its query was cancelled"
+                f"job exceeded its timeout of {seconds:g}s; its query was cancelled"
             ) from exc
         raise
     finally:

@@ -281,6 +281,8 @@ def run_task(data, job):
     args = [TaskContext(task_result=started), *data["args"]] if task.takes_context else data["args"]
     try:
         value = normalize_json(task.call(*args, **data["kwargs"]))
+    except errors.Snooze:  # waits again: neither finished nor failed
+        raise
     except Exception as exc:
         retried = is_transient(exc) and job.attempts < job.max_attempts
         failed = replace(
