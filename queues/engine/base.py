@@ -154,6 +154,9 @@ class Engine:
         the handler's transaction where the database allows); whether it was."""
         raise NotImplementedError
 
+    def end_progress_reports(self) -> None:
+        """Close what `report_progress` opened for the attempt that has ended (nothing here)."""
+
     def cancel_query(self) -> bool:
         """Cancel the statement this connection is running, if any; whether there was one."""
         raise NotImplementedError

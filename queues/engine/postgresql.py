@@ -579,7 +579,7 @@ class PostgreSQLEngine(Engine):
             rows = counters.attempt_failed(job, seconds, retry=retry, also=statements)
         return bool(rows)
 
-    # This process's connection for progress reports: (pid, connection).
+    # The connection of this process's progress reports, for the attempt running: (pid, it).
     _reporters: ClassVar[dict[str, tuple[int, Any]]] = {}
 
     def report_progress(self, job: Job) -> bool:
@@ -601,9 +601,16 @@ class PostgreSQLEngine(Engine):
                 reporter.close()  # broken: the next report opens another
             raise
 
+    def end_progress_reports(self) -> None:
+        """Close the attempt's progress connection, if it opened one: a worker holds no second
+        connection between jobs."""
+        reporter = self._reporters.pop(DEFAULT_DB_ALIAS, None)
+        if reporter is not None and reporter[0] == os.getpid():
+            reporter[1].close()
+
     def _reporter(self) -> Any:
         """This process's own autocommit connection for progress reports (workers are forked:
-        never share a socket)."""
+        never share a socket), open until the attempt ends (`end_progress_reports`)."""
         reporter = self._reporters.get(DEFAULT_DB_ALIAS)
         if reporter is not None and reporter[0] == os.getpid() and not reporter[1].closed:
             return reporter[1]

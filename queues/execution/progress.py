@@ -12,7 +12,8 @@ failed attempt keeps it too. The message is output: shown like the job's result
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
@@ -55,6 +56,15 @@ def reporter(job: Job) -> Reporter:
             return False
 
     return report_progress
+
+
+@contextmanager
+def reporting(job: Job) -> Iterator[Reporter]:
+    """`reporter(job)` for the handler of an attempt; what it opened is closed as it ends."""
+    try:
+        yield reporter(job)
+    finally:
+        engine().end_progress_reports()
 
 
 def outcome_fields(job: Job) -> dict[str, Any]:

@@ -241,10 +241,12 @@ def work(job: Job) -> Any:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
     timeout = attempt_timeout(job)
     with transaction.atomic():
-        with handler_timeout(timeout), cancellation.checking(job):
-            result = handlers.call(
-                kind.handler, job, timeout=timeout, reporter=progress.reporter(job)
-            )
+        with (
+            handler_timeout(timeout),
+            cancellation.checking(job),
+            progress.reporting(job) as reporter,
+        ):
+            result = handlers.call(kind.handler, job, timeout=timeout, reporter=reporter)
         finished_at = timezone.now()
         seconds = ran_for(job, finished_at)
         fields = {
