@@ -72,7 +72,7 @@ class Job(models.Model):
     # What the handler last reported (`RunningJob.report_progress`): a percentage and a short
     # message, which is output (shown like `result`).
     progress = models.FloatField(null=True, blank=True, help_text="Percent done, 0-100.")
-    progress_message = models.CharField(max_length=200, blank=True)
+    progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
     # A unique job type's key (`queues.core.uniqueness`): one job per key among those whose status
     # is in `unique_states` (a bit mask), enforced by the partial unique index of migration 0016.
     unique_key = models.CharField(max_length=64, blank=True, default="", editable=False)
