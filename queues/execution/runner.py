@@ -266,7 +266,7 @@ def attempt_timeout(job: Job) -> float:
     more than its queue's (which sets the workers' guard and the redelivery of lost rows)."""
     kind = registry.find(job.job_type)
     most = conf.QUEUES[job.queue]["timeout"]
-    return min(job.timeout or (kind and kind.timeout) or most, most)
+    return min(job.timeout or (kind.timeout if kind else None) or most, most)
 
 
 def record_snoozed(job: Job, seconds: float) -> None:

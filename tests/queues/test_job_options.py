@@ -274,6 +274,24 @@ def test_a_snooze_of_a_superseded_attempt_records_nothing(user):
     assert not JobEvent.objects.filter(job_id=job.pk).exists()
 
 
+def test_a_job_that_cannot_wait_again_for_its_unique_key_fails_instead(user):
+    # Unique among waiting jobs only: while one runs, a twin may wait; the runner cannot snooze.
+    running = enqueue("test_debounced", {"user_id": user.pk, "name": "n"})
+    Job.objects.filter(pk=running.pk).update(
+        status="running", attempts=1, started_at=timezone.now()
+    )
+    twin = enqueue("test_debounced", {"user_id": user.pk, "name": "n"})
+
+    record_snoozed(Job.objects.get(pk=running.pk), 5)
+
+    failed = Job.objects.get(pk=running.pk)
+    assert (failed.status, failed.last_error) == (
+        "failed",
+        "snoozed, but another job holds its unique key",
+    )
+    assert Job.objects.get(pk=twin.pk).status == "queued"
+
+
 def test_snooze_takes_seconds_or_a_timedelta():
     assert Snooze(timedelta(minutes=1)).seconds == 60.0
     for bad in (-1, float("nan"), "5", True):
