@@ -368,6 +368,18 @@ def test_a_client_may_delay_its_job(user, clock):
     assert response.json()["timeout"] is None and response.json()["progress"] is None
 
 
+def test_a_client_may_delay_a_bulk_of_jobs(user, clock):
+    response = token_client(user).post(
+        "/api/queues/jobs/bulk",
+        {"queue": "database", "type": "test_sleep", "items": [{}, {}], "delay": 30},
+        format="json",
+    )
+
+    assert response.status_code == 202, response.content
+    due = clock.now + timedelta(seconds=30)
+    assert set(Job.objects.values_list("run_after", flat=True)) == {due}
+
+
 @pytest.mark.parametrize("delay", [-1, 86_401, "soon"])
 def test_a_clients_bad_delay_is_a_400_naming_it(user, delay):
     response = token_client(user).post(
