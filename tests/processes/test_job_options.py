@@ -8,6 +8,7 @@ from queues.models import JobEvent
 from tests.support.clients import token_client
 from tests.support.cluster import wait_for
 from tests.support.jobs import wait_for_job
+from tests.support.redis_queue import ON_REDIS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -55,3 +56,14 @@ def test_a_per_enqueue_timeout_snooze_and_progress_on_a_real_cluster(cluster, us
         assert snoozes >= 2, running.log  # 2 s of readiness at 0.5 s a snooze: about 4
     history = api.get(f"/api/queues/jobs/{snoozing.pk}").json()["history"]
     assert [event["action"] for event in history] == ["snoozed"] * snoozes
+
+
+@pytest.mark.postgres
+def test_a_snoozed_job_waits_in_redis_and_runs_again(redis_queue, cluster, user):
+    cluster.start(workers=2, timeout=5, extra_env=ON_REDIS)
+    job = enqueue("test_snoozing", {"user_id": user.pk, "ready_after": 1.5, "snooze_seconds": 0.5})
+
+    final = wait_for_job(job.pk, timeout=30)
+
+    assert (final.status, final.attempts, final.result) == ("succeeded", 1, {"attempt": 1})
+    assert JobEvent.objects.filter(job_id=job.pk, action="snoozed").count() >= 2
