@@ -81,10 +81,12 @@ class Snooze(JobError):
     `seconds` from now, without spending an attempt (Oban's `{:snooze, seconds}`). The attempt's
     work rolls back, as with any exception; the job waits again, `queued`."""
 
+    LONGEST = 365 * 24 * 3600.0
+
     def __init__(self, seconds: float | timedelta) -> None:
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
-        if not is_seconds(seconds):
-            raise ValueError(f"snooze takes a number of seconds of at least 0, not {seconds!r}")
+        if not is_seconds(seconds) or seconds > self.LONGEST:
+            raise ValueError(f"snooze takes a number of seconds from 0 to a year, not {seconds!r}")
         super().__init__(f"snoozed for {seconds:g}s")
         self.seconds = float(seconds)

@@ -230,7 +230,10 @@ def job_options(
     ):
         raise _invalid_option("run_after", "must be an aware datetime")
     if run_after is None and (delay if delay is not None else kind.delay):
-        run_after = timezone.now() + timedelta(seconds=delay if delay is not None else kind.delay)
+        try:
+            run_after = timezone.now() + timedelta(seconds=delay or kind.delay)
+        except OverflowError:
+            raise _invalid_option("delay", "must be a number of seconds in reach") from None
     if timeout is not None and (problem := registry.timeout_problem(timeout, kind.queue)):
         raise _invalid_option("timeout", problem)
     if max_attempts is None:

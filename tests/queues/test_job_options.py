@@ -161,6 +161,7 @@ def test_enqueue_many_and_enqueue_if_take_the_same_options(user, conversation, c
         ({"backoff_seconds": float("inf")}, "backoff_seconds"),
         ({"delay": -5}, "delay"),
         ({"delay": "soon"}, "delay"),
+        ({"delay": 1e20}, "delay"),
         ({"delay": 5, "run_after": timezone.now()}, "delay"),
         ({"run_after": "2030-01-01"}, "run_after"),
         ({"priority": 10}, "priority"),
@@ -294,7 +295,7 @@ def test_a_job_that_cannot_wait_again_for_its_unique_key_fails_instead(user):
 
 def test_snooze_takes_seconds_or_a_timedelta():
     assert Snooze(timedelta(minutes=1)).seconds == 60.0
-    for bad in (-1, float("nan"), "5", True):
+    for bad in (-1, float("nan"), "5", True, 1e20):
         with pytest.raises(ValueError, match="snooze takes a number of seconds"):
             Snooze(bad)
 
