@@ -24,7 +24,9 @@ the type)::
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
 Raised by a handler: any exception is retried with backoff while attempts are left, except
 `PermanentJobError`, which fails the job at once, `SubjectGone` too (and erases its content
-fields), and what the type's `RetryPolicy(dont_autoretry_for=...)` names.
+fields), and what the type's `RetryPolicy(dont_autoretry_for=...)` names. `Snooze(seconds)` (or
+`job.snooze(seconds)`) runs the job again later without spending an attempt;
+`job.report_progress(percent, message)` shows how far a handler got, while it runs.
 A long handler calls `raise_if_stop_requested()` where stopping is safe (an `async def` one
 awaits `araise_if_stop_requested()`): an operator's stop request then raises `JobCancelled`,
 its transaction rolls back, and the job ends cancelled.
@@ -45,6 +47,7 @@ from queues.errors import (
     JobTimeout,
     JobValidationError,
     PermanentJobError,
+    Snooze,
     SubjectGone,
     TooManyLiveJobs,
     TransientJobError,
@@ -64,6 +67,7 @@ __all__ = [
     "PermanentJobError",
     "RetryPolicy",
     "RunningJob",
+    "Snooze",
     "SubjectGone",
     "TooManyLiveJobs",
     "TransientJobError",
@@ -102,9 +106,11 @@ def job_type(
     be found and erased), `content_fields` (data fields holding user content: shown to the job's
     owner only, erased with its subject), `output_is_content` (the handler's return value and
     error text may hold user content: shown and erased like those fields), `client_enqueueable`
-    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9) and `unique` (a
+    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9), `unique` (a
     `Unique`: at most one job per value of some data fields among jobs in some states, or per
-    period).
+    period), `timeout` (seconds an attempt may run, at most the queue's, which is the default)
+    and `delay` (seconds from enqueue to the first run). `enqueue` may override `priority`,
+    `delay`, `timeout`, the policy's `attempts` (`max_attempts`) and `backoff_seconds` per job.
 
     `every` (a timedelta of whole minutes) or `cron` (five fields, in `TIME_ZONE`) makes the type
     periodic: a job of it, with empty data, is enqueued for each time slot, once whatever the

@@ -5,6 +5,8 @@ says (by default it does: `queues.core.registry.RetryPolicy`)."""
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -42,7 +44,7 @@ class TransientJobError(JobError):
 
 
 class JobTimeout(TransientJobError):
-    """The handler ran longer than its queue's timeout."""
+    """The handler ran longer than its timeout (its job's, its type's or its queue's)."""
 
 
 class WorkerLost(TransientJobError):
@@ -66,6 +68,32 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and exc.__class__ is DatabaseError
 
 
+def is_seconds(value: object) -> bool:
+    """Whether `value` is a finite, non-negative number of seconds (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 class JobCancelled(JobError):
     """Raised by a handler's check (`queues.execution.cancellation.raise_if_stop_requested`) once a
     stop of its job was requested: the work rolls back and the job is recorded `cancelled`."""
+
+
+class Snooze(JobError):
+    """Raised by a handler (`raise Snooze(seconds)`, or `job.snooze(seconds)`): run this job again
+    `seconds` from now, without spending an attempt (Oban's `{:snooze, seconds}`). The attempt's
+    work rolls back, as with any exception; the job waits again, `queued`."""
+
+    LONGEST = 365 * 24 * 3600.0
+
+    def __init__(self, seconds: float | timedelta) -> None:
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if not is_seconds(seconds) or seconds > self.LONGEST:
+            raise ValueError(f"snooze takes a number of seconds from 0 to a year, not {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)

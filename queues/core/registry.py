@@ -1,5 +1,5 @@
 """Job types, registered in one place: each with its queue, handler, data schema, retry policy,
-priority and uniqueness.
+priority, timeout, delay and uniqueness.
 
 Apps register their types in a `jobs` module (`chat/jobs.py`), found at startup like admin
 modules are; `settings.JOB_TYPE_MODULES` names extra ones.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from django.utils.module_loading import autodiscover_modules, import_string
 
 from queues.conf import conf
-from queues.errors import PERMANENT, JobValidationError, WorkerLost, is_transient
+from queues.errors import PERMANENT, JobValidationError, WorkerLost, is_seconds, is_transient
 from queues.execution import handlers
 
 if TYPE_CHECKING:
@@ -194,6 +194,11 @@ class JobType:
     # callable(data) -> the broker row's claim rank, replacing the one from `priority`
     # (django.tasks' own priorities: queues.extras.task_backend), or None.
     rank: Callable[[dict[str, Any]], int] | None = None
+    # Seconds an attempt may run; None: its queue's `timeout`, which is also the most it may be
+    # (the queue's timeout sets its workers' guard and redelivery: docs/job-queue.md, "Timeouts").
+    timeout: float | None = None
+    # Seconds from enqueue to a job's first run, unless the enqueue says otherwise.
+    delay: float = 0.0
 
     def broker_rank(self, job: Job) -> int:
         """Lower is claimed first: the job's priority, and within one priority the app's own jobs
@@ -260,6 +265,8 @@ def register(
     unique: Unique | None = None,
     rank: Callable[[dict[str, Any]], int] | None = None,
     output_is_content: bool = False,
+    timeout: float | None = None,
+    delay: float = 0.0,
 ) -> Callable[[Handler], Handler]:
     """Decorator registering `handler` as job type `name` (parameters: `execution.handlers`)."""
 
@@ -273,6 +280,10 @@ def register(
             raise ValueError(f"job type {name!r}: priority must be in {PRIORITIES}")
         if unique is not None and set(unique.fields) - set(schema().fields):
             raise ValueError(f"job type {name!r}: unique fields {unique.fields} not in its data")
+        if timeout is not None and (problem := timeout_problem(timeout, queue)):
+            raise ValueError(f"job type {name!r}: timeout {problem}")
+        if not is_seconds(delay):
+            raise ValueError(f"job type {name!r}: delay must be a number of seconds, at least 0")
         _types[name] = JobType(
             name,
             queue,
@@ -286,10 +297,23 @@ def register(
             priority,
             unique,
             rank,
+            timeout=timeout,
+            delay=delay,
         )
         return handler
 
     return decorator
+
+
+def timeout_problem(timeout: object, queue: str) -> str:
+    """What is wrong with `timeout` as the timeout of a job of `queue` ("" if nothing): more than
+    0 seconds, and at most the queue's timeout."""
+    most = conf.QUEUES[queue]["timeout"]
+    if not is_seconds(timeout) or not timeout:
+        return "must be a number of seconds, more than 0"
+    if timeout > most:
+        return f"must be at most its queue's timeout, {most}s"
+    return ""
 
 
 def get(queue: str, name: str, *, client: bool = False) -> JobType:

@@ -154,6 +154,14 @@ class Engine:
         """Record `fields` if `job`'s attempt is current, with counters and ack; whether it was."""
         raise NotImplementedError
 
+    def report_progress(self, job: Job) -> bool:
+        """Write `job.progress` and `progress_message` if its attempt is current, at once (outside
+        the handler's transaction where the database allows); whether it was."""
+        raise NotImplementedError
+
+    def end_progress_reports(self) -> None:
+        """Close what `report_progress` opened for the attempt that has ended (nothing here)."""
+
     def cancel_query(self) -> bool:
         """Cancel the statement this connection is running, if any; whether there was one."""
         raise NotImplementedError

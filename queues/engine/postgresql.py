@@ -8,7 +8,7 @@ import os
 import random
 from collections.abc import Hashable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
@@ -63,6 +63,10 @@ WITH attempt_lock AS MATERIALIZED (
 )
 SELECT attempt_lock.held, job.* FROM attempt_lock LEFT JOIN job ON true
 """  # noqa: E501
+
+# A progress report's connection waits this long at most for a job row another transaction holds
+# locked (a handler locking its own record), then the report is given up: the handler goes on.
+PROGRESS_LOCK_TIMEOUT = "SET lock_timeout TO '1s'"
 
 # Give back the liveness lock of a job (paths that record no outcome).
 RELEASE_JOB_LOCK = "SELECT pg_advisory_unlock(('x' || replace(left((%s::uuid)::text, 18), '-', ''))::bit(64)::bigint)"  # noqa: E501
@@ -585,10 +589,54 @@ class PostgreSQLEngine(Engine):
             )
         elif status == Job.Status.CANCELLED:
             rows = counters.attempt_cancelled(job, also=statements)
+        elif status == Job.Status.QUEUED:  # snoozed
+            rows = counters.attempt_snoozed(job, also=statements)
         else:
             retry = status == Job.Status.RETRYING
             rows = counters.attempt_failed(job, seconds, retry=retry, also=statements)
         return bool(rows)
+
+    # The connection of this process's progress reports, for the attempt running: (pid, it).
+    _reporters: ClassVar[dict[str, tuple[int, Any]]] = {}
+
+    def report_progress(self, job: Job) -> bool:
+        """`finish_sql` for the two columns (no release). Inside the handler's transaction it is
+        sent on a connection of its own, in autocommit, so it is visible at once and outlives a
+        rollback; that connection gives up on a locked row after `PROGRESS_LOCK_TIMEOUT`."""
+        fields = {"progress": job.progress, "progress_message": job.progress_message}
+        sql, params = _finish_statement(job, fields, release=False)
+        if not connection.in_atomic_block:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return bool(cursor.fetchall())
+        reporter = self._reporter()
+        try:
+            with connection.wrap_database_errors:  # as Django's own errors
+                return bool(reporter.execute(sql, params).fetchall())
+        except Exception:
+            if reporter.info.transaction_status != TransactionStatus.IDLE:
+                reporter.close()  # broken: the next report opens another
+            raise
+
+    def end_progress_reports(self) -> None:
+        """Close the attempt's progress connection, if it opened one: a worker holds no second
+        connection between jobs."""
+        reporter = self._reporters.pop(DEFAULT_DB_ALIAS, None)
+        if reporter is not None and reporter[0] == os.getpid():
+            reporter[1].close()
+
+    def _reporter(self) -> Any:
+        """This process's own autocommit connection for progress reports (workers are forked:
+        never share a socket), open until the attempt ends (`end_progress_reports`)."""
+        reporter = self._reporters.get(DEFAULT_DB_ALIAS)
+        if reporter is not None and reporter[0] == os.getpid() and not reporter[1].closed:
+            return reporter[1]
+        with connection.wrap_database_errors:
+            conn = connection.get_new_connection(connection.get_connection_params())
+            conn.autocommit = True
+            conn.execute(PROGRESS_LOCK_TIMEOUT)
+        self._reporters[DEFAULT_DB_ALIAS] = (os.getpid(), conn)
+        return conn
 
     def cancel_query(self) -> bool:
         """Ask the server to cancel it: it stops the query and drops its locks."""

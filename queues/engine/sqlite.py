@@ -189,10 +189,20 @@ class SQLiteEngine(Engine):
             rows = counters.attempt_succeeded(job, seconds, also=statements)
         elif status == Job.Status.CANCELLED:
             rows = counters.attempt_cancelled(job, also=statements)
+        elif status == Job.Status.QUEUED:  # snoozed
+            rows = counters.attempt_snoozed(job, also=statements)
         else:
             retry = status == Job.Status.RETRYING
             rows = counters.attempt_failed(job, seconds, retry=retry, also=statements)
         return bool(rows)
+
+    def report_progress(self, job: Job) -> bool:
+        """`finish_sql` for the two columns, in the handler's transaction: SQLite has one writer
+        at a time, and it is that transaction (the outcome writes the report again)."""
+        fields = {"progress": job.progress, "progress_message": job.progress_message}
+        with connection.cursor() as cursor:
+            cursor.execute(*_finish_statement(job, fields))
+            return bool(cursor.fetchall())
 
     def cancel_query(self) -> bool:
         """Nothing to cancel: SQLite runs in the worker's own process (the timer's exception

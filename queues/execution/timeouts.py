@@ -1,4 +1,4 @@
-"""Stopping a handler that runs past its queue's timeout.
+"""Stopping a handler that runs past its timeout (its job's, its type's or its queue's).
 
 A timer (SIGALRM, in the main thread of a worker process) raises `JobTimeout` in the handler's
 Python code. A handler waiting on a database query cannot be interrupted there: the query is
@@ -32,7 +32,7 @@ def handler_timeout(seconds: float) -> Iterator[None]:
     started = time.monotonic()
 
     def expire(signum: int, frame: FrameType | None) -> None:
-        timeout = JobTimeout(f"job exceeded its queue's timeout of {seconds}s")
+        timeout = JobTimeout(f"job exceeded its timeout of {seconds:g}s")
         # A coroutine's thread waits for its loop: cancel both its query and its task, never
         # raise here (its loop would run on, unwatched).
         if engine().cancel_query() | coroutines.stop_running(timeout):
@@ -51,7 +51,7 @@ def handler_timeout(seconds: float) -> Iterator[None]:
     except Exception as exc:
         if was_cancelled(exc) and time.monotonic() - started >= seconds:
             raise JobTimeout(
-                f"job exceeded its queue's timeout of {seconds}s; its query was cancelled"
+                f"job exceeded its timeout of {seconds:g}s; its query was cancelled"
             ) from exc
         raise
     finally:

@@ -312,6 +312,8 @@ def run_task(data, job):
         else:
             value = task.call(*args, **data["kwargs"])
         value = normalize_json(value)
+    except errors.Snooze:  # waits again: neither finished nor failed
+        raise
     except Exception as exc:
         policy = registry.get(job.queue, job.job_type).retry_policy
         retried = policy.retries(exc) and job.attempts < job.max_attempts

@@ -186,7 +186,9 @@ def queue_dashboard(request):
             [job.redact_for(request.user) for job in retrying_jobs(now)],
             counts,
         ),
-        "running": job_list(Job.Status.RUNNING, list(running), counts),
+        "running": job_list(
+            Job.Status.RUNNING, [job.redact_for(request.user) for job in running], counts
+        ),
         "clusters": clusters_serving(),
         "failing_schedules": selectors.failing_schedules()[:20],
         "refresh_seconds": 5,

@@ -337,6 +337,7 @@ class JobListCreateView(mixins.ListModelMixin, EnqueueView):
                 _own_data(request, serializer.validated_data["data"]),
                 request_id=request.request_id,
                 priority=serializer.validated_data.get("priority"),
+                delay=serializer.validated_data.get("delay"),
             )
         except JobValidationError as exc:
             raise _invalid(exc) from None
@@ -380,6 +381,7 @@ class JobBulkCreateView(EnqueueView):
                 [_own_data(request, data, index) for index, data in enumerate(items)],
                 request_id=request.request_id,
                 priority=serializer.validated_data.get("priority"),
+                delay=serializer.validated_data.get("delay"),
             )
         except JobValidationError as exc:
             raise _invalid(exc, "items") from None
@@ -407,9 +409,11 @@ def _own_data(request, data, index=None):
 
 
 def _invalid(exc, field="data"):
-    """The 400 for a JobValidationError; a priority problem is named as such."""
-    if "priority" in exc.fields:
-        return exceptions.ValidationError({"priority": exc.fields["priority"]})
+    """The 400 for a JobValidationError; a problem with an option (priority, delay) is named as
+    such."""
+    for option in services.OPTIONS:
+        if option in exc.fields:
+            return exceptions.ValidationError({option: exc.fields[option]})
     return exceptions.ValidationError({field: exc.fields or [str(exc)]})
 
 

@@ -33,6 +33,7 @@ def test_an_async_handler_is_awaited_and_its_writes_commit_with_its_success(user
     job = enqueue("test_async_write", {"user_id": user.pk})
     done = run_due(job.pk)
     assert (done.status, done.attempts) == ("succeeded", 1)
+    assert (done.progress, done.progress_message) == (50, "conversation written")
     conversation = Conversation.objects.get(pk=done.result["conversation_id"])
     assert (conversation.owner_id, conversation.title) == (user.pk, "written by async attempt 1")
 

@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 from django.db import OperationalError
+from django.utils import timezone
 from rest_framework import serializers
 
 from chat.models import Conversation
@@ -160,12 +161,13 @@ QUICK_RETRIES = RetryPolicy(backoff_seconds=0.2, jitter=0)
 
 @register("test_async_write", queue="database", schema=TestData, retry=QUICK_RETRIES)
 async def async_write(data, job):
-    """An `async def` handler: writes a conversation through the async ORM, waits `seconds`
-    (checking for a stop request), then fails with a bug on the first `fail_times` attempts, so
-    that attempt's conversation rolls back."""
+    """An `async def` handler: writes a conversation through the async ORM, reports progress,
+    waits `seconds` (checking for a stop request), then fails with a bug on the first
+    `fail_times` attempts, so that attempt's conversation rolls back."""
     conversation = await Conversation.objects.acreate(
         owner_id=data["user_id"], title=f"written by async attempt {job.attempt}"
     )
+    await job.areport_progress(50, "conversation written")
     await asyncio.sleep(data["seconds"])
     await araise_if_stop_requested()
     if job.attempt <= data["fail_times"]:
@@ -223,3 +225,49 @@ def periodic(data, job):
     if job.attempt <= data["fail_times"]:
         raise TransientJobError(f"simulated outage of a periodic job on attempt {job.attempt}")
     return {"attempt": job.attempt}
+
+
+class SnoozingData(TestData):
+    ready_after = serializers.FloatField(min_value=0, default=0)
+    snooze_seconds = serializers.FloatField(min_value=0, default=0.5)
+
+
+@register("test_snoozing", queue="database", schema=SnoozingData)
+def snoozing(data, job):
+    """Not ready until `ready_after` seconds after its enqueue: until then it writes a
+    conversation (rolled back with the snooze) and snoozes for `snooze_seconds`."""
+    if timezone.now() < job.created_at + timedelta(seconds=data["ready_after"]):
+        Conversation.objects.create(owner_id=data["user_id"], title="written by a snoozed run")
+        job.snooze(data["snooze_seconds"])
+    return {"attempt": job.attempt}
+
+
+class ProgressData(TestData):
+    steps = serializers.IntegerField(min_value=1, max_value=100, default=4)
+    fail_after = serializers.IntegerField(min_value=1, required=False)
+
+
+@register("test_progress", queue="database", schema=ProgressData)
+def progressing(data, job):
+    """`steps` steps of `seconds` each, reporting after each; fails for good after step
+    `fail_after`, if given."""
+    for step in range(1, data["steps"] + 1):
+        time.sleep(data["seconds"])
+        job.report_progress(100 * step / data["steps"], f"step {step} of {data['steps']}")
+        if step == data.get("fail_after"):
+            raise PermanentJobError(f"simulated failure after step {step}")
+    return {"steps": data["steps"]}
+
+
+@register(
+    "test_declared_options",
+    queue="database",
+    schema=TestData,
+    retry=RetryPolicy(attempts=2, backoff_seconds=5),
+    timeout=1,
+    delay=30,
+)
+def declared_options(data):
+    """Options declared beside the handler: 1 s per attempt, its first run 30 s after enqueue."""
+    time.sleep(data["seconds"])
+    return {"slept": data["seconds"]}

@@ -12,7 +12,7 @@ from django.db import OperationalError
 from django_tasks import task
 from django_tasks.signals import task_finished, task_started
 
-from queues.errors import PermanentJobError, SubjectGone
+from queues.errors import PermanentJobError, Snooze, SubjectGone
 
 logger = logging.getLogger("tests.tasks")
 
@@ -25,6 +25,12 @@ def add(a, b):
 @task
 async def add_later(a, b):
     return a + b
+
+
+@task
+def snoozes(seconds):
+    """Never ready: snoozes for `seconds` every time."""
+    raise Snooze(seconds)
 
 
 @task(takes_context=True)
