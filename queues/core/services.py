@@ -135,7 +135,7 @@ def enqueue_slot(job_type: str, data: dict[str, Any], *, periodic: str, slot: da
     firing one slot store one job; the others get that one (`deduplicated` set)."""
     kind = _kind(job_type)
     request_id = f"periodic:{slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
-    job = _new_job(kind, data, request_id, False, kind.priority)
+    job = _new_job(kind, data, request_id, False, job_options(kind))
     job.unique_key = uniqueness.slot_key(kind.name, periodic, slot)
     job.unique_states = uniqueness.ALL_STATES
     return engine().store(kind, [job])[0]
