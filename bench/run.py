@@ -637,8 +637,8 @@ def main():
     parser.add_argument("--stock-jobs", type=int, default=500, help="jobs for stock django-q2")
     parser.add_argument("--big", type=int, default=1_000_000, help="messages of the big one")
     parser.add_argument("--large", type=int, default=100_000, help="messages, HTTP scenario")
-    # Two whole minutes: the sweeper and the rescue run once a minute, the prune every five, and
-    # the cluster's first minute fires every schedule overdue since `migrate` besides.
+    # Two whole minutes: the sweeper and the rescue are periodic jobs fired once a minute (each a
+    # job: its insert, claim, begin and outcome), the prune every five.
     parser.add_argument("--idle-seconds", type=int, default=120)
     parser.add_argument("--peers", action="store_true", help="also Celery and Procrastinate")
     parser.add_argument(

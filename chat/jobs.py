@@ -3,12 +3,14 @@
 Their data schemas reuse the REST serializers' rules for titles, roles and content.
 """
 
+from datetime import timedelta
+
 from rest_framework import serializers
 
-from chat import services
+from chat import services, sweeper
 from chat.models import Conversation
 from chat.serializers import ConversationSerializer, MessageSerializer
-from queues.api import JobData, Unique, job_type, raise_if_stop_requested
+from queues.api import JobData, Unique, UserlessJobData, job_type, raise_if_stop_requested
 
 _ID = {"min_value": 1, "max_value": 2**63 - 1}
 # Every chat job type runs on the app's own queue; enqueueing names the type only.
@@ -46,6 +48,9 @@ class SaveMessageData(JobData, MessageSerializer):
     # One live deletion per conversation: the sweeper or an operator asking again while one waits
     # or runs gets that one back.
     unique=Unique(fields=["conversation_id"]),
+    # The default retry policy: a failure (an outage, a bug) is retried twice, then the job fails
+    # where the sweeper marks it and operators see it; someone else's conversation
+    # (`PermanentJobError`) fails at once.
 )
 def delete_conversation(data):
     result = services.delete_conversation(
@@ -89,3 +94,9 @@ def save_message(data):
         content=data["content"],
     )
     return {"conversation_id": data["conversation_id"], "message_id": message.pk}
+
+
+@job_type("sweep_deletions", queue=QUEUE, schema=UserlessJobData, every=timedelta(minutes=1))
+def sweep_deletions(data):
+    """The safety net of deletions (`chat.sweeper`), once a minute."""
+    return {"requeued": sweeper.sweep_deletions()}

@@ -22,32 +22,38 @@ the type)::
     enqueue("send_receipt", {"id": 7, "user_id": user.pk}, request_id=request.request_id)
 
 Errors: at enqueue, `JobValidationError` (unknown type, data that does not fit; nothing stored).
-Raised by a handler: `TransientJobError` (and database trouble) is retried with backoff,
-`PermanentJobError` fails the job at once, `SubjectGone` too and erases its content fields.
-A long handler calls `raise_if_stop_requested()` where stopping is safe: an operator's stop
-request then raises `JobCancelled`, its transaction rolls back, and the job ends cancelled.
+Raised by a handler: any exception is retried with backoff while attempts are left, except
+`PermanentJobError`, which fails the job at once, `SubjectGone` too (and erases its content
+fields), and what the type's `RetryPolicy(dont_autoretry_for=...)` names. `Snooze(seconds)` (or
+`job.snooze(seconds)`) runs the job again later without spending an attempt;
+`job.report_progress(percent, message)` shows how far a handler got, while it runs.
+A long handler calls `raise_if_stop_requested()` where stopping is safe (an `async def` one
+awaits `araise_if_stop_requested()`): an operator's stop request then raises `JobCancelled`,
+its transaction rolls back, and the job ends cancelled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from queues.core import registry, selectors, services
+from queues.core import periodic, registry, selectors, services
 from queues.core.registry import RetryPolicy, Unique
-from queues.core.schemas import JobData
+from queues.core.schemas import JobData, UserlessJobData
 from queues.errors import (
     JobCancelled,
     JobError,
     JobTimeout,
     JobValidationError,
     PermanentJobError,
+    Snooze,
     SubjectGone,
     TooManyLiveJobs,
     TransientJobError,
     WorkerLost,
 )
-from queues.execution.cancellation import raise_if_stop_requested
+from queues.execution.cancellation import araise_if_stop_requested, raise_if_stop_requested
 from queues.execution.handlers import RunningJob
 from queues.models import Job
 
@@ -61,11 +67,14 @@ __all__ = [
     "PermanentJobError",
     "RetryPolicy",
     "RunningJob",
+    "Snooze",
     "SubjectGone",
     "TooManyLiveJobs",
     "TransientJobError",
     "Unique",
+    "UserlessJobData",
     "WorkerLost",
+    "araise_if_stop_requested",
     "cancel_waiting_jobs",
     "enqueue",
     "enqueue_if",
@@ -81,7 +90,13 @@ __all__ = [
 
 
 def job_type(
-    name: str, *, queue: str, schema: type[JobData], **options: Any
+    name: str,
+    *,
+    queue: str,
+    schema: type[JobData],
+    every: timedelta | None = None,
+    cron: str | None = None,
+    **options: Any,
 ) -> Callable[[registry.Handler], registry.Handler]:
     """Decorator declaring its function as the handler of job type `name` on `queue`.
 
@@ -91,10 +106,36 @@ def job_type(
     be found and erased), `content_fields` (data fields holding user content: shown to the job's
     owner only, erased with its subject), `output_is_content` (the handler's return value and
     error text may hold user content: shown and erased like those fields), `client_enqueueable`
-    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9) and `unique` (a
-    `Unique`: at most one job per value of some data fields among jobs in some states).
+    (`POST /api/queues/jobs` takes it), `priority` (0, claimed first, to 9), `unique` (a
+    `Unique`: at most one job per value of some data fields among jobs in some states, or per
+    period), `timeout` (seconds an attempt may run, at most the queue's, which is the default)
+    and `delay` (seconds from enqueue to the first run). `enqueue` may override `priority`,
+    `delay`, `timeout`, the policy's `attempts` (`max_attempts`) and `backoff_seconds` per job.
+
+    `every` (a timedelta of whole minutes) or `cron` (five fields, in `TIME_ZONE`) makes the type
+    periodic: a job of it, with empty data, is enqueued for each time slot, once whatever the
+    number of clusters (`queues.core.periodic`; its schedule is synced by `migrate`).
     """
-    return registry.register(name, queue=queue, schema=schema, **options)
+    register = registry.register(name, queue=queue, schema=schema, **options)
+    if every is None and cron is None:
+        return register
+
+    declaration = periodic.Periodic(name, name, every=every, cron=cron)  # ValueError if bad
+    _check_empty_data(name, schema)
+
+    def periodic_type(handler: registry.Handler) -> registry.Handler:
+        handler = register(handler)
+        periodic.declare(declaration)
+        return handler
+
+    return periodic_type
+
+
+def _check_empty_data(name: str, schema: type[JobData]) -> None:
+    """A periodic type is enqueued with no data: its schema must take that."""
+    serializer = schema(data={"request_id": "periodic"}, context={"user_checked": True})
+    if not serializer.is_valid():
+        raise ValueError(f"periodic job type {name!r} must take empty data: {serializer.errors}")
 
 
 # The one verb: `enqueue(job_type, data, ...)`; `enqueue_if(update, values, job_type, data, ...)`

@@ -12,7 +12,7 @@ class QueuesConfig(AppConfig):
         from queues.core import registry
         from queues.django_q2 import acknowledgement
         from queues.extras import demo_job, task_backend  # noqa: F401 (demo_job declares its type)
-        from queues.maintenance import schedules
+        from queues.maintenance import periodic, schedules  # noqa: F401 (periodic: upkeep's types)
         from queues.web import metrics
 
         if apps.is_installed("django.contrib.admin"):

@@ -8,7 +8,8 @@ merged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
+from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
@@ -16,19 +17,26 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.core.checks import register as register_check
+from django_tasks.exceptions import InvalidTaskError
 
 from queues.conf import DEFAULTS, conf
-from queues.core import registry
+from queues.core import periodic, registry
 from queues.core.registry import RetryPolicy
-from queues.maintenance.schedules import MAINTENANCE
+from queues.errors import JobValidationError
+from queues.maintenance.periodic import retention_age
 from queues.models import Job
 
 # Seconds settings that must be whole numbers above zero. QUEUE_REDELIVERY_GRACE may be zero
 # (redelivery right at the timeout), not negative.
 POSITIVE_SECONDS = ["QUEUE_RESCUE_INTERVAL", "QUEUE_STRANDED_AFTER"]
 RETENTION_STATUSES = set(DEFAULTS["JOB_RETENTION"])
+RETENTION_RULES = {"count", "max_age"}
 QUEUE_OPTIONS = set(DEFAULTS["QUEUE_DEFAULTS"])
-SCHEDULE_KEYS = {"name", "func", "minutes", "cron"}
+SCHEDULE_KEYS = {"name", "job_type", "data", "task", "args", "kwargs", "func"} | {
+    "minutes",
+    "every",
+    "cron",
+}
 # django-q2's `retry` when Q_CLUSTER sets none.
 DJANGO_Q_RETRY = 60
 
@@ -76,6 +84,20 @@ def _types(raw: dict[str, Any]) -> list[CheckMessage]:
         "JOB_RETENTION": (
             lambda v: isinstance(v, dict) and all(is_int(n) for n in v.values()),
             "a dict of status -> number of records",
+        ),
+        "JOB_RETENTION_MAX_AGE": (_ages, "a dict of status -> timedelta, seconds or None"),
+        "JOB_RETENTION_BY_TYPE": (
+            lambda v: (
+                isinstance(v, dict)
+                and all(
+                    isinstance(rules, dict)
+                    and isinstance(rules.get("count", {}), dict)
+                    and all(is_int(n) for n in rules.get("count", {}).values())
+                    and _ages(rules.get("max_age", {}))
+                    for rules in v.values()
+                )
+            ),
+            'a dict of job type -> {"count": {status: n}, "max_age": {status: age}}',
         ),
         "CLIENT_LIVE_JOBS_PER_USER": (is_int, "an int"),
         "QUEUE_REDELIVERY_GRACE": (is_int, "an int (seconds)"),
@@ -133,27 +155,18 @@ def _cluster_names() -> tuple[str, set[str]]:
 
 
 def _queues_match_clusters() -> list[CheckMessage]:
+    """Each django-q2 cluster of Q_CLUSTER must be a queue. A queue needs no cluster entry of
+    its own: `qcluster` serves every queue, with options derived from its QUEUES entry."""
     main, alternatives = _cluster_names()
-    clusters = {main, *alternatives}
     queues = set(conf.QUEUES)
-    problems: list[CheckMessage] = [
+    return [
         Error(
             f"Q_CLUSTER serves queue {name!r}, which is not in QUEUES.",
             hint=f"Name each django-q2 cluster after a queue: one of {sorted(queues)}.",
             id="queues.E003",
         )
-        for name in sorted(clusters - queues)
+        for name in sorted({main, *alternatives} - queues)
     ]
-    problems += [
-        Warning(
-            f"Queue {name!r} has no cluster in Q_CLUSTER, so its jobs would never run.",
-            hint=f'Add Q_CLUSTER["ALT_CLUSTERS"]["{name}"] and run `qcluster` with '
-            f"Q_CLUSTER_NAME={name}.",
-            id="queues.W001",
-        )
-        for name in sorted(queues - clusters)
-    ]
-    return problems
 
 
 def _stranded_after(raw: dict[str, Any]) -> list[CheckMessage]:
@@ -210,7 +223,20 @@ def _retry_policies(raw: dict[str, Any]) -> list[CheckMessage]:
                     id="queues.E005",
                 )
             )
-        if registry.find(job_type) is None:
+        kind = registry.find(job_type)
+        if not set(overrides) - known:
+            try:  # values the policy refuses: an error class that does not import, attempts 0
+                replace(kind.retry if kind else RetryPolicy(), **overrides)
+            except (TypeError, ValueError) as exc:
+                problems.append(
+                    Error(
+                        f"JOB_RETRY_POLICIES[{job_type!r}] is refused: {exc}.",
+                        hint="Error classes are given by dotted path, e.g. "
+                        '"requests.exceptions.HTTPError".',
+                        id="queues.E005",
+                    )
+                )
+        if kind is None:
             problems.append(
                 Warning(
                     f"JOB_RETRY_POLICIES names {job_type!r}, which is no registered job type.",
@@ -221,68 +247,142 @@ def _retry_policies(raw: dict[str, Any]) -> list[CheckMessage]:
     return problems
 
 
+def _ages(value: object) -> bool:
+    """Whether `value` is a dict of age limits: timedeltas, seconds or None."""
+    return isinstance(value, dict) and all(
+        age is None
+        or isinstance(age, timedelta)
+        or (isinstance(age, int | float) and not isinstance(age, bool))
+        for age in value.values()
+    )
+
+
 def _retention(raw: dict[str, Any]) -> list[CheckMessage]:
-    problems: list[CheckMessage] = [
-        Error(
-            f"JOB_RETENTION names unknown status {status!r}.",
-            hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
-            id="queues.E006",
-        )
-        for status in sorted(set(raw["JOB_RETENTION"]) - RETENTION_STATUSES)
-    ]
-    problems += [
-        Error(
-            f"JOB_RETENTION[{status!r}] must be zero or more, not {count}.",
-            hint="The number of finished records kept per queue and user.",
-            id="queues.E002",
-        )
-        for status, count in raw["JOB_RETENTION"].items()
-        if count < 0
-    ]
+    # (setting as named in a message, {status: count}, {status: age}) of the global settings
+    # and of each type's own.
+    rules = [("JOB_RETENTION", raw["JOB_RETENTION"], raw["JOB_RETENTION_MAX_AGE"])]
+    problems: list[CheckMessage] = []
+    for job_type, own in raw["JOB_RETENTION_BY_TYPE"].items():
+        named = f"JOB_RETENTION_BY_TYPE[{job_type!r}]"
+        rules.append((named, own.get("count", {}), own.get("max_age", {})))
+        problems += [
+            Error(
+                f"{named} names unknown key {key!r}.",
+                hint='A type\'s retention has "count" and "max_age", each {status: value}.',
+                id="queues.E008",
+            )
+            for key in sorted(set(own) - RETENTION_RULES)
+        ]
+        if registry.find(job_type) is None:
+            problems.append(
+                Warning(
+                    f"JOB_RETENTION_BY_TYPE names {job_type!r}, which is no registered job type.",
+                    hint=f"Registered job types: {sorted(registry.all_types())}.",
+                    id="queues.W004",
+                )
+            )
+    for setting, counts, ages in rules:
+        ages_named = "JOB_RETENTION_MAX_AGE" if setting == "JOB_RETENTION" else setting
+        for named, statuses in ((setting, counts), (ages_named, ages)):
+            problems += [
+                Error(
+                    f"{named} names unknown status {status!r}.",
+                    hint=f"Statuses kept: {sorted(RETENTION_STATUSES)}.",
+                    id="queues.E006",
+                )
+                for status in sorted(set(statuses) - RETENTION_STATUSES)
+            ]
+        problems += [
+            Error(
+                f"{setting}[{status!r}] must be zero or more, not {count}.",
+                hint="The number of finished records kept per queue and user.",
+                id="queues.E002",
+            )
+            for status, count in counts.items()
+            if count < 0
+        ]
+        problems += [
+            Error(
+                f"{ages_named} for {status!r} must be above zero, not {age!r}.",
+                hint="How long a finished record is kept at most: a timedelta, or seconds; "
+                "None for no limit.",
+                id="queues.E002",
+            )
+            for status, age in ages.items()
+            if age is not None and retention_age(age) <= timedelta(0)
+        ]
     return problems
 
 
 def _schedules(raw: dict[str, Any]) -> list[CheckMessage]:
     problems: list[CheckMessage] = []
-    names = {entry["name"] for entry in MAINTENANCE}
+    names: set[object] = set(periodic.all_declared_beside_handlers())
     for entry in raw["QUEUE_SCHEDULES"]:
-        unknown = set(entry) - SCHEDULE_KEYS
-        name = entry.get("name")
-        reason = None
-        if not name or not entry.get("func"):
-            reason = "needs a name and a func"
-        elif unknown:
-            reason = f"has unknown keys {sorted(unknown)}"
-        elif name in names:
-            reason = "repeats a name already declared"
-        elif not _importable(entry["func"]):
-            reason = f"names func {entry['func']!r}, which cannot be imported"
-        elif "cron" in entry and "minutes" in entry:
-            reason = "sets both minutes and cron; a schedule has one or the other"
-        elif "cron" in entry:
-            reason = _cron_problem(entry["cron"])
-        elif "minutes" in entry and not _whole_above_zero(entry["minutes"]):
-            reason = f"has minutes {entry['minutes']!r}, not a whole number above zero"
-        names.add(name)
+        reason = _schedule_problem(entry, names)
+        names.add(_name(entry))
         if reason:
             problems.append(
                 Error(
                     f"QUEUE_SCHEDULES entry {entry!r} {reason}.",
-                    hint='e.g. {"name": "app: sweep", "func": "app.tasks.sweep", "minutes": 5}',
+                    hint='e.g. {"job_type": "send_digest", "data": {}, "minutes": 5} or '
+                    '{"job_type": "nightly_report", "cron": "0 3 * * *"}',
                     id="queues.E007",
                 )
             )
     return problems
 
 
-def _cron_problem(expression: object) -> str | None:
-    """Why `expression` would fail django-q2's scheduler (croniter reads it), or None."""
-    try:
-        from croniter import croniter
-    except ImportError:
-        return "uses cron, but croniter is not installed (it is in requirements.txt)"
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
-        return f"has cron {expression!r}, which is no cron expression croniter reads"
+def _schedule_problem(entry: dict[str, Any], names: set[object]) -> str | None:
+    """Why a `QUEUE_SCHEDULES` entry would not fire its job, or None."""
+    unknown = set(entry) - SCHEDULE_KEYS
+    if unknown:
+        return f"has unknown keys {sorted(unknown)}"
+    if sum(key in entry for key in ("job_type", "task", "func")) != 1:
+        return "needs one of job_type, task and (the older form) func"
+    if "task" not in entry and ("args" in entry or "kwargs" in entry):
+        return "sets args or kwargs for a job type; a job type takes data, a task args and kwargs"
+    if "task" in entry and "data" in entry:
+        return "sets data for a task; a task takes args and kwargs"
+    if _name(entry) in names:
+        return "repeats a name already declared (an entry's name defaults to its job type's)"
+    if "func" in entry and not entry.get("name"):
+        return "needs a name besides its func"
+    if "func" in entry and not _importable(entry["func"]):
+        return f"names func {entry['func']!r}, which cannot be imported"
+    timing = [key for key in ("minutes", "every", "cron") if key in entry]
+    if len(timing) > 1:
+        return f"sets {' and '.join(timing)}; a schedule has one of minutes, every and cron"
+    if "minutes" in entry and not _whole_above_zero(entry["minutes"]):
+        return f"has minutes {entry['minutes']!r}, not a whole number above zero"
+    if "cron" in entry or "every" in entry:
+        problem = periodic.schedule_problem(entry.get("every"), entry.get("cron"))
+        if problem:
+            return f"is wrong: {problem}"
+    if "task" in entry:
+        try:
+            firing = periodic.from_setting(entry)
+        except (InvalidTaskError, KeyError, ValueError) as exc:
+            return f"names a task that cannot fire: {exc}"
+        return _data_problem(firing.job_type, firing.data)
+    if "job_type" in entry:
+        return _data_problem(entry["job_type"], entry.get("data", {}))
+    return None
+
+
+def _name(entry: dict[str, Any]) -> object:
+    return entry.get("name") or entry.get("task") or entry.get("job_type") or entry.get("func")
+
+
+def _data_problem(job_type: str, data: object) -> str | None:
+    kind = registry.find(job_type)
+    if kind is None:
+        return f"names job type {job_type!r}, which is not registered"
+    if not isinstance(data, dict):
+        return f"has data {data!r}, not a dict"
+    try:  # the user, if any, is looked up when it fires: the database may not exist yet
+        kind.validate({"request_id": "periodic", **data}, user_checked=True)
+    except JobValidationError as exc:
+        return f"has data its job type refuses ({exc})"
     return None
 
 

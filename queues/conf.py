@@ -17,17 +17,23 @@ DEFAULTS: dict[str, Any] = {
     # Options every queue starts from: worker processes, and seconds a handler may run before it
     # is cut off and retried.
     "QUEUE_DEFAULTS": {"workers": 4, "timeout": 120},
-    # Queue name -> options over QUEUE_DEFAULTS. Each queue is one django-q2 cluster: its name is
-    # `Q_CLUSTER["name"]` or a key of `Q_CLUSTER["ALT_CLUSTERS"]`.
+    # Queue name -> options over QUEUE_DEFAULTS. `qcluster` serves each with its own workers
+    # (queues.django_q2.cluster).
     "QUEUES": {"database": {}},
     # The queue of job types that name none (queues' demo job, django.tasks' "default" queue).
     "DEFAULT_QUEUE": "database",
-    # Job type name -> fields of its RetryPolicy (attempts, backoff_seconds, jitter) to override.
+    # Job type name -> fields of its RetryPolicy to override (error classes as dotted paths).
     "JOB_RETRY_POLICIES": {},
     # Modules that register job types, besides every installed app's `jobs` module.
     "JOB_TYPE_MODULES": [],
     # Finished job records kept per queue, user and status; older ones are pruned.
     "JOB_RETENTION": {"succeeded": 50, "failed": 100, "cancelled": 50},
+    # Status -> how long a finished record is kept at most (a timedelta, or seconds; None: no
+    # limit), beside the counts above.
+    "JOB_RETENTION_MAX_AGE": {},
+    # Job type -> {"count": {status: n}, "max_age": {status: age}} over the two above; a type
+    # with its own counts is counted apart from the other types.
+    "JOB_RETENTION_BY_TYPE": {},
     # Live jobs of client-enqueueable types a user may have; one more gets a 429.
     "CLIENT_LIVE_JOBS_PER_USER": 100,
     # Seconds after a job's timeout before its broker row is handed out again when its worker
@@ -38,8 +44,8 @@ DEFAULTS: dict[str, Any] = {
     # Seconds past due after which a waiting job whose broker row was claimed but never begun
     # (on Redis: any waiting job) is pushed again. One whose row is gone: at the next pass.
     "QUEUE_STRANDED_AFTER": 45,
-    # Periodic tasks the project adds to queues' own (queues.maintenance.schedules), e.g.
-    # [{"name": "chat: sweep", "func": "chat.sweeper.sweep_deletions", "minutes": 1}].
+    # Periodic jobs declared in settings (queues.core.periodic), besides `every=`/`cron=` beside
+    # handlers, e.g. [{"job_type": "send_digest", "data": {"kind": "daily"}, "cron": "0 8 * * *"}].
     "QUEUE_SCHEDULES": [],
     # Whether the statements a job sends for every attempt (`hot_cursor`) are prepared on their
     # connection. Off for a process whose database connection goes through a transaction-mode

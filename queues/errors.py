@@ -1,7 +1,12 @@
-"""How a job's failure is classified: retried (transient) or failed at once (permanent)."""
+"""The queue's errors, and the two kinds of failure every retry policy knows: errors that never
+retry (`PERMANENT`) and the queue's own transient ones (`is_transient`), which retry even where a
+type narrows `autoretry_for`. Any other error retries or not as the job type's `RetryPolicy`
+says (by default it does: `queues.core.registry.RetryPolicy`)."""
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -39,7 +44,7 @@ class TransientJobError(JobError):
 
 
 class JobTimeout(TransientJobError):
-    """The handler ran longer than its queue's timeout."""
+    """The handler ran longer than its timeout (its job's, its type's or its queue's)."""
 
 
 class WorkerLost(TransientJobError):
@@ -47,18 +52,48 @@ class WorkerLost(TransientJobError):
 
 
 TRANSIENT = (TransientJobError, OperationalError, InterfaceError)
+# Never retried, whatever the policy: retrying cannot help (the job's data, its subject).
+PERMANENT = (PermanentJobError, JobValidationError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Database trouble and timeouts are worth retrying; anything else is a bug or bad data.
+    """Database trouble, timeouts and lost workers: retried even by a policy that narrows
+    `autoretry_for` to the handler's own errors.
 
-    Integrity and data errors are `DatabaseError`s too, but retrying them gives the same answer.
+    Integrity and data errors are `DatabaseError`s too, but not the database's trouble: the
+    policy decides about them like about any error of the handler.
     """
     if isinstance(exc, TRANSIENT):
         return True
     return isinstance(exc, DatabaseError) and exc.__class__ is DatabaseError
 
 
+def is_seconds(value: object) -> bool:
+    """Whether `value` is a finite, non-negative number of seconds (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
 class JobCancelled(JobError):
     """Raised by a handler's check (`queues.execution.cancellation.raise_if_stop_requested`) once a
     stop of its job was requested: the work rolls back and the job is recorded `cancelled`."""
+
+
+class Snooze(JobError):
+    """Raised by a handler (`raise Snooze(seconds)`, or `job.snooze(seconds)`): run this job again
+    `seconds` from now, without spending an attempt (Oban's `{:snooze, seconds}`). The attempt's
+    work rolls back, as with any exception; the job waits again, `queued`."""
+
+    LONGEST = 365 * 24 * 3600.0
+
+    def __init__(self, seconds: float | timedelta) -> None:
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if not is_seconds(seconds) or seconds > self.LONGEST:
+            raise ValueError(f"snooze takes a number of seconds from 0 to a year, not {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)

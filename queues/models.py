@@ -62,6 +62,17 @@ class Job(models.Model):
     result = models.JSONField(null=True, blank=True)
     # 0 is claimed first; the type's unless the enqueue chose another (docs/job-queue.md).
     priority = models.PositiveSmallIntegerField(default=0)
+    # Options the enqueue chose for this job; null: its type's (docs/job-queue.md, "Job options").
+    timeout = models.FloatField(
+        null=True, blank=True, help_text="Seconds an attempt may run; empty: the type's."
+    )
+    backoff_seconds = models.FloatField(
+        null=True, blank=True, help_text="Retry backoff base in seconds; empty: the type's."
+    )
+    # What the handler last reported (`RunningJob.report_progress`): a percentage and a short
+    # message, which is output (shown like `result`).
+    progress = models.FloatField(null=True, blank=True, help_text="Percent done, 0-100.")
+    progress_message = models.CharField(max_length=200, blank=True, default="", db_default="")
     # A unique job type's key (`queues.core.uniqueness`): one job per key among those whose status
     # is in `unique_states` (a bit mask), enforced by the partial unique index of migration 0016.
     unique_key = models.CharField(max_length=64, blank=True, default="", editable=False)
@@ -200,11 +211,19 @@ class Job(models.Model):
         kind = registry.find(self.job_type)
         return tuple(kind.redacted_output(value) for value in output) if kind else output
 
+    def progress_message_for(self, viewer):
+        """The progress message as `viewer` may see it: redacted like the job's output."""
+        if viewer is not None and viewer.pk is not None and viewer.pk == self.user_id:
+            return self.progress_message
+        kind = registry.find(self.job_type)
+        return kind.redacted_output(self.progress_message) if kind else self.progress_message
+
     def redact_for(self, viewer):
         """This instance with everything `viewer` may not read redacted, for display only (it
         must never be saved). Returns it."""
         self.data = self.data_for(viewer)
         self.result, self.last_error, self.traceback = self.output_for(viewer)
+        self.progress_message = self.progress_message_for(viewer)
         return self
 
 
@@ -331,9 +350,9 @@ class DeclaredSchedule(models.Model):
 
 class ScheduleFailureCounter(models.Model):
     """How often a schedule failed, by its name (django-q2's `group` of the tasks it creates):
-    to create its task (a cron expression that does not parse, a function that will not import)
-    or in its function. Counted by `queues.django_q2.scheduler` for `/metrics` and the dashboard; a
-    failing schedule never stops another one."""
+    to fire its periodic job or create its task (a type no longer declared, a cron expression
+    that does not parse) or in its function. Counted by `queues.django_q2.scheduler` for
+    `/metrics` and the dashboard; a failing schedule never stops another one."""
 
     schedule = models.CharField(max_length=100, unique=True)
     failures = models.BigIntegerField(default=0)
@@ -345,7 +364,8 @@ class ScheduleFailureCounter(models.Model):
 
 
 class JobEvent(models.Model):
-    """One thing an operator or a user did to a job (cancel, stop request, retry): who and when.
+    """One thing an operator or a user did to a job (cancel, stop request, retry), or its handler
+    did (snooze): who and when.
 
     Written in the transaction of the action itself (`queues.core.history`). No database constraint
     on `job`: pruning deletes job records in one statement, and `prune` drops their events after.
@@ -356,6 +376,7 @@ class JobEvent(models.Model):
         CANCEL_REQUESTED = "cancel_requested"
         STOPPED = "stopped"  # the handler honoured a stop request; the job is cancelled
         RETRIED = "retried"
+        SNOOZED = "snoozed"  # its handler put it off (`Snooze`); no attempt spent
 
     job = models.ForeignKey(
         Job, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events"

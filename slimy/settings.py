@@ -5,6 +5,7 @@ Everything that differs between machines is read from the environment here, and 
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -231,9 +232,9 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Job queues -----------------------------------------------------------------------------
-# Each queue is its own django-q2 cluster (`manage.py qcluster --name <queue>`), all on the ORM
-# broker of the default database so a job is stored in the same transaction as the change that
-# asks for it. SQLite allows one writer at a time, so it gets fewer workers.
+# `manage.py qcluster` serves every queue, each with its own workers (`--queues` picks some), all
+# on the ORM broker of the default database so a job is stored in the same transaction as the
+# change that asks for it. SQLite allows one writer at a time, so it gets fewer workers.
 QUEUE_DEFAULTS = {
     "workers": env_int("QUEUE_WORKERS", 2 if DB_VENDOR == "sqlite" else 10),
     # Seconds a job's handler may run before it is cut off and retried.
@@ -258,20 +259,21 @@ JOB_RETENTION = {
     "failed": env_int("JOB_KEEP_FAILED", 100),
     "cancelled": env_int("JOB_KEEP_CANCELLED", 50),
 }
+# And none older than this many days, per status (unset: no age limit).
+JOB_RETENTION_MAX_AGE = {
+    status: timedelta(days=days)
+    for status in JOB_RETENTION
+    if (days := env_int(f"JOB_KEEP_{status.upper()}_DAYS", None)) is not None
+}
 # Queued, running or retrying jobs a user may have of the client-enqueueable types; one more
 # gets a 429.
 CLIENT_LIVE_JOBS_PER_USER = env_int("CLIENT_LIVE_JOBS_PER_USER", 100)
 # A conversation whose deletion was requested this long ago, still present and with no live
 # job, is queued for deletion again by the sweeper.
 DELETION_SWEEP_AFTER_SECONDS = env_int("DELETION_SWEEP_AFTER_SECONDS", 300)
-# Periodic tasks besides queues' own maintenance, synced into django-q2's schedules after
-# `migrate` (queues.maintenance.schedules).
-QUEUE_SCHEDULES = [
-    {
-        "name": "chat: re-queue stalled conversation deletions",
-        "func": "chat.sweeper.sweep_deletions",
-    },
-]
+# Periodic jobs besides those declared beside their handlers (`every=`/`cron=` in `chat/jobs.py`,
+# queues' own upkeep), synced into django-q2's schedules after `migrate` (docs/settings.md).
+QUEUE_SCHEDULES = []
 # /readyz fails when a due job has waited longer than this (seconds).
 READY_MAX_BACKLOG_SECONDS = env_int("READY_MAX_BACKLOG_SECONDS", 300)
 

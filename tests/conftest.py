@@ -1,10 +1,12 @@
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
+from django.utils import timezone
 
 from tests.support.clients import token_client
 from tests.support.cluster import ClusterFactory
@@ -135,7 +137,15 @@ def redis_queue(monkeypatch):
 
 @pytest.fixture
 def cluster(transactional_db, tmp_path):
-    """Start real `manage.py qcluster` processes against the test database; stopped after."""
+    """Start real `manage.py qcluster` processes against the test database; stopped after.
+
+    The declared periodic jobs (the sweeper, queues' upkeep) wait a day, so that a test's jobs
+    are the only ones; a test of them makes them due itself."""
+    from django_q.models import Schedule
+
+    from queues.core import periodic
+
+    Schedule.objects.filter(func=periodic.FIRE).update(next_run=timezone.now() + timedelta(days=1))
     factory = ClusterFactory(tmp_path)
     yield factory
     factory.stop_all()

@@ -42,26 +42,35 @@ def search_jobs(
     viewer: User,
     *,
     job_id: UUID | None = None,
-    job_type: str = "",
-    status: str = "",
+    job_type: str | Sequence[str] = "",
+    status: str | Sequence[str] = "",
+    queue: str | Sequence[str] = "",
     user: str = "",
     subject: str = "",
+    request_id: str = "",
+    q: str = "",
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     finished_after: datetime | None = None,
     finished_before: datetime | None = None,
 ) -> QuerySet[Job]:
-    """The jobs `viewer` may see that match every given filter (the dashboard's Jobs page).
+    """The jobs `viewer` may see that match every given filter: the dashboard's Jobs page, the
+    job list of the API and `manage.py jobs`.
 
-    `user` is a username or a user id; one that names nobody matches no job, like any filter.
+    `job_type`, `status` and `queue` take one value or several (any of them). `user` is a
+    username or a user id; one that names nobody matches no job, like any filter. `q` is a job
+    id, a subject or a request id (an exact match on one of them, each indexed). Every filter
+    applies within `jobs_visible_to(viewer)`, so a filter on what another user's jobs hold
+    answers as if they did not exist.
     """
     jobs = jobs_visible_to(viewer)
     if job_id:
         jobs = jobs.filter(pk=job_id)
-    if job_type:
-        jobs = jobs.filter(job_type=job_type)
-    if status:
-        jobs = jobs.filter(status=status)
+    for field, value in (("job_type", job_type), ("status", status), ("queue", queue)):
+        if isinstance(value, str) and value:
+            jobs = jobs.filter(**{field: value})
+        elif not isinstance(value, str) and value:
+            jobs = jobs.filter(**{f"{field}__in": list(value)})
     if user:
         named = Q(username=user) | (Q(pk=int(user)) if user.isascii() and user.isdigit() else Q())
         # Looked up first: the planner then sees the ids and picks the user's index.
@@ -69,6 +78,10 @@ def search_jobs(
         jobs = jobs.filter(user__in=users)
     if subject:
         jobs = jobs.filter(subject=subject)
+    if request_id:
+        jobs = jobs.filter(request_id=request_id)
+    if q:
+        jobs = jobs.filter(_search(q))
     if created_after:
         jobs = jobs.filter(created_at__gte=created_after)
     if created_before:
@@ -78,6 +91,15 @@ def search_jobs(
     if finished_before:
         jobs = jobs.filter(finished_at__lte=finished_before)
     return jobs
+
+
+def _search(text: str) -> Q:
+    """Jobs whose id, subject or request id is `text`: equalities, so each uses its index."""
+    match = Q(subject=text) | Q(request_id=text)
+    try:
+        return match | Q(pk=UUID(text))
+    except ValueError:
+        return match
 
 
 def jobs_page(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
@@ -13,9 +13,9 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from queues.conf import conf
-from queues.core import history, registry
+from queues.core import history, registry, uniqueness
 from queues.engine import engine
-from queues.errors import JobValidationError, TooManyLiveJobs
+from queues.errors import JobValidationError, TooManyLiveJobs, is_seconds
 from queues.execution import tracing
 from queues.models import Job, JobEvent
 
@@ -34,10 +34,12 @@ def enqueue_for_client(
     *,
     request_id: str | None = None,
     priority: int | None = None,
+    delay: float | None = None,
 ) -> Job:
     """`enqueue` on behalf of an API client: only declared types, and a cap on live jobs."""
     _admit_client_jobs(user, queue, job_type, 1, priority)
-    return enqueue(job_type, {**data, "user_id": user.pk}, request_id=request_id, priority=priority)
+    data = {**data, "user_id": user.pk}
+    return enqueue(job_type, data, request_id=request_id, priority=priority, delay=delay)
 
 
 @transaction.atomic
@@ -49,11 +51,12 @@ def enqueue_many_for_client(
     *,
     request_id: str | None = None,
     priority: int | None = None,
+    delay: float | None = None,
 ) -> list[Job]:
     """`enqueue_many` on behalf of an API client, each item counting towards the cap."""
     _admit_client_jobs(user, queue, job_type, len(items), priority)
     items = [{**data, "user_id": user.pk} if isinstance(data, dict) else data for data in items]
-    return enqueue_many(job_type, items, request_id=request_id, priority=priority)
+    return enqueue_many(job_type, items, request_id=request_id, priority=priority, delay=delay)
 
 
 def _admit_client_jobs(user, queue, job_type, count, priority):
@@ -77,14 +80,25 @@ def _admit_client_jobs(user, queue, job_type, count, priority):
         raise TooManyLiveJobs(f"{cap} of your jobs are still waiting or running")
 
 
+# What `enqueue`, `enqueue_if` and `enqueue_many` take besides the data: each overrides the type's
+# (docs/job-queue.md, "Job options").
+OPTIONS = ("priority", "delay", "run_after", "timeout", "max_attempts", "backoff_seconds")
+# The most attempts one job may be given.
+MAX_ATTEMPTS = 1000
+
+
 def enqueue(
     job_type: str,
     data: dict[str, Any],
     *,
     request_id: str | None = None,
     user_checked: bool = False,
-    run_after: datetime | None = None,
     priority: int | None = None,
+    delay: float | timedelta | None = None,
+    run_after: datetime | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    backoff_seconds: float | None = None,
 ) -> Job:
     """Validate and store a job of `job_type` on its queue, in the caller's transaction.
 
@@ -92,14 +106,39 @@ def enqueue(
     `UserlessJobData`). `request_id`: what asked for the job (the caller's request id; a new one
     when it has none), unless `data` carries one. `user_checked`: the caller read `user_id` from a
     row whose foreign key vouches for the user, so validation does not look the user up.
-    `run_after` defers its first attempt; `priority` (0 first, to 9) overrides the type's. An
-    unknown type, or data that does not fit its schema, raise `JobValidationError` and store
-    nothing. Returns the `Job`; for a unique type's duplicate, the job already holding its key
-    (`job.deduplicated` is set).
+
+    Options, each the type's when not given: `priority` (0 first, to 9); `delay` (seconds or a
+    timedelta) or `run_after` (an aware datetime) defers the first attempt; `timeout` (seconds
+    an attempt may run, at most the queue's); `max_attempts` (runs in all); `backoff_seconds`
+    (the retry backoff's base). An unknown type, data that does not fit its schema, or a bad
+    option raise `JobValidationError` (its `fields` name the option) and store nothing. Returns
+    the `Job`; for a unique type's duplicate, the job already holding its key (`job.deduplicated`
+    is set).
     """
     kind = _kind(job_type)
-    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority), run_after)
+    options = job_options(
+        kind,
+        priority=priority,
+        delay=delay,
+        run_after=run_after,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        backoff_seconds=backoff_seconds,
+    )
+    job = _new_job(kind, data, request_id, user_checked, options)
     return engine().store_job(kind, job)
+
+
+def enqueue_slot(job_type: str, data: dict[str, Any], *, periodic: str, slot: datetime) -> Job:
+    """`enqueue` the job the periodic declaration `periodic` (its name) fires for the time slot
+    starting at `slot` (`queues.core.periodic`): keyed by both, in every status, so clusters
+    firing one slot store one job; the others get that one (`deduplicated` set)."""
+    kind = _kind(job_type)
+    request_id = f"periodic:{slot.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    job = _new_job(kind, data, request_id, False, job_options(kind))
+    job.unique_key = uniqueness.slot_key(kind.name, periodic, slot)
+    job.unique_states = uniqueness.ALL_STATES
+    return engine().store(kind, [job])[0]
 
 
 def enqueue_if(
@@ -110,19 +149,20 @@ def enqueue_if(
     *,
     request_id: str | None = None,
     user_checked: bool = False,
-    priority: int | None = None,
+    **options: Any,
 ) -> Job | None:
     """`enqueue` only if `update.update(**values)` changes a row, atomically with that change.
 
     `update` selects at most one row: typically the change that asks for the job, filtered so
     it matches only while the job is wanted. Returns the job (or its unique key's holder, with
-    `deduplicated` set), or None when no row matched and nothing is stored. The data is
-    validated first: invalid data raises before anything changes. On PostgreSQL with the broker
-    in the database the change and the job are one statement, so the caller needs no
-    transaction (and pays no BEGIN and COMMIT round trips); elsewhere they share one.
+    `deduplicated` set), or None when no row matched and nothing is stored. The data and
+    `options` (`enqueue`'s) are validated first: invalid ones raise before anything changes. On
+    PostgreSQL with the broker in the database the change and the job are one statement, so the
+    caller needs no transaction (and pays no BEGIN and COMMIT round trips); elsewhere they share
+    one.
     """
     kind = _kind(job_type)
-    job = _new_job(kind, data, request_id, user_checked, _priority(kind, priority))
+    job = _new_job(kind, data, request_id, user_checked, job_options(kind, **options))
     return engine().store_if(kind, job, update, values)
 
 
@@ -132,17 +172,18 @@ def enqueue_many(
     *,
     request_id: str | None = None,
     user_checked: bool = False,
-    priority: int | None = None,
+    **options: Any,
 ) -> list[Job]:
     """`enqueue` for a list of data, in one statement on PostgreSQL: all or nothing.
 
-    Any invalid item raises `JobValidationError` naming its index, and stores nothing. Returns
-    the jobs in the order of `items` (a unique type's duplicates as in `enqueue`).
+    `options` (`enqueue`'s) apply to every job. Any invalid item raises `JobValidationError`
+    naming its index, and stores nothing. Returns the jobs in the order of `items` (a unique
+    type's duplicates as in `enqueue`).
     """
     kind = _kind(job_type)
     if not isinstance(items, list) or not items:
         raise JobValidationError(f"{job_type}: items must be a non-empty list")
-    priority = _priority(kind, priority)
+    chosen = job_options(kind, **options)
     # The items' users are looked up in one query, not once per item; an unknown one is left
     # to the item's validation, which names it.
     user_ids = {data.get("user_id") for data in items if isinstance(data, dict)}
@@ -153,7 +194,7 @@ def enqueue_many(
     for index, data in enumerate(items):
         checked = user_checked or (isinstance(data, dict) and data.get("user_id") in known)
         try:
-            jobs.append(_new_job(kind, data, request_id, checked, priority))
+            jobs.append(_new_job(kind, data, request_id, checked, chosen))
         except (JobValidationError, TypeError) as exc:
             fields = getattr(exc, "fields", None) or [str(exc)]
             raise JobValidationError(f"item {index}: {exc}", {index: fields}) from None
@@ -168,13 +209,58 @@ def _kind(job_type: str) -> JobType:
     return kind
 
 
-def _priority(kind: JobType, priority: int | None) -> int:
-    """The priority a job of `kind` is enqueued with: `priority`, or the type's."""
+def _invalid_option(name: str, problem: str) -> JobValidationError:
+    return JobValidationError(
+        f"{name} {problem}", {name: [f"Must be {problem.removeprefix('must be ')}."]}
+    )
+
+
+def job_options(
+    kind: JobType,
+    *,
+    priority: int | None = None,
+    delay: float | timedelta | None = None,
+    run_after: datetime | None = None,
+    timeout: float | None = None,
+    max_attempts: int | None = None,
+    backoff_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The `Job` fields the options of an enqueue set, each the type's unless given; a bad one
+    raises `JobValidationError` naming it. `run_after` is None for "now, at the store"."""
     if priority is None:
-        return kind.priority
-    if type(priority) is not int or priority not in registry.PRIORITIES:
-        raise JobValidationError(f"priority must be an integer from 0 to {registry.PRIORITIES[-1]}")
-    return priority
+        priority = kind.priority
+    elif type(priority) is not int or priority not in registry.PRIORITIES:
+        raise _invalid_option("priority", f"must be an integer from 0 to {registry.PRIORITIES[-1]}")
+    if delay is not None and run_after is not None:
+        raise _invalid_option("delay", "must be left out when run_after is given")
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
+    if delay is not None and not is_seconds(delay):
+        raise _invalid_option("delay", "must be a number of seconds, at least 0")
+    if run_after is not None and (
+        not isinstance(run_after, datetime) or timezone.is_naive(run_after)
+    ):
+        raise _invalid_option("run_after", "must be an aware datetime")
+    if run_after is None and (delay if delay is not None else kind.delay):
+        try:
+            run_after = timezone.now() + timedelta(seconds=delay or kind.delay)
+        except OverflowError:
+            raise _invalid_option("delay", "must be a number of seconds in reach") from None
+    if timeout is not None and (problem := registry.timeout_problem(timeout, kind.queue)):
+        raise _invalid_option("timeout", problem)
+    if max_attempts is None:
+        max_attempts = kind.retry_policy.attempts
+    elif type(max_attempts) is not int or not 1 <= max_attempts <= MAX_ATTEMPTS:
+        raise _invalid_option("max_attempts", f"must be an integer from 1 to {MAX_ATTEMPTS}")
+    if backoff_seconds is not None and not is_seconds(backoff_seconds):
+        raise _invalid_option("backoff_seconds", "must be a number of seconds, at least 0")
+    return {
+        "priority": priority,
+        "run_after": run_after,
+        "timeout": None if timeout is None else float(timeout),
+        "max_attempts": max_attempts,
+        "backoff_seconds": None if backoff_seconds is None else float(backoff_seconds),
+    }
 
 
 def _new_job(
@@ -182,10 +268,10 @@ def _new_job(
     data: dict[str, Any],
     request_id: str | None,
     user_checked: bool,
-    priority: int,
-    run_after: datetime | None = None,
+    options: dict[str, Any],
 ) -> Job:
-    """An unsaved Job of `kind` with validated `data`, or JobValidationError."""
+    """An unsaved Job of `kind` with validated `data` and `options` (`job_options`), or
+    JobValidationError."""
     data = {**data}
     data.setdefault("request_id", request_id or uuid.uuid4().hex)
     cleaned = dict(kind.validate(data, user_checked=user_checked))
@@ -196,16 +282,15 @@ def _new_job(
         subject=kind.subject_of(cleaned),
         user_id=cleaned.get("user_id"),
         request_id=cleaned["request_id"],
-        max_attempts=kind.retry_policy.attempts,
         trace_context=tracing.capture(),
-        priority=priority,
-        run_after=run_after or timezone.now(),
+        **{**options, "run_after": options["run_after"] or timezone.now()},
     )
 
 
 @transaction.atomic
-def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
+def retry_jobs(jobs: QuerySet, *, by: Any = None, detail: str = "") -> int:
     """Send failed jobs back to their queue with a fresh attempt budget. Returns how many.
+    `detail` goes into each job's history (e.g. which command did it).
 
     A fresh start: a stop asked of an earlier attempt (`cancel_requested_at`) no longer stands,
     so the new attempt's checks do not stop it; the job's history keeps the request.
@@ -226,7 +311,7 @@ def retry_jobs(jobs: QuerySet, *, by: Any = None) -> int:
         job.cancel_requested_by = job.cancel_requested_at = None
         if not engine().store_retry(job):  # a newer job holds its unique key: that one stays
             continue
-        history.record([job], JobEvent.Action.RETRIED, by=by)
+        history.record([job], JobEvent.Action.RETRIED, by=by, detail=detail)
         count += 1
     return count
 

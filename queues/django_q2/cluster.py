@@ -12,24 +12,37 @@ process alone leads a stop:
   worker finish its job for up to the queue's timeout plus STOP_GRACE seconds, then SIGKILLs what
   is left, whose job is delivered again like any crashed worker's.
 
+One cluster serves several queues, each with its own concurrency: the main process starts one
+sentinel per queue (`serve_queue`), each with its own pusher, monitor and pool of workers, so a
+busy queue never takes the workers of another. A sentinel process sets django-q2's `Conf` to its
+queue's options (`queue_options`) before it starts anything, and what it forks inherits them;
+one signal stops them all at once. A sentinel that dies outside a stop stops the others, and the
+command exits non-zero, so the service manager restarts the whole cluster.
+
 Its workers run our worker loop (`queues.django_q2.worker`); its scheduler is
 `queues.django_q2.scheduler`'s.
 """
 
+import ctypes
 import logging
+import math
+import os
 import queue
 import signal
 import time
 import uuid
-from multiprocessing import Event, Value, current_process
+from multiprocessing import Event, Value, current_process, util
+from typing import Any, NamedTuple
 
+from django.conf import settings
 from django_q import cluster as q_cluster
+from django_q.brokers import get_broker
 from django_q.conf import Conf, logger
 from django_q.status import Stat
 
 from queues.conf import conf
 from queues.django_q2.scheduler import run_due_schedules
-from queues.django_q2.worker import IDLE, worker
+from queues.django_q2.worker import IDLE, set_title, worker
 
 # The sentinel's guard calls django-q2's module-level `scheduler` about every 30 s: ours runs each
 # schedule in its own transaction, so one failing schedule never stops the others.
@@ -41,36 +54,84 @@ POLL = 0.1
 log = logging.getLogger(__name__)
 
 
+class QueueSentinel(NamedTuple):
+    queue: str
+    process: Any
+    stop: Any  # its own stop event: setting one a dead process slept on would hang
+    started: Any
+
+
 class Cluster(q_cluster.Cluster):
+    """The main `qcluster` process: one sentinel per queue of `queues` ({queue: workers})."""
+
+    def __init__(self, queues: dict[str, int]):
+        super().__init__()
+        self.queues = dict(queues)
+        self.sentinels: list[QueueSentinel] = []
+        self.stopped = False
+
     def start(self):
-        """django-q2's `Cluster.start`, running our Sentinel."""
-        self.stop_event, self.start_event = Event(), Event()
-        self.sentinel = q_cluster.get_mp_context().Process(
-            target=Sentinel,
-            name=f"Process-{uuid.uuid4().hex}",
-            args=(self.stop_event, self.start_event, self.cluster_id, self.broker, self.timeout),
-        )
-        self.sentinel.start()
-        logger.info("Q Cluster %s starting.", self.name)
-        # Polls instead of `start_event.wait()`, which a signal arriving meanwhile would deadlock
-        # (django-q2 does the same); the handler sets start_event to None.
-        while self.start_event and not self.start_event.is_set():
-            if not self.sentinel.is_alive():
-                if self.sentinel.exitcode == 0:
-                    break  # stopped by a signal while starting
-                raise RuntimeError(
-                    f"Q Cluster {self.name} failed to start: "
-                    f"sentinel exited with code {self.sentinel.exitcode}"
-                )
-            time.sleep(POLL)
-        if self.start_event and self.start_event.is_set():
-            log.info(
-                "Worker cluster %s ready: %d workers on queue %r.",
-                self.name,
-                Conf.WORKERS,
-                Conf.CLUSTER_NAME,
+        """django-q2's `Cluster.start`, one of our sentinels per queue."""
+        context = q_cluster.get_mp_context()
+        for name, workers in self.queues.items():
+            stop, started = Event(), Event()
+            process = context.Process(
+                target=serve_queue,
+                name=f"Process-{uuid.uuid4().hex}",
+                args=(name, workers, stop, started, uuid.uuid4()),
             )
+            process.start()
+            self.sentinels.append(QueueSentinel(name, process, stop, started))
+        # django-q2's attributes, for its `stat` and `is_running`: the first queue's.
+        self.sentinel, self.stop_event, self.start_event = self.sentinels[0][1:]
+        logger.info("Q Cluster %s starting.", self.name)
+        # Polls instead of `Event.wait()`, which a signal arriving meanwhile would deadlock
+        # (django-q2 does the same).
+        while not self.stopped and not all(s.started.is_set() for s in self.sentinels):
+            for sentinel in self.sentinels:
+                code = sentinel.process.exitcode
+                if code:  # 0: stopped by a signal while starting
+                    self.stop()
+                    raise RuntimeError(
+                        f"Q Cluster {self.name} failed to start: the sentinel of queue "
+                        f"{sentinel.queue!r} exited with code {code}"
+                    )
+            time.sleep(POLL)
+        if not self.stopped:
+            served = ", ".join(f"{name} ({n} workers)" for name, n in self.queues.items())
+            log.info("Worker cluster %s ready: %s.", self.name, served)
         return self.pid
+
+    def supervise(self) -> int:
+        """Wait until the cluster stops; 0 after a stop by signal, 1 if a sentinel died first
+        (the others are stopped then, so the whole cluster restarts, not half of it)."""
+        while not self.stopped:
+            dead = [s for s in self.sentinels if not s.process.is_alive()]
+            if dead and not getattr(self, "stopping", False):
+                self.stopping = True
+                log.error(
+                    "The sentinel of queue(s) %s exited with code %s; stopping the cluster",
+                    ", ".join(s.queue for s in dead),
+                    dead[0].process.exitcode,
+                )
+                self.stop()
+                return 1
+            time.sleep(POLL)
+        return 0
+
+    def stop(self) -> bool:
+        """Stop every queue's live sentinel at once, and wait for all of them."""
+        self.stopped = True
+        live = [s for s in self.sentinels if s.process.is_alive()]
+        if not live:
+            return False
+        logger.info("Q Cluster %s stopping.", self.name)
+        for sentinel in live:
+            sentinel.stop.set()
+        for sentinel in self.sentinels:
+            sentinel.process.join()
+        logger.info("Q Cluster %s has stopped.", self.name)
+        return True
 
     def sig_handler(self, signum, frame):
         name = signal.Signals(signum).name
@@ -80,6 +141,84 @@ class Cluster(q_cluster.Cluster):
         self.stopping = True
         logger.info("Q Cluster %s got %s.", self.name, name)
         self.stop()
+
+
+# django-q2's `Conf` attributes a queue's options (Q_CLUSTER keys) may set, with django-q2's
+# defaults for those its options leave out.
+PER_QUEUE_CONF = {
+    "cluster_name": ("CLUSTER_NAME", None),
+    "workers": ("WORKERS", None),
+    "timeout": ("TIMEOUT", None),
+    "retry": ("RETRY", 60),
+    "queue_limit": ("QUEUE_LIMIT", None),
+    "bulk": ("BULK", 1),
+    "recycle": ("RECYCLE", 500),
+    "max_rss": ("MAX_RSS", None),
+    "poll": ("POLL", 0.2),
+}
+
+
+def queue_options(name: str, workers: int | None = None) -> dict[str, Any]:
+    """django-q2's options for a sentinel serving queue `name` with `workers` (its QUEUES
+    setting's by default): `Q_CLUSTER`, under its `ALT_CLUSTERS[name]` for another queue than
+    the main one.
+
+    A queue without an `ALT_CLUSTERS` entry gets its guard timeout and visibility timeout
+    (`retry`) from its QUEUES timeout, as `Q_CLUSTER`'s should be: timeout plus a little, and
+    timeout plus `QUEUE_REDELIVERY_GRACE`. The local queue's prefetch (`queue_limit`) keeps its
+    ratio to the workers, and a claim takes at most one row per worker.
+    """
+    main = dict(getattr(settings, "Q_CLUSTER", {}))
+    alternatives = main.pop("ALT_CLUSTERS", None) or {}
+    options = {**main, "cluster_name": name}
+    queue = conf.QUEUES.get(name, conf.QUEUE_DEFAULTS)
+    if name != main.get("name", "default"):
+        alternative = alternatives.get(name)
+        if isinstance(alternative, dict):
+            options.update(
+                {k: v for k, v in alternative.items() if k not in ("name", "cluster_name")}
+            )
+        else:
+            options["timeout"] = queue["timeout"] + max(1, conf.QUEUE_REDELIVERY_GRACE // 2)
+            options["retry"] = queue["timeout"] + conf.QUEUE_REDELIVERY_GRACE
+    configured = options.get("workers") or queue["workers"]
+    options["workers"] = workers or queue["workers"]
+    per_worker = options.get("queue_limit", configured * 2) / configured
+    options["queue_limit"] = max(options["workers"], math.ceil(per_worker * options["workers"]))
+    options["bulk"] = min(options.get("bulk", 1), options["workers"])
+    return options
+
+
+def serve_queue(name, workers, stop_event, start_event, cluster_id):
+    """A sentinel process: django-q2's `Conf` set to queue `name`'s options, then our Sentinel
+    on its broker. What it forks (pusher, monitor, workers) inherits that `Conf`."""
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the main process leads a stop
+        signal.signal(sig, signal.SIG_IGN)
+    set_title(f"qcluster {current_process().name} sentinel [{name}]")
+    options = queue_options(name, workers)
+    for key, (attribute, default) in PER_QUEUE_CONF.items():
+        setattr(Conf, attribute, options.get(key, default))
+    global sentinel_pid
+    sentinel_pid = os.getpid()
+    util.register_after_fork(die_with_parent, die_with_parent)
+    Sentinel(stop_event, start_event, cluster_id, get_broker(name))
+
+
+PR_SET_PDEATHSIG = 1
+sentinel_pid = None  # in a sentinel process and what it forks: the sentinel's pid
+
+
+def die_with_parent(_=None):
+    """Run in each process a sentinel forks (pusher, monitor, workers): on Linux it is SIGKILLed
+    when the sentinel dies, so a sentinel killed outright (out of memory) leaves no pusher
+    claiming or worker running without it; their jobs are rescued like any dead worker's.
+    Elsewhere they outlive it, as with django-q2."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != sentinel_pid:  # the sentinel died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Sentinel(q_cluster.Sentinel):

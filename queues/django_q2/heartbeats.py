@@ -4,6 +4,9 @@ django-q2 reports a cluster's status through its broker every guard cycle (0.5 s
 Django cache (per process by default) or into Redis. Our brokers keep it in `ClusterHeartbeat`
 instead, so every web process on any host (`/readyz`, the dashboard, `/api/queues/stats`,
 `/metrics`) sees every cluster, on the database broker and on Redis alike.
+
+A `qcluster` serving several queues writes one row per queue (each queue's sentinel reports its
+own status), all with the pid of its main process: `clusters_serving` groups them back.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from django.utils import timezone
 from django_q.conf import Conf
-from django_q.signing import SignedPackage
+from django_q.signing import BadSignature, SignedPackage
 
 from queues.engine import engine, reconnect
 from queues.models import ClusterHeartbeat
@@ -76,3 +79,28 @@ def live_clusters():
     return ClusterHeartbeat.objects.filter(seen_at__gte=timezone.now() - LIVE_WITHIN).exclude(
         status=Conf.STOPPED
     )
+
+
+def clusters_serving() -> list[dict]:
+    """Live `qcluster` processes, by host and pid, each with the queues it serves:
+    `{"host", "pid", "seen_at", "queues": [{"queue", "workers", "status"}]}`."""
+    clusters: dict[tuple[str, int], dict] = {}
+    for beat in live_clusters().order_by("host", "pid", "queue"):
+        cluster = clusters.setdefault(
+            (beat.host, beat.pid),
+            {"host": beat.host, "pid": beat.pid, "seen_at": beat.seen_at, "queues": []},
+        )
+        cluster["seen_at"] = max(cluster["seen_at"], beat.seen_at)
+        cluster["queues"].append(
+            {"queue": beat.queue, "workers": workers_of(beat), "status": beat.status}
+        )
+    return list(clusters.values())
+
+
+def workers_of(beat: ClusterHeartbeat) -> int | None:
+    """The worker processes of the sentinel that wrote `beat` (None if its payload is not
+    readable here: signed with another SECRET_KEY)."""
+    try:
+        return len(SignedPackage.loads(beat.payload).workers)
+    except (BadSignature, AttributeError):
+        return None

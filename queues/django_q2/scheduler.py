@@ -1,5 +1,10 @@
 """django-q2's scheduler, one schedule at a time, and the report of schedules that fail.
 
+A schedule of a periodic declaration (`queues.core.periodic`: func `periodic.FIRE`) fires its job
+type here, in the schedule's transaction: one job for its latest slot, keyed by the slot, and its
+`next_run` moved to the next slot (`periodic.fire_schedule`). Any other schedule (made by hand in
+the admin) has its function run by a worker, as django-q2 does.
+
 django-q2 1.11.1 turns every due Schedule row into a task inside one transaction: one schedule
 that raises (a cron expression croniter cannot read, croniter missing, a bad `args`) rolls back
 all of them, at every pass, and the stranded-job rescue, the pruning and the deletion sweeper stop
@@ -26,6 +31,7 @@ from django_q.models import Schedule
 from django_q.tasks import async_task
 from django_q.utils import close_old_django_connections, localtime
 
+from queues.core import periodic
 from queues.models import ScheduleFailureCounter
 
 logger = logging.getLogger("queues.scheduler")
@@ -35,8 +41,8 @@ ERROR_CHARS = 2000
 
 
 def run_due_schedules(broker=None):
-    """Create the task of every due schedule of this cluster, each in its own transaction.
-    Returns how many were created."""
+    """Fire the job or create the task of every due schedule of this cluster, each in its own
+    transaction. Returns how many fired."""
     broker = broker or get_broker()
     close_old_django_connections()
     try:
@@ -49,9 +55,13 @@ def run_due_schedules(broker=None):
         try:
             with transaction.atomic(using=router.db_for_write(Schedule)):
                 schedule = due_schedules().select_for_update().filter(pk=pk).first()
-                if schedule is not None:  # another cluster took it meanwhile
+                if schedule is None:  # another cluster took it meanwhile
+                    continue
+                if schedule.func != periodic.FIRE:
                     create_task(schedule, broker)
-                    created += 1
+                elif periodic.fire_schedule(schedule) is None:
+                    continue  # its queue is paused
+                created += 1
         except Exception as exc:
             logger.exception(
                 "Schedule %s could not create its task; the other schedules go on", name or pk

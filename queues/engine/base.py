@@ -60,6 +60,11 @@ class Engine:
         job, atomically: the job (or its key's holder), or None and nothing stored. `enqueue_if`."""
         raise NotImplementedError
 
+    def replace_waiting(self, holder: Job, duplicate: Job) -> bool:
+        """Give the unique key's `holder` the data (and subject) of `duplicate` if it still waits
+        (queued or retrying); whether it did. `Unique(on_conflict="replace")`."""
+        raise NotImplementedError
+
     def store_broker_row(
         self,
         queue: str,
@@ -148,6 +153,14 @@ class Engine:
     ) -> bool:
         """Record `fields` if `job`'s attempt is current, with counters and ack; whether it was."""
         raise NotImplementedError
+
+    def report_progress(self, job: Job) -> bool:
+        """Write `job.progress` and `progress_message` if its attempt is current, at once (outside
+        the handler's transaction where the database allows); whether it was."""
+        raise NotImplementedError
+
+    def end_progress_reports(self) -> None:
+        """Close what `report_progress` opened for the attempt that has ended (nothing here)."""
 
     def cancel_query(self) -> bool:
         """Cancel the statement this connection is running, if any; whether there was one."""

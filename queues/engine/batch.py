@@ -29,18 +29,29 @@ ROUNDS = 3
 
 
 def store(
-    kind: JobType, jobs: list[Job], insert: Callable[[JobType, list[Job]], set[Hashable]]
+    kind: JobType,
+    jobs: list[Job],
+    insert: Callable[[JobType, list[Job]], set[Hashable]],
+    replace: Callable[[Job, Job], bool] | None = None,
 ) -> list[Job]:
     """Store `jobs` (new, validated Job instances of `kind`) in the caller's transaction, with
     `insert` (the engine's: stores those whose unique key is free, returns their ids).
 
     Returns, in order, each stored job or, for a duplicate, the job holding its unique key, with
-    `deduplicated` set. Jobs of one batch with the same key get one job (the first).
+    `deduplicated` set. Jobs of one batch with the same key get one job (the first; for a type
+    that replaces, with the last one's data). A holder still waiting takes its duplicate's data
+    when the type replaces (`Unique(on_conflict="replace")`), through `replace` (the engine's).
     """
     set_unique_key(kind, jobs)
+    replaces = kind.unique is not None and kind.unique.replaces
     first: dict[Hashable, Job] = {}
+    last: dict[Hashable, Job] = {}
     for job in jobs:
         first.setdefault(job.unique_key or job.pk, job)
+        last[job.unique_key or job.pk] = job
+    if replaces:
+        for key, job in first.items():
+            job.data, job.subject = last[key].data, last[key].subject
     held: dict[str, Job] = {}
     pending = list(first.values())
     with transaction.atomic(savepoint=False):
@@ -53,6 +64,9 @@ def store(
                 break
         else:
             raise RuntimeError(f"{kind.name}: holders of {len(pending)} unique keys kept moving")
+        if replaces and replace is not None:
+            for key, holder in held.items():
+                replace_waiting(holder, last[key], replace)
     return [held.get(job.unique_key) or first[job.unique_key or job.pk] for job in jobs]
 
 
@@ -62,13 +76,14 @@ def store_after_update(
     update: QuerySet,
     values: dict[str, Any],
     insert: Callable[[JobType, list[Job]], set[Hashable]],
+    replace: Callable[[Job, Job], bool] | None = None,
 ) -> Job | None:
     """`store_if` in two steps, in one transaction: the change, then `store` if it changed a row
     (SQLite, and a broker outside the database, whose push waits for the commit)."""
     with transaction.atomic():
         if not update.update(**values):
             return None
-        return store(kind, [job], insert)[0]
+        return store(kind, [job], insert, replace)[0]
 
 
 def store_retry(job: Job, push: Callable[[Job], int | None]) -> bool:
@@ -96,10 +111,20 @@ def cancel_waiting(jobs: QuerySet, queue: str, job_type: str) -> int:
     return cancelled
 
 
+def replace_waiting(holder: Job, duplicate: Job, replace: Callable[[Job, Job], bool]) -> None:
+    """Give `holder` the data of `duplicate` if it still waits (the engine's `replace` says)."""
+    if holder.status in Job.WAITING and replace(holder, duplicate):
+        holder.data, holder.subject = duplicate.data, duplicate.subject
+
+
 def set_unique_key(kind: JobType, jobs: Iterable[Job]) -> None:
-    """Give each of `jobs` the unique key and states its type stores it with."""
+    """Give each of `jobs` the unique key and states its type stores it with; a job keyed by its
+    caller (a periodic job's slot: `queues.core.periodic`) keeps its own."""
+    now = timezone.now()  # one period window for the whole batch
     for job in jobs:
-        job.unique_key = uniqueness.key_of(kind, job.data)
+        if job.unique_key:
+            continue
+        job.unique_key = uniqueness.key_of(kind, job.data, now)
         job.unique_states = uniqueness.states_mask(kind)
 
 

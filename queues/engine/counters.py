@@ -100,6 +100,11 @@ def attempt_cancelled(job, also=()):
     return _add(job, also=also, cancelled=1, running=-1)
 
 
+def attempt_snoozed(job, also=()):
+    """A running job's handler snoozed it: it waits again, no attempt counted as failed."""
+    return _add(job, also=also, running=-1, waiting=1)
+
+
 def jobs_cancelled(queue, job_type, count):
     if count:
         _add_for(queue, job_type, cancelled=count, waiting=-count)

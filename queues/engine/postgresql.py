@@ -8,7 +8,7 @@ import os
 import random
 from collections.abc import Hashable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
@@ -61,6 +61,10 @@ WITH attempt_lock AS MATERIALIZED (
 )
 SELECT attempt_lock.held, job.* FROM attempt_lock LEFT JOIN job ON true
 """  # noqa: E501
+
+# A progress report's connection waits this long at most for a job row another transaction holds
+# locked (a handler locking its own record), then the report is given up: the handler goes on.
+PROGRESS_LOCK_TIMEOUT = "SET lock_timeout TO '1s'"
 
 # Give back the liveness lock of a job (paths that record no outcome).
 RELEASE_JOB_LOCK = "SELECT pg_advisory_unlock(('x' || replace(left((%s::uuid)::text, 18), '-', ''))::bit(64)::bigint)"  # noqa: E501
@@ -219,6 +223,14 @@ SELECT_STORED = "SELECT id, broker_row FROM stored"
 # Of `store_if` (the CTE `condition` is the change, `stored` the INSERT selecting from it): a row
 # if the change matched one, with the job's id and broker row if it was stored (not a duplicate).
 SELECT_STORED_IF = "SELECT s.id, s.broker_row, c.* FROM condition c LEFT JOIN stored s ON true"
+
+# A unique type's waiting holder takes the data of a duplicate (`Unique(on_conflict="replace")`);
+# a holder that began meanwhile is left as it is (no row comes back).
+REPLACE_WAITING_DATA = """
+UPDATE queues_job SET data = %s, subject = %s
+WHERE id = %s AND status IN ('queued', 'retrying')
+RETURNING id
+"""
 
 # Jobs per statement: a bigger batch takes several statements, in the same transaction.
 ROWS_PER_STATEMENT = 500
@@ -425,7 +437,7 @@ class PostgreSQLEngine(Engine):
         """One statement per `ROWS_PER_STATEMENT` jobs: records, broker rows (with the NOTIFY)
         and counters, for the jobs actually inserted (`INSERT ... ON CONFLICT DO NOTHING` skips
         a duplicate). Only a duplicate costs a second round trip, to read its key's holder."""
-        return batch.store(kind, jobs, self._insert)
+        return batch.store(kind, jobs, self._insert, self.replace_waiting)
 
     def store_job(self, kind: JobType, job: Job) -> Job:
         """One round trip: the record, which stores its broker row's id, the row (its RETURNING
@@ -458,7 +470,9 @@ class PostgreSQLEngine(Engine):
         INSERT selects from, so it needs no transaction of its own (no BEGIN and COMMIT when the
         caller has none open). With Redis, the change then `store`, in one transaction."""
         if not self.broker_in_database():
-            return batch.store_after_update(kind, job, update, values, self._insert)
+            return batch.store_after_update(
+                kind, job, update, values, self._insert, self.replace_waiting
+            )
         batch.set_unique_key(kind, [job])
         rows = self._insert_together(kind, [job], update_returning_sql(update, values))
         if not rows:
@@ -469,6 +483,13 @@ class PostgreSQLEngine(Engine):
         # A duplicate: the change is made; the job is the holder's, or, should the holder have
         # finished meanwhile, stored now.
         return self.store(kind, [job])[0]
+
+    def replace_waiting(self, holder: Job, duplicate: Job) -> bool:
+        """`REPLACE_WAITING_DATA`: whether `holder` still waited and took `duplicate`'s data."""
+        data = Job._meta.get_field("data").get_db_prep_value(duplicate.data, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(REPLACE_WAITING_DATA, [data, duplicate.subject, holder.pk])
+            return cursor.fetchone() is not None
 
     def store_broker_row(
         self,
@@ -520,7 +541,7 @@ class PostgreSQLEngine(Engine):
             (job,) = jobs
             insert, params = insert_from_statement(job, "condition")
             statements = [(SELECT_STORED_IF, []), (*condition, "condition")]
-        if kind.unique:
+        if any(job.unique_key for job in jobs):  # a unique type's, or a periodic job's slot
             insert += f" ON CONFLICT (unique_key) WHERE {holds_key_sql()} DO NOTHING"
         statements += [
             (f"{insert} RETURNING id, broker_row", params, "stored"),
@@ -589,10 +610,54 @@ class PostgreSQLEngine(Engine):
             )
         elif status == Job.Status.CANCELLED:
             rows = counters.attempt_cancelled(job, also=statements)
+        elif status == Job.Status.QUEUED:  # snoozed
+            rows = counters.attempt_snoozed(job, also=statements)
         else:
             retry = status == Job.Status.RETRYING
             rows = counters.attempt_failed(job, seconds, retry=retry, also=statements)
         return bool(rows)
+
+    # The connection of this process's progress reports, for the attempt running: (pid, it).
+    _reporters: ClassVar[dict[str, tuple[int, Any]]] = {}
+
+    def report_progress(self, job: Job) -> bool:
+        """`finish_sql` for the two columns (no release). Inside the handler's transaction it is
+        sent on a connection of its own, in autocommit, so it is visible at once and outlives a
+        rollback; that connection gives up on a locked row after `PROGRESS_LOCK_TIMEOUT`."""
+        fields = {"progress": job.progress, "progress_message": job.progress_message}
+        sql, params = _finish_statement(job, fields, release=False)
+        if not connection.in_atomic_block:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return bool(cursor.fetchall())
+        reporter = self._reporter()
+        try:
+            with connection.wrap_database_errors:  # as Django's own errors
+                return bool(reporter.execute(sql, params).fetchall())
+        except Exception:
+            if reporter.info.transaction_status != TransactionStatus.IDLE:
+                reporter.close()  # broken: the next report opens another
+            raise
+
+    def end_progress_reports(self) -> None:
+        """Close the attempt's progress connection, if it opened one: a worker holds no second
+        connection between jobs."""
+        reporter = self._reporters.pop(DEFAULT_DB_ALIAS, None)
+        if reporter is not None and reporter[0] == os.getpid():
+            reporter[1].close()
+
+    def _reporter(self) -> Any:
+        """This process's own autocommit connection for progress reports (workers are forked:
+        never share a socket), open until the attempt ends (`end_progress_reports`)."""
+        reporter = self._reporters.get(DEFAULT_DB_ALIAS)
+        if reporter is not None and reporter[0] == os.getpid() and not reporter[1].closed:
+            return reporter[1]
+        with connection.wrap_database_errors:
+            conn = connection.get_new_connection(connection.get_connection_params())
+            conn.autocommit = True
+            conn.execute(PROGRESS_LOCK_TIMEOUT)
+        self._reporters[DEFAULT_DB_ALIAS] = (os.getpid(), conn)
+        return conn
 
     def cancel_query(self) -> bool:
         """Ask the server to cancel it: it stops the query and drops its locks."""

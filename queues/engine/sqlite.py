@@ -60,6 +60,14 @@ INSERT_BROKER_ROW = (
 )
 
 
+# A unique type's waiting holder takes the data of a duplicate (`Unique(on_conflict="replace")`);
+# a holder that began meanwhile is left as it is.
+REPLACE_WAITING_DATA = """
+UPDATE queues_job SET data = %s, subject = %s
+WHERE id = %s AND status IN ('queued', 'retrying')
+"""
+
+
 # --- broker rows ---------------------------------------------------------------------------------
 # django-q2's broker table. A claim moves a row's `lock` (the time it may be handed out) past the
 # visibility timeout, so the rows of a cluster that died come back by themselves.
@@ -76,7 +84,7 @@ class SQLiteEngine(Engine):
     def store(self, kind: JobType, jobs: list[Job]) -> list[Job]:
         """Job by job: SQLite's writers take turns (IMMEDIATE transactions), so looking for the
         holders of the jobs' keys first is race-free."""
-        return batch.store(kind, jobs, self._insert)
+        return batch.store(kind, jobs, self._insert, self.replace_waiting)
 
     def store_job(self, kind: JobType, job: Job) -> Job:
         """The broker row first, so the record is stored knowing it; then the counters."""
@@ -92,7 +100,17 @@ class SQLiteEngine(Engine):
         self, kind: JobType, job: Job, update: QuerySet, values: dict[str, Any]
     ) -> Job | None:
         """The change, then `store` if it changed a row, in one transaction."""
-        return batch.store_after_update(kind, job, update, values, self._insert)
+        return batch.store_after_update(
+            kind, job, update, values, self._insert, self.replace_waiting
+        )
+
+    def replace_waiting(self, holder: Job, duplicate: Job) -> bool:
+        """`REPLACE_WAITING_DATA`: whether `holder` still waited and took `duplicate`'s data."""
+        data = Job._meta.get_field("data").get_db_prep_value(duplicate.data, connection)
+        pk = Job._meta.pk.get_db_prep_value(holder.pk, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(REPLACE_WAITING_DATA, [data, duplicate.subject, pk])
+            return cursor.rowcount == 1
 
     def store_broker_row(
         self,
@@ -171,10 +189,20 @@ class SQLiteEngine(Engine):
             rows = counters.attempt_succeeded(job, seconds, also=statements)
         elif status == Job.Status.CANCELLED:
             rows = counters.attempt_cancelled(job, also=statements)
+        elif status == Job.Status.QUEUED:  # snoozed
+            rows = counters.attempt_snoozed(job, also=statements)
         else:
             retry = status == Job.Status.RETRYING
             rows = counters.attempt_failed(job, seconds, retry=retry, also=statements)
         return bool(rows)
+
+    def report_progress(self, job: Job) -> bool:
+        """`finish_sql` for the two columns, in the handler's transaction: SQLite has one writer
+        at a time, and it is that transaction (the outcome writes the report again)."""
+        fields = {"progress": job.progress, "progress_message": job.progress_message}
+        with connection.cursor() as cursor:
+            cursor.execute(*_finish_statement(job, fields))
+            return bool(cursor.fetchall())
 
     def cancel_query(self) -> bool:
         """Nothing to cancel: SQLite runs in the worker's own process (the timer's exception

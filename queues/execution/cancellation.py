@@ -13,6 +13,7 @@
               raise_if_stop_requested()  # raises JobCancelled once a stop was asked
               ...
 
+  (an `async def` handler awaits `araise_if_stop_requested()`.)
   `JobCancelled` rolls the handler's transaction back whole and the runner records the job
   `cancelled`. A handler that never checks, or has passed its last check, finishes normally. A
   request stands until the job finishes: should the attempt fail and be retried automatically,
@@ -21,9 +22,11 @@
 - finished: nothing to cancel.
 """
 
+import asyncio
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
@@ -38,10 +41,10 @@ _running = ContextVar("queues_running_job", default=None)
 
 
 @transaction.atomic
-def cancel_jobs(jobs, *, by=None, stop_running=True):
+def cancel_jobs(jobs, *, by=None, stop_running=True, detail=""):
     """Cancel the waiting jobs of `jobs` and ask the running ones to stop (unless not
     `stop_running`). Returns (how many were cancelled, how many were asked to stop); finished
-    jobs are left alone."""
+    jobs are left alone. `detail` goes into each job's history."""
     now = timezone.now()
     live = list(
         Job.objects.select_for_update()
@@ -64,14 +67,14 @@ def cancel_jobs(jobs, *, by=None, stop_running=True):
     for queue, job_type in {(job.queue, job.job_type) for job in waiting}:
         count = sum(1 for job in waiting if (job.queue, job.job_type) == (queue, job_type))
         counters.jobs_cancelled(queue, job_type, count)
-    history.record(waiting, JobEvent.Action.CANCELLED, by=by)
+    history.record(waiting, JobEvent.Action.CANCELLED, by=by, detail=detail)
     # Never to run: nothing will use their content (a title, a message), so it goes now.
     with_content = registry.types_with_content()
     drop_content(Job.objects.filter(pk__in=[j.pk for j in waiting if j.job_type in with_content]))
     Job.objects.filter(pk__in=[job.pk for job in running]).update(
         cancel_requested_by=by, cancel_requested_at=now
     )
-    history.record(running, JobEvent.Action.CANCEL_REQUESTED, by=by)
+    history.record(running, JobEvent.Action.CANCEL_REQUESTED, by=by, detail=detail)
     return len(waiting), len(running)
 
 
@@ -86,8 +89,24 @@ def raise_if_stop_requested():
     One indexed lookup; does nothing outside a job (a handler called directly, e.g. in a test).
     """
     job_id = _running.get()
+    if job_id is not None and _in_event_loop():
+        raise TypeError("an async handler awaits araise_if_stop_requested() instead")
     if job_id is not None and stop_requested(job_id):
         raise JobCancelled("stopped at the request of an operator")
+
+
+def _in_event_loop():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+async def araise_if_stop_requested():
+    """`raise_if_stop_requested` for `async def` handlers: its query runs on the worker's
+    connection (`queues.execution.coroutines`)."""
+    await sync_to_async(raise_if_stop_requested)()
 
 
 @contextmanager

@@ -11,7 +11,9 @@ delivery understands:
 2. work: the handler runs in one transaction that also marks the job succeeded and deletes its
    broker row, so the work, its success and its acknowledgement commit together or not at all.
    A handler that runs too long is stopped (`queues.execution.timeouts`).
-3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good.
+3. on failure (own commit, also acknowledging): retry after a backoff, or fail for good, as the
+   type's `RetryPolicy` says. A handler that snoozes (`Snooze`) is put back to wait instead, its
+   attempt not counted.
 
 Every write of an outcome names the attempt it belongs to (fencing): a worker whose attempt was
 taken over writes nothing, and its work rolls back. The statement that records the outcome also
@@ -33,12 +35,13 @@ import logging
 import os
 import socket
 import traceback
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from queues.conf import conf
@@ -48,12 +51,12 @@ from queues.errors import (
     JobCancelled,
     JobTimeout,
     PermanentJobError,
+    Snooze,
     SubjectGone,
     TransientJobError,
     WorkerLost,
-    is_transient,
 )
-from queues.execution import cancellation, handlers, log_context, tracing
+from queues.execution import cancellation, handlers, log_context, progress, tracing
 from queues.execution.timeouts import discard_connection_if_busy, handler_timeout
 from queues.models import Job, JobEvent
 
@@ -90,6 +93,9 @@ def run_job(job_id: UUID | str) -> Any:
             return None
         except JobCancelled:
             record_stopped(job)
+            return None
+        except Snooze as snooze:
+            record_snoozed(job, snooze.seconds)
             return None
         except Exception as exc:  # every failure is recorded, then retried or failed
             if isinstance(exc, JobTimeout):
@@ -219,6 +225,7 @@ def finish(
     """Record the outcome `fields` of `job`'s attempt (`Engine.finish`), with what tracing stores
     with it; whether it was recorded (False: a newer attempt owns the job)."""
     fields.update(tracing.outcome_fields(job, fields))
+    fields.update(progress.outcome_fields(job))
     return engine().finish(job, fields, seconds, own_attempt=own_attempt)
 
 
@@ -232,9 +239,14 @@ def work(job: Job) -> Any:
     kind = registry.find(job.job_type)
     if kind is None:
         raise PermanentJobError(f"unknown job type {job.job_type!r}")
+    timeout = attempt_timeout(job)
     with transaction.atomic():
-        with handler_timeout(conf.QUEUES[job.queue]["timeout"]), cancellation.checking(job):
-            result = handlers.call(kind.handler, job)
+        with (
+            handler_timeout(timeout),
+            cancellation.checking(job),
+            progress.reporting(job) as reporter,
+        ):
+            result = handlers.call(kind.handler, job, timeout=timeout, reporter=reporter)
         finished_at = timezone.now()
         seconds = ran_for(job, finished_at)
         fields = {
@@ -247,6 +259,43 @@ def work(job: Job) -> Any:
             raise AttemptSuperseded()  # rolls the work back, counters and acknowledgement too
     logger.info("job succeeded on attempt %s/%s in %.3fs", job.attempts, job.max_attempts, seconds)
     return result
+
+
+def attempt_timeout(job: Job) -> float:
+    """Seconds `job`'s attempt may run: its own timeout, else its type's, else its queue's; never
+    more than its queue's (which sets the workers' guard and the redelivery of lost rows)."""
+    kind = registry.find(job.job_type)
+    most = conf.QUEUES[job.queue]["timeout"]
+    return min(job.timeout or (kind.timeout if kind else None) or most, most)
+
+
+def record_snoozed(job: Job, seconds: float) -> None:
+    """The handler snoozed (`Snooze`); its work has rolled back. The job waits again, `queued`,
+    due `seconds` from now with a new broker row, its attempt given back (`attempts` - 1), fenced
+    and acknowledged like any outcome, and the snooze in its history."""
+    now = timezone.now()
+    job.run_after = now + timedelta(seconds=seconds)
+    try:
+        with transaction.atomic():
+            fields: dict[str, Any] = {
+                "status": Job.Status.QUEUED,
+                "attempts": job.attempts - 1,
+                "run_after": job.run_after,
+                "broker_row": engine().push(job),
+            }
+            recorded = finish(job, fields, ran_for(job, now))
+            if not recorded:
+                transaction.set_rollback(True)
+            else:
+                detail = f"for {seconds:g}s, until {job.run_after.isoformat(timespec='seconds')}"
+                history.record([job], JobEvent.Action.SNOOZED, detail=detail)
+    except IntegrityError:  # a unique type whose key another waiting job took meanwhile
+        record_failure(job, PermanentJobError("snoozed, but another job holds its unique key"))
+        return
+    if not recorded:
+        engine().release_if_connected(job.pk)
+        return
+    logger.info("job snoozed for %gs (attempt %s not counted)", seconds, job.attempts)
 
 
 def record_stopped(job: Job) -> None:
@@ -270,14 +319,16 @@ def record_stopped(job: Job) -> None:
 
 
 def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bool:
-    """Schedule a retry for a transient failure with attempts left; otherwise fail the job.
+    """Schedule a retry when the type's policy retries `exc` and attempts are left; otherwise
+    fail the job.
 
     `own_attempt=False` for a caller that is not the attempt's worker (the rescuer): it holds no
     liveness lock and acknowledges no delivery. Returns whether the outcome was recorded.
     """
     kind = registry.find(job.job_type)
     # A type no longer declared (removed from the code) cannot run again: it fails for good.
-    retry = kind is not None and is_transient(exc) and job.attempts < job.max_attempts
+    policy = kind.retry_policy if kind is not None else None
+    retry = policy is not None and policy.retries(exc) and job.attempts < job.max_attempts
     now = timezone.now()
     fields: dict[str, Any] = {
         "last_error": str(exc) or exc.__class__.__name__,
@@ -285,8 +336,10 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
         "traceback": "".join(traceback.format_exception(exc)),
     }
     with transaction.atomic():
-        if kind is not None and retry:
-            delay = kind.retry_policy.delay_after(job.attempts)
+        if policy is not None and retry:
+            if job.backoff_seconds is not None:  # the enqueue's
+                policy = replace(policy, backoff_seconds=job.backoff_seconds)
+            delay = policy.delay_after(job.attempts)
             job.run_after = now + timedelta(seconds=delay)
             fields.update(
                 status=Job.Status.RETRYING, run_after=job.run_after, broker_row=engine().push(job)
@@ -306,7 +359,7 @@ def record_failure(job: Job, exc: BaseException, own_attempt: bool = True) -> bo
             engine().release_if_connected(job.pk)
         return False
     if retry:
-        # Expected (a transient error, retried): a warning, its traceback in the job record only.
+        # Expected (retried): a warning, its traceback in the job record only.
         logger.warning(
             "job attempt failed, retrying in %.1fs: %s: %s",
             delay,

@@ -1,9 +1,10 @@
-"""Stopping a handler that runs past its queue's timeout.
+"""Stopping a handler that runs past its timeout (its job's, its type's or its queue's).
 
 A timer (SIGALRM, in the main thread of a worker process) raises `JobTimeout` in the handler's
 Python code. A handler waiting on a database query cannot be interrupted there: the query is
 cancelled instead (`Engine.cancel_query`), the server stops it and drops its locks, and the
-handler sees it fail, which is then reported as `JobTimeout`.
+handler sees it fail, which is then reported as `JobTimeout`. An `async def` handler's coroutine
+is cancelled on its event loop instead (`queues.execution.coroutines`), and ends with `JobTimeout`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.db import connection
 
 from queues.engine import engine
 from queues.errors import JobTimeout
+from queues.execution import coroutines
 
 
 @contextmanager
@@ -30,10 +32,13 @@ def handler_timeout(seconds: float) -> Iterator[None]:
     started = time.monotonic()
 
     def expire(signum: int, frame: FrameType | None) -> None:
-        if engine().cancel_query():
+        timeout = JobTimeout(f"job exceeded its timeout of {seconds:g}s")
+        # A coroutine's thread waits for its loop: cancel both its query and its task, never
+        # raise here (its loop would run on, unwatched).
+        if engine().cancel_query() | coroutines.stop_running(timeout):
             signal.setitimer(signal.ITIMER_REAL, 1)  # again, should the query have just ended
             return
-        raise JobTimeout(f"job exceeded its queue's timeout of {seconds}s")
+        raise timeout
 
     try:
         previous = signal.signal(signal.SIGALRM, expire)
@@ -46,7 +51,7 @@ def handler_timeout(seconds: float) -> Iterator[None]:
     except Exception as exc:
         if was_cancelled(exc) and time.monotonic() - started >= seconds:
             raise JobTimeout(
-                f"job exceeded its queue's timeout of {seconds}s; its query was cancelled"
+                f"job exceeded its timeout of {seconds:g}s; its query was cancelled"
             ) from exc
         raise
     finally:

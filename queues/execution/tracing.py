@@ -97,7 +97,8 @@ def outcome_fields(job, fields):
     span.set_attribute("job.outcome", str(fields["status"]))
     if fields["status"] == Job.Status.SUCCEEDED:
         return {}
-    _mark_error(span, fields.get("last_error_class"))
+    if fields["status"] != Job.Status.QUEUED:  # queued again: snoozed, not an error
+        _mark_error(span, fields.get("last_error_class"))
     return {"trace_context": {**(job.trace_context or {}), "last_attempt": _carrier(span)}}
 
 

@@ -1,9 +1,9 @@
 """The queues app's own job type: a demo of the failure path (`manage.py demo_failing_job`).
 
 It shows what an outage looks like without breaking anything: every attempt of its first run
-fails as a transient error, so it is retried with backoff (10 s, then 20 s) and ends failed after
-three attempts; an operator's retry gives it a fresh budget, and its next attempt succeeds. It
-touches no data.
+fails (a `TransientJobError`, as an outage would), so it is retried with backoff (10 s, then
+20 s) and ends failed after three attempts; an operator's retry gives it a fresh budget, and its
+next attempt succeeds. It touches no data.
 """
 
 from queues.api import JobData, RetryPolicy, TransientJobError, job_type
@@ -20,7 +20,7 @@ class DemoOutage(TransientJobError):
     DEMO_FAILING_JOB,
     queue=conf.DEFAULT_QUEUE,
     schema=JobData,
-    retry=RetryPolicy(attempts=3, backoff_seconds=10.0),
+    retry=RetryPolicy(attempts=3, backoff_seconds=10.0, jitter=0),  # the delays it announces
     subject=lambda data, result=None: "demo:failing-job",
 )
 def demo_fails_until_retried(job):

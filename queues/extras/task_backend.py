@@ -15,6 +15,7 @@ is the `DEFAULT_QUEUE` setting and each of our queues is its own name.
 import json
 import re
 from dataclasses import dataclass, replace
+from inspect import iscoroutinefunction
 
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
@@ -31,7 +32,8 @@ from queues import errors
 from queues.conf import conf
 from queues.core import registry, services
 from queues.core.schemas import UserlessJobData
-from queues.errors import JobValidationError, PermanentJobError, is_transient
+from queues.errors import JobValidationError, PermanentJobError
+from queues.execution import coroutines
 from queues.models import Job
 
 JOB_TYPE_PREFIX = "django_task."
@@ -70,6 +72,30 @@ def resolve_task(path):
     if not isinstance(found, Task):
         raise InvalidTaskError(f"{path!r} is not a @task function")
     return found
+
+
+def periodic_firing(entry):
+    """(job type, data) of a `QUEUE_SCHEDULES` entry naming a task (`{"task": "app.tasks.f",
+    "args": [...], "kwargs": {...}, ...}`): what its backend's `enqueue` would store, or
+    InvalidTaskError (`queues.core.periodic`)."""
+    from django_tasks import task_backends
+
+    task = resolve_task(entry["task"])
+    backend = task_backends[task.backend]
+    if not isinstance(backend, QueueBackend):
+        raise InvalidTaskError(f"{entry['task']!r} runs on backend {task.backend!r}, not ours")
+    args, kwargs = entry.get("args", []), entry.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict) or not is_json([args, kwargs]):
+        raise InvalidTaskError("a periodic task's args must be a JSON list and kwargs a dict")
+    data = {
+        "task": task.module_path,
+        "args": args,
+        "kwargs": kwargs,
+        "backend": backend.alias,
+        "queue_name": task.queue_name,
+        "priority": task.priority,
+    }
+    return job_type_for(backend.queue_map[task.queue_name]), data
 
 
 def is_json(value):
@@ -184,7 +210,7 @@ class QueueBackend(BaseTaskBackend):
     """Runs `@task` functions as jobs of our queue (docs/tasks.md)."""
 
     supports_defer = True
-    supports_async_task = True  # run to completion by the worker, as the immediate backend does
+    supports_async_task = True  # awaited by the worker, as async job handlers are
     supports_get_result = True
     supports_priority = True
 
@@ -280,9 +306,17 @@ def run_task(data, job):
     task_started.send(sender, task_result=started)
     args = [TaskContext(task_result=started), *data["args"]] if task.takes_context else data["args"]
     try:
-        value = normalize_json(task.call(*args, **data["kwargs"]))
+        if iscoroutinefunction(task.func):
+            # Awaited as an async handler is, so the queue's timeout reaches it.
+            value = coroutines.run(task.func(*args, **data["kwargs"]))
+        else:
+            value = task.call(*args, **data["kwargs"])
+        value = normalize_json(value)
+    except errors.Snooze:  # waits again: neither finished nor failed
+        raise
     except Exception as exc:
-        retried = is_transient(exc) and job.attempts < job.max_attempts
+        policy = registry.get(job.queue, job.job_type).retry_policy
+        retried = policy.retries(exc) and job.attempts < job.max_attempts
         failed = replace(
             started,
             status=TaskResultStatus.READY if retried else TaskResultStatus.FAILED,

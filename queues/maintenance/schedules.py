@@ -1,69 +1,40 @@
-"""Periodic tasks, declared in one list and synced into django-q2's Schedule table after `migrate`.
+"""The periodic declarations (`queues.core.periodic`), synced into django-q2's Schedule table after
+`migrate`: one row each, whose `next_run` is the start of its next slot.
 
-`queues` declares its own upkeep (`MAINTENANCE`); the project adds its apps' tasks through
-`settings.QUEUE_SCHEDULES` (queues imports no other app). Each entry: `name` (unique), `func`
-(dotted path), and `minutes` (default 1) or a `cron` expression. The sync creates or updates
-every declared schedule by name and deletes the ones it created earlier that are no longer
-declared (`DeclaredSchedule` marks those); schedules added by hand in the admin are left alone.
+Declared beside handlers (`job_type(..., every=...)`: queues' own upkeep in
+`queues.maintenance.periodic`, an app's in its `jobs.py`) or in `settings.QUEUE_SCHEDULES`. The
+sync creates or updates every declared schedule by name and deletes the ones it created earlier
+that are no longer declared (`DeclaredSchedule` marks those); schedules added by hand in the admin
+are left alone (django-q2 runs their functions as it always has, without a job record).
 """
-
-from typing import Any
 
 from django.apps import apps as global_apps
 from django.db import DEFAULT_DB_ALIAS
+from django.utils import timezone
 
-from queues.conf import conf
-
-MAINTENANCE: list[dict[str, Any]] = [
-    # Retention of finished job records, and per-minute stats older than two hours. Every five
-    # minutes: retention counts records, so a later prune only keeps a few more for a while, and
-    # an idle cluster sends fewer statements.
-    {
-        "name": "queues: prune finished job records",
-        "func": "queues.maintenance.periodic.prune",
-        "minutes": 5,
-    },
-    # A rescue pass over every queue, for clusters whose pusher waits on busy workers.
-    {
-        "name": "queues: push stranded jobs again",
-        "func": "queues.maintenance.periodic.redeliver_stranded_jobs",
-    },
-]
-
-
-def declared_schedules():
-    return [*MAINTENANCE, *conf.QUEUE_SCHEDULES]
-
-
-def schedule_fields(entry):
-    """The Schedule row's fields for one declared entry."""
-    if entry.get("cron"):
-        return {"func": entry["func"], "schedule_type": "C", "cron": entry["cron"], "minutes": None}
-    return {
-        "func": entry["func"],
-        "schedule_type": "I",
-        "minutes": entry.get("minutes", 1),
-        "cron": None,
-    }
+from queues.core import periodic
 
 
 def sync_schedules(apps, using=DEFAULT_DB_ALIAS):
     """Make the Schedule rows we own exactly the declared list. Returns (synced, deleted)."""
     Schedule = apps.get_model("django_q", "Schedule")
     DeclaredSchedule = apps.get_model("queues", "DeclaredSchedule")
-    declared = declared_schedules()
-    for entry in declared:
-        fields = {**schedule_fields(entry), "repeats": -1}
-        schedule = Schedule.objects.using(using).filter(name=entry["name"]).order_by("pk").first()
+    declared = periodic.all_periodic()
+    now = timezone.now()
+    for name, entry in declared.items():
+        fields = {**entry.schedule_fields(), "repeats": -1}
+        schedule = Schedule.objects.using(using).filter(name=name).order_by("pk").first()
+        # A new or changed declaration starts at its next slot: none was missed yet.
+        first = {"next_run": entry.next_slot(entry.latest_slot(now))}
         if schedule is None:
-            schedule = Schedule.objects.using(using).create(name=entry["name"], **fields)
+            schedule = Schedule.objects.using(using).create(name=name, **fields, **first)
         elif any(getattr(schedule, field) != value for field, value in fields.items()):
-            Schedule.objects.using(using).filter(pk=schedule.pk).update(**fields)
+            Schedule.objects.using(using).filter(pk=schedule.pk).update(**fields, **first)
         DeclaredSchedule.objects.using(using).get_or_create(schedule_id=schedule.pk)
     gone = Schedule.objects.using(using).filter(
         pk__in=DeclaredSchedule.objects.using(using).values("schedule_id")
     )
-    _, deleted = gone.exclude(name__in=[entry["name"] for entry in declared]).delete()
+    _, deleted = gone.exclude(name__in=list(declared)).delete()
     return len(declared), deleted.get("django_q.Schedule", 0)
 
 

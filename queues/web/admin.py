@@ -114,6 +114,9 @@ class JobAdmin(ShownFiltersOnly, admin.ModelAdmin):
         ("Trace", {"fields": ["trace_context"], "classes": ["collapse"]}),
         ("Data and result", {"fields": ["data", "result"]}),
         ("Attempts", {"fields": ["attempts", "max_attempts", "priority", "run_after", "worker"]}),
+        # The enqueue's own options (empty: the type's) and what the handler last reported.
+        ("Options", {"fields": ["timeout", "backoff_seconds"]}),
+        ("Progress", {"fields": ["progress", "progress_message"]}),
         ("Error", {"fields": ["last_error_class", "last_error", "traceback_text"]}),
         ("Times", {"fields": ["created_at", "started_at", "finished_at"]}),
         ("Operator retry", {"fields": ["retried_by", "retried_at"]}),

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from queues.conf import conf
 from queues.core import pausing, selectors
 from queues.core.services import retry_jobs
-from queues.django_q2.heartbeats import live_clusters
+from queues.django_q2.heartbeats import clusters_serving
 from queues.execution.cancellation import cancel_jobs
 from queues.models import Job
 
@@ -186,8 +186,10 @@ def queue_dashboard(request):
             [job.redact_for(request.user) for job in retrying_jobs(now)],
             counts,
         ),
-        "running": job_list(Job.Status.RUNNING, list(running), counts),
-        "clusters": live_clusters().order_by("queue", "host", "pid"),
+        "running": job_list(
+            Job.Status.RUNNING, [job.redact_for(request.user) for job in running], counts
+        ),
+        "clusters": clusters_serving(),
         "failing_schedules": selectors.failing_schedules()[:20],
         "refresh_seconds": 5,
         "now": now,

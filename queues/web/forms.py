@@ -7,6 +7,7 @@ from django import forms
 from django.utils import timezone
 
 from queues.core import registry
+from queues.core.filters import UtcDateTimeField
 from queues.models import Job
 from queues.web.bulk_actions import BULK_ACTIONS, BULK_LIMIT
 
@@ -51,10 +52,10 @@ class JobSearchForm(forms.Form):
     subject = forms.CharField(
         required=False, max_length=128, label="Subject", help_text="e.g. conversation:42"
     )
-    created_after = forms.DateTimeField(required=False, widget=TIME_WIDGET)
-    created_before = forms.DateTimeField(required=False, widget=TIME_WIDGET)
-    finished_after = forms.DateTimeField(required=False, widget=TIME_WIDGET)
-    finished_before = forms.DateTimeField(required=False, widget=TIME_WIDGET)
+    created_after = UtcDateTimeField(required=False, widget=TIME_WIDGET)
+    created_before = UtcDateTimeField(required=False, widget=TIME_WIDGET)
+    finished_after = UtcDateTimeField(required=False, widget=TIME_WIDGET)
+    finished_before = UtcDateTimeField(required=False, widget=TIME_WIDGET)
     older_than = PageCursorField(required=False)
     newer_than = PageCursorField(required=False)
 

@@ -21,6 +21,7 @@ from prometheus_client.registry import REGISTRY
 
 from queues.conf import conf
 from queues.core import pausing, selectors
+from queues.django_q2.heartbeats import clusters_serving
 
 COUNTERS = {
     "enqueued": ("slimy_jobs_enqueued", "Jobs enqueued."),
@@ -59,6 +60,7 @@ class QueueCollector:
         yield GaugeMetricFamily("slimy_queue_oldest_waiting_seconds", "", labels=["queue"])
         yield GaugeMetricFamily("slimy_queue_live_clusters", "", labels=["queue"])
         yield GaugeMetricFamily("slimy_queue_paused", "", labels=["queue"])
+        yield GaugeMetricFamily("slimy_cluster_workers", "", labels=["host", "pid", "queue"])
         yield CounterMetricFamily("slimy_schedule_failures", "", labels=["schedule"])
 
     def collect(self):
@@ -112,6 +114,17 @@ class QueueCollector:
         yield oldest
         yield clusters
         yield paused
+        workers = GaugeMetricFamily(
+            "slimy_cluster_workers",
+            "Worker processes of each live qcluster, per queue it serves.",
+            labels=["host", "pid", "queue"],
+        )
+        for cluster in clusters_serving():
+            for served in cluster["queues"]:
+                if served["workers"] is not None:
+                    labels = [cluster["host"], str(cluster["pid"]), served["queue"]]
+                    workers.add_metric(labels, served["workers"])
+        yield workers
         schedules = CounterMetricFamily(
             "slimy_schedule_failures",
             "Failures of a schedule: creating its task, or in its function.",

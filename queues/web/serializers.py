@@ -36,6 +36,7 @@ class JobSerializer(serializers.ModelSerializer):
     data = serializers.SerializerMethodField()
     result = serializers.SerializerMethodField()
     last_error = serializers.SerializerMethodField()
+    progress_message = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
 
     def get_data(self, job) -> dict:
@@ -50,6 +51,10 @@ class JobSerializer(serializers.ModelSerializer):
     def get_last_error(self, job) -> str:
         request = self.context.get("request")
         return job.output_for(request.user if request else None)[1]
+
+    def get_progress_message(self, job) -> str:
+        request = self.context.get("request")
+        return job.progress_message_for(request.user if request else None)
 
     @extend_schema_field(JobEventSerializer(many=True))
     def get_history(self, job):
@@ -73,6 +78,10 @@ class JobSerializer(serializers.ModelSerializer):
             "attempts",
             "max_attempts",
             "run_after",
+            "timeout",
+            "backoff_seconds",
+            "progress",
+            "progress_message",
             "last_error",
             "last_error_class",
             "result",
@@ -87,6 +96,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 # Items of one `POST /api/queues/jobs/bulk`: one statement's worth (queues.engine.batch).
 BULK_MAX_ITEMS = 500
+# The longest a client may put off its job's first run: a day (its live-job cap counts it).
+CLIENT_MAX_DELAY = 24 * 3600
 
 
 class EnqueueSerializer(serializers.Serializer):
@@ -99,6 +110,12 @@ class EnqueueSerializer(serializers.Serializer):
         required=False,
         help_text="0 is claimed first; at least the type's own (a client may only let its jobs"
         " wait). The type's by default.",
+    )
+    delay = serializers.FloatField(
+        min_value=0,
+        max_value=CLIENT_MAX_DELAY,
+        required=False,
+        help_text="Seconds before the job's first run (at most a day). The type's by default.",
     )
 
 

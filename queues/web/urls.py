@@ -3,15 +3,15 @@ from django.urls import re_path
 from queues.web.views import (
     JobBulkCreateView,
     JobCancelView,
-    JobCreateView,
     JobDetailView,
+    JobListCreateView,
     JobRetryView,
     QueueStatsView,
 )
 
 urlpatterns = [
     re_path(r"^stats/?$", QueueStatsView.as_view(), name="queue-stats"),
-    re_path(r"^jobs/?$", JobCreateView.as_view(), name="job-create"),
+    re_path(r"^jobs/?$", JobListCreateView.as_view(), name="job-list"),
     re_path(r"^jobs/bulk/?$", JobBulkCreateView.as_view(), name="job-bulk-create"),
     re_path(r"^jobs/(?P<job_id>[^/]+)/?$", JobDetailView.as_view(), name="job-detail"),
     re_path(r"^jobs/(?P<job_id>[^/]+)/retry/?$", JobRetryView.as_view(), name="job-retry"),

@@ -3,12 +3,15 @@ import uuid
 from django.db.models import prefetch_related_objects
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, generics, permissions, status
+from rest_framework import exceptions, generics, mixins, permissions, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.throttling import UserRateThrottle
 
 from queues.conf import DEFAULT_ENQUEUE_RATE, conf
 from queues.core import history, selectors, services
+from queues.core.filters import JobFilterForm
 from queues.errors import JobValidationError, TooManyLiveJobs
 from queues.execution.cancellation import cancel_jobs
 from queues.models import Job
@@ -221,20 +224,107 @@ class JobCancelView(generics.GenericAPIView):
         )
 
 
-class JobCreateView(EnqueueView):
-    """`POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller.
+class JobCursorPagination(CursorPagination):
+    """Pages of jobs newest first, by a cursor on `job_created_idx` (created_at, id): each page
+    one index range however deep, and no page shifts when jobs are added meanwhile. A cursor or
+    `page_size` that is not valid is a 400 naming it."""
 
-    202 with the new job; 200 with the existing one when a unique type's job with the same key
-    is already there (nothing stored)."""
+    ordering = ("-created_at", "-id")
+    page_size_query_param = "page_size"
+    max_page_size = 200
 
-    serializer_class = EnqueueSerializer
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return api_settings.PAGE_SIZE or 50
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
+            raise exceptions.ValidationError(
+                {"page_size": [f"Must be a whole number from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+    def decode_cursor(self, request):
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            problem = "Not a cursor of this list: start again without it."
+            raise exceptions.ValidationError({"cursor": [problem]}) from None
+
+
+_LIST_PARAMETERS = [
+    OpenApiParameter(
+        "status",
+        str,
+        many=True,
+        enum=Job.Status.values,
+        description="Any of these statuses (repeat the parameter or separate with commas).",
+    ),
+    OpenApiParameter("job_type", str, many=True, description="Any of these job types."),
+    OpenApiParameter("queue", str, many=True, description="Any of these queues."),
+    OpenApiParameter("subject", str, description='What the job is about, e.g. "conversation:42".'),
+    OpenApiParameter("request_id", str, description="The request that enqueued the job."),
+    OpenApiParameter(
+        "user",
+        str,
+        description="A username or user id (only your own, unless you hold `queues.view_job`).",
+    ),
+    OpenApiParameter("q", str, description="A job id, subject or request id (exact)."),
+    *(
+        OpenApiParameter(name, OpenApiTypes.DATETIME, description=f"{what} (ISO 8601, inclusive).")
+        for name, what in (
+            ("created_after", "Created at or after"),
+            ("created_before", "Created at or before"),
+            ("finished_after", "Finished at or after"),
+            ("finished_before", "Finished at or before"),
+        )
+    ),
+]
+
+
+class JobListCreateView(mixins.ListModelMixin, EnqueueView):
+    """`GET /api/queues/jobs`: the caller's jobs (every job, content fields redacted, for holders
+    of `queues.view_job`), newest first, filtered, a cursor page at a time.
+
+    `POST /api/queues/jobs`: enqueue a job of a client-enqueueable type as the caller. 202 with
+    the new job; 200 with the existing one when a unique type's job with the same key is already
+    there (nothing stored)."""
+
+    pagination_class = JobCursorPagination
+    # Besides the filters: the page's and DRF's own.
+    OTHER_PARAMETERS = {"cursor", "page_size", "format"}
+
+    def get_serializer_class(self):
+        return JobSerializer if self.request.method == "GET" else EnqueueSerializer
+
+    def check_throttles(self, request):
+        if request.method != "GET":  # listing enqueues nothing: the enqueue rate is not spent
+            super().check_throttles(request)
+
+    def get_queryset(self):
+        params = self.request.query_params
+        unknown = sorted(set(params) - set(JobFilterForm.base_fields) - self.OTHER_PARAMETERS)
+        if unknown:
+            raise exceptions.ValidationError({name: ["Unknown parameter."] for name in unknown})
+        form = JobFilterForm(params)
+        if not form.is_valid():
+            raise exceptions.ValidationError(form.problems())
+        jobs = selectors.search_jobs(self.request.user, **form.filters())
+        return jobs.prefetch_related(history.EVENTS)
 
     @extend_schema(
+        parameters=_LIST_PARAMETERS,
+        responses={200: JobSerializer(many=True), **errors(*AUTHENTICATED, 400)},
+    )
+    def get(self, request):
+        return self.list(request)
+
+    @extend_schema(
+        request=EnqueueSerializer,
         responses={
             202: JobSerializer,
             200: JobSerializer,
             **errors(*AUTHENTICATED, *WITH_BODY, 429),
-        }
+        },
     )
     def post(self, request):
         serializer = self.get_serializer(data=request.data)
@@ -247,6 +337,7 @@ class JobCreateView(EnqueueView):
                 _own_data(request, serializer.validated_data["data"]),
                 request_id=request.request_id,
                 priority=serializer.validated_data.get("priority"),
+                delay=serializer.validated_data.get("delay"),
             )
         except JobValidationError as exc:
             raise _invalid(exc) from None
@@ -290,6 +381,7 @@ class JobBulkCreateView(EnqueueView):
                 [_own_data(request, data, index) for index, data in enumerate(items)],
                 request_id=request.request_id,
                 priority=serializer.validated_data.get("priority"),
+                delay=serializer.validated_data.get("delay"),
             )
         except JobValidationError as exc:
             raise _invalid(exc, "items") from None
@@ -317,9 +409,11 @@ def _own_data(request, data, index=None):
 
 
 def _invalid(exc, field="data"):
-    """The 400 for a JobValidationError; a priority problem is named as such."""
-    if "priority" in exc.fields:
-        return exceptions.ValidationError({"priority": exc.fields["priority"]})
+    """The 400 for a JobValidationError; a problem with an option (priority, delay) is named as
+    such."""
+    for option in services.OPTIONS:
+        if option in exc.fields:
+            return exceptions.ValidationError({option: exc.fields[option]})
     return exceptions.ValidationError({field: exc.fields or [str(exc)]})
 
 

@@ -8,8 +8,10 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection, models
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django_q.models import OrmQ
 
+from chat import jobs as chat_jobs
 from chat import services
 from chat.models import Conversation, Message
 from queues.errors import PermanentJobError
@@ -93,6 +95,36 @@ def test_delete_service_refuses_a_wrong_owner_and_deletes_nothing(other_user, co
     with pytest.raises(PermanentJobError):
         services.delete_conversation(conversation_id=conversation.pk, user_id=other_user.pk)
     assert Conversation.objects.filter(pk=conversation.pk).exists()
+    assert Message.objects.filter(conversation=conversation).count() == 3
+
+
+def run_due(job):
+    Job.objects.filter(pk=job.pk).update(run_after=timezone.now())
+    run_job(job.pk)
+    job.refresh_from_db()
+    return job.status
+
+
+def test_a_deletion_job_for_someone_elses_conversation_fails_at_once(other_user, conversation):
+    job = services.request_conversation_deletion(conversation, request_id="theirs")
+    Job.objects.filter(pk=job.pk).update(
+        user=other_user, data={**job.data, "user_id": other_user.pk}
+    )
+    assert run_due(job) == "failed"
+    assert (job.attempts, job.last_error_class) == (1, "PermanentJobError")
+
+
+def test_a_deletion_failing_with_a_bug_is_retried_then_fails_for_good(conversation, monkeypatch):
+    """The default retry policy: two more attempts (after 2 s, then 4 s), then failed, where the
+    sweeper and operators see it; the conversation stays hidden and whole meanwhile."""
+
+    def buggy(**ids):
+        raise AttributeError("a bug in the deletion")
+
+    job = services.request_conversation_deletion(conversation, request_id="bug")
+    monkeypatch.setattr(chat_jobs.services, "delete_conversation", buggy)
+    assert [run_due(job) for _ in range(3)] == ["retrying", "retrying", "failed"]
+    assert (job.attempts, job.last_error_class) == (3, "AttributeError")
     assert Message.objects.filter(conversation=conversation).count() == 3
 
 

@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -55,7 +56,7 @@ def test_a_project_that_sets_none_of_the_queue_settings_gets_the_defaults(tmp_pa
         [*manage, "shell", "-v0", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert shown.stdout.splitlines() == [
-        "['queues: prune finished job records', 'queues: push stranded jobs again']",
+        "['prune_job_records', 'redeliver_stranded_jobs']",
         "{'database': {'workers': 4, 'timeout': 120}} 45 "
         "{'succeeded': 50, 'failed': 100, 'cancelled': 50}",
     ], shown.stderr
@@ -129,7 +130,28 @@ def test_a_stranded_job_must_be_rescued_before_it_counts_as_overdue(setting):
 def test_a_retry_policy_override_naming_an_unknown_field_is_an_error():
     report = check(JOB_RETRY_POLICIES={"delete_conversation": {"atempts": 5}})
     assert "(queues.E005) JOB_RETRY_POLICIES['delete_conversation'] names unknown field" in report
-    assert "'attempts', 'backoff_seconds', 'jitter'" in report
+    assert "'attempts', 'autoretry_for', 'backoff_seconds', 'dont_autoretry_for'" in report
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ({"dont_autoretry_for": ["requests.NoSuchError"]}, "cannot be imported"),
+        ({"autoretry_for": "queues.conf.conf"}, "is not an exception class"),
+        ({"attempts": 0}, "attempts must be at least 1"),
+    ],
+)
+def test_a_retry_policy_override_the_policy_refuses_is_an_error(override, said):
+    report = check(JOB_RETRY_POLICIES={"delete_conversation": override})
+    assert "(queues.E005) JOB_RETRY_POLICIES['delete_conversation'] is refused" in report
+    assert said in report
+
+
+def test_a_retry_policy_override_naming_error_classes_by_path_is_fine():
+    report = check(
+        JOB_RETRY_POLICIES={"delete_conversation": {"dont_autoretry_for": ["builtins.KeyError"]}}
+    )
+    assert "queues.E005" not in report
 
 
 def test_retention_of_an_unknown_status_is_an_error():
@@ -139,12 +161,50 @@ def test_retention_of_an_unknown_status_is_an_error():
 
 
 @pytest.mark.parametrize(
+    ("overrides", "report"),
+    [
+        ({"JOB_RETENTION_MAX_AGE": {"done": 60}}, "(queues.E006) JOB_RETENTION_MAX_AGE names"),
+        ({"JOB_RETENTION_MAX_AGE": {"failed": 0}}, "(queues.E002) JOB_RETENTION_MAX_AGE for"),
+        ({"JOB_RETENTION_MAX_AGE": {"failed": "7d"}}, "(queues.E001) JOB_RETENTION_MAX_AGE must"),
+        ({"JOB_RETENTION_BY_TYPE": {"test_sleep": 5}}, "(queues.E001) JOB_RETENTION_BY_TYPE must"),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"count": {"failed": -1}}}},
+            "(queues.E002) JOB_RETENTION_BY_TYPE['test_sleep']['failed'] must be zero or more",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"max_age": {"failed": timedelta(0)}}}},
+            "(queues.E002) JOB_RETENTION_BY_TYPE['test_sleep'] for 'failed' must be above zero",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"count": {"sucess": 1}}}},
+            "(queues.E006) JOB_RETENTION_BY_TYPE['test_sleep'] names unknown status 'sucess'",
+        ),
+        (
+            {"JOB_RETENTION_BY_TYPE": {"test_sleep": {"age": {"failed": 1}}}},
+            "(queues.E008) JOB_RETENTION_BY_TYPE['test_sleep'] names unknown key 'age'",
+        ),
+    ],
+)
+def test_bad_retention_by_age_or_type_is_an_error(overrides, report):
+    assert report in check(**overrides)
+
+
+def test_retention_for_an_unregistered_type_is_a_warning(capsys):
+    report = check_warnings(capsys, JOB_RETENTION_BY_TYPE={"delete_conversaton": {}})
+    assert "(queues.W004) JOB_RETENTION_BY_TYPE names 'delete_conversaton'" in report
+    fine = {"count": {"failed": 500}, "max_age": {"succeeded": timedelta(hours=1)}}
+    assert check(JOB_RETENTION_BY_TYPE={"delete_conversation": fine}) == ""
+
+
+@pytest.mark.parametrize(
     "entry",
     [
         {"name": "no func"},
         {"name": "typo", "func": "chat.sweeper.sweep_deletions", "minute": 5},
-        {"name": "queues: prune finished job records", "func": "queues.maintenance.periodic.prune"},
+        {"name": "prune_job_records", "func": "queues.maintenance.periodic.prune"},
+        {"job_type": "sweep_deletions"},  # declared beside its handler already
         {"name": "gone", "func": "chat.sweeper.no_such_function"},
+        {"func": "queues.maintenance.periodic.prune"},  # no name
         {"name": "bad cron", "func": "queues.maintenance.periodic.prune", "cron": "61 * * * *"},
         {"name": "short cron", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * *"},
         {
@@ -154,23 +214,40 @@ def test_retention_of_an_unknown_status_is_an_error():
             "minutes": 5,
         },
         {"name": "zero", "func": "queues.maintenance.periodic.prune", "minutes": 0},
+        {"job_type": "no_such_type"},
+        {"job_type": "test_periodic", "func": "queues.maintenance.periodic.prune"},
+        {"job_type": "test_periodic", "data": {"fail_times": -1}},
+        {"job_type": "test_periodic", "data": []},
+        {"job_type": "test_periodic", "every": timedelta(seconds=30)},
+        {"job_type": "test_periodic", "every": 60},
+        {"task": "tests.support.tasks.no_such_task"},
+        {"task": "tests.support.tasks.add", "args": {"a": 1}},
+        {"task": "tests.support.tasks.add", "data": {}},
+        {"job_type": "test_periodic", "kwargs": {}},
     ],
 )
 def test_a_bad_schedule_declaration_is_an_error(entry):
     assert "(queues.E007) QUEUE_SCHEDULES entry" in check(QUEUE_SCHEDULES=[entry])
 
 
-def test_a_cron_schedule_passes_the_checks():
-    entry = {"name": "nightly", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * * 1-5"}
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "nightly", "func": "queues.maintenance.periodic.prune", "cron": "0 3 * * 1-5"},
+        {"job_type": "test_periodic", "data": {"fail_times": 2}, "cron": "0 3 * * 1-5"},
+        {"job_type": "test_periodic", "every": timedelta(hours=2)},
+        {"name": "often", "job_type": "test_periodic", "minutes": 2},
+        {"task": "tests.support.tasks.add", "args": [1, 2], "cron": "0 3 * * *"},
+    ],
+)
+def test_a_good_schedule_declaration_passes_the_checks(entry):
     assert "E007" not in check(QUEUE_SCHEDULES=[entry])
 
 
-def test_a_queue_without_a_cluster_is_a_warning(capsys, settings):
+def test_a_queue_needs_no_cluster_entry_of_its_own(capsys, settings):
+    # qcluster serves it with options derived from QUEUES (tests/queues/test_served_queues.py).
     queues = {**settings.QUEUES, "reports": {}}
-    report = check_warnings(capsys, QUEUES=queues)
-    assert "(queues.W001) Queue 'reports' has no cluster in Q_CLUSTER" in report
-    alt = {**settings.Q_CLUSTER, "ALT_CLUSTERS": {"reports": {}}}
-    assert "queues.W001" not in check_warnings(capsys, QUEUES=queues, Q_CLUSTER=alt)
+    assert "queues." not in check_warnings(capsys, QUEUES=queues)
 
 
 def test_redelivery_before_a_job_may_end_is_a_warning(capsys, settings):

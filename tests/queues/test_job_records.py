@@ -229,6 +229,56 @@ def test_retention_prunes_cancelled_records_like_the_others(user, settings):
     assert not Job.objects.exists()
 
 
+def test_retention_by_age_drops_records_older_than_their_statuss_limit(user, settings):
+    now = timezone.now()
+    settings.JOB_RETENTION_MAX_AGE = {"succeeded": timedelta(days=7), "cancelled": 3600}
+    fresh = finished_jobs(user, "succeeded", 3, newest=now - timedelta(days=6))
+    finished_jobs(user, "succeeded", 4, newest=now - timedelta(days=8))
+    finished_jobs(user, "cancelled", 2, newest=now - timedelta(hours=2))
+    old_failed = finished_jobs(user, "failed", 2, newest=now - timedelta(days=30))
+    live = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=live.pk).update(created_at=now - timedelta(days=30))
+    assert prune_finished_jobs(now) == 6
+    kept = set(Job.objects.values_list("pk", flat=True))
+    assert kept == {j.pk for j in fresh + old_failed} | {live.pk}
+
+
+def test_retention_counts_a_type_with_its_own_counts_apart(user, settings):
+    now = timezone.now()
+    settings.JOB_RETENTION = {"succeeded": 2}
+    settings.JOB_RETENTION_BY_TYPE = {"test_permanent": {"count": {"succeeded": 5}}}
+    sleeps = finished_jobs(user, "succeeded", 10, newest=now)
+    permanent = finished_jobs(user, "succeeded", 10, newest=now - timedelta(hours=1))
+    Job.objects.filter(pk__in=[j.pk for j in permanent]).update(job_type="test_permanent")
+    assert prune_finished_jobs(now) == 8 + 5
+    assert set(Job.objects.values_list("pk", flat=True)) == {
+        j.pk for j in sleeps[:2] + permanent[:5]
+    }
+
+
+def test_a_types_own_age_limit_replaces_the_statuss(user, settings):
+    now = timezone.now()
+    settings.JOB_RETENTION_MAX_AGE = {"failed": timedelta(days=1)}
+    settings.JOB_RETENTION_BY_TYPE = {
+        "test_permanent": {"max_age": {"failed": None}},  # kept for an operator, however old
+        "test_fails_once": {"max_age": {"failed": 60, "succeeded": 60}},
+    }
+    jobs = {
+        job_type: finished_jobs(user, status, 1, newest=now - age)[0]
+        for job_type, status, age in [
+            ("test_sleep", "failed", timedelta(days=2)),
+            ("test_permanent", "failed", timedelta(days=300)),
+            ("test_fails_once", "failed", timedelta(minutes=2)),
+            ("test_flaky", "succeeded", timedelta(days=300)),
+        ]
+    }
+    for job_type, job in jobs.items():
+        Job.objects.filter(pk=job.pk).update(job_type=job_type)
+    assert prune_finished_jobs(now) == 2
+    kept = set(Job.objects.values_list("job_type", flat=True))
+    assert kept == {"test_permanent", "test_flaky"}
+
+
 def test_a_handler_running_past_its_queue_timeout_is_cut_off_and_retried(user, settings):
     settings.QUEUES = {"database": {**settings.QUEUES["database"], "timeout": 1}}
     job = enqueue("test_sleep", {"user_id": user.pk, "seconds": 5})
@@ -290,11 +340,23 @@ def waiting_on_a_lock(statement):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, settings):
-    """The retry holds its row (updated, not committed) while retention's DELETE, which ranked
-    the job among the failed ones to drop, waits on it; the retry commits, and the DELETE, seeing
-    a queued job, leaves it."""
-    settings.JOB_RETENTION = {"succeeded": 0, "failed": 0, "cancelled": 0}
+@pytest.mark.parametrize(
+    "retention",
+    [
+        {"JOB_RETENTION": {"succeeded": 0, "failed": 0, "cancelled": 0}},
+        {"JOB_RETENTION_MAX_AGE": {"failed": 60}},
+        {"JOB_RETENTION_BY_TYPE": {"test_permanent": {"count": {"failed": 0}}}},
+        {"JOB_RETENTION_BY_TYPE": {"test_permanent": {"max_age": {"failed": 60}}}},
+    ],
+    ids=["count", "age", "type's count", "type's age"],
+)
+def test_retention_spares_a_job_retried_while_its_delete_waits(failed_job, settings, retention):
+    """The retry holds its row (updated, not committed) while retention's DELETE, which selected
+    the job among the failed ones to drop (by count or by age), waits on it; the retry commits,
+    and the DELETE, seeing a queued job, leaves it."""
+    for name, value in retention.items():
+        setattr(settings, name, value)
+    Job.objects.filter(pk=failed_job.pk).update(finished_at=timezone.now() - timedelta(hours=1))
     with transaction.atomic():
         assert retry_jobs(Job.objects.filter(pk=failed_job.pk)) == 1
         prune = in_a_thread(prune_finished_jobs)

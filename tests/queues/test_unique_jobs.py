@@ -1,7 +1,10 @@
 """Unique jobs: a type declares a key over its data and the statuses in which it is unique; a
 duplicate enqueue returns the job holding the key, race-free across connections."""
 
+import itertools
 import threading
+from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -12,11 +15,11 @@ from django_q.models import OrmQ
 from chat.models import Conversation
 from chat.services import enqueue_deletion
 from chat.sweeper import sweep_deletions
-from queues.api import enqueue
+from queues.api import enqueue, enqueue_many
 from queues.core.registry import Unique, register
 from queues.core.selectors import counter_totals
 from queues.core.services import retry_jobs
-from queues.engine import batch
+from queues.engine import batch, engine
 from queues.execution.runner import run_job
 from queues.models import Job
 from tests.support.job_types import NamedTestData
@@ -139,11 +142,12 @@ def test_the_constraint_migration_enforces_keys_a_table_rebuild_had_left_unguard
         older = OldJob.objects.create(**key, unique_states=3, user_id=user.pk)
         newer = OldJob.objects.create(**key, unique_states=3, user_id=user.pk)
 
-        migrate(KEY_AS_CONSTRAINT)
-        states = dict(Job.objects.values_list("pk", "unique_states"))
+        # The model as of that migration: later ones may add columns.
+        ConstrainedJob = migrate(KEY_AS_CONSTRAINT).apps.get_model("queues", "Job")
+        states = dict(ConstrainedJob.objects.values_list("pk", "unique_states"))
         assert (states[older.pk], states[newer.pk]) == (3, 0)  # both kept; the oldest holds it
         with pytest.raises(IntegrityError), transaction.atomic():
-            Job.objects.create(**key, unique_states=3, user_id=user.pk)
+            ConstrainedJob.objects.create(**key, unique_states=3, user_id=user.pk)
 
         migrate(KEY_AS_INDEX)  # and back: 0015's index again
         with pytest.raises(IntegrityError), transaction.atomic():
@@ -207,3 +211,90 @@ def test_a_holder_that_finishes_before_it_is_read_frees_the_key_for_this_enqueue
     job = enqueue("test_unique", {"user_id": user.pk, "name": "report"})
     assert job.pk != holder.pk and not job.deduplicated
     assert Job.objects.get(pk=job.pk).status == "queued"
+
+
+def at(moment):
+    """The clock the unique keys read, set to `moment` (an aware datetime)."""
+    return mock.patch("django.utils.timezone.now", return_value=moment)
+
+
+def test_a_type_unique_over_a_period_takes_one_job_per_window_whatever_its_status(user):
+    data = {"user_id": user.pk, "name": "digest"}
+    with at(datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)):
+        first = enqueue("test_once_per_window", data)
+    run_job(first.pk)
+    assert Job.objects.get(pk=first.pk).status == "succeeded"
+
+    with at(datetime(2026, 3, 1, 12, 9, 59, tzinfo=UTC)):  # same window, its job done
+        again = enqueue("test_once_per_window", data)
+        other = enqueue("test_once_per_window", {**data, "name": "other"})
+    with at(datetime(2026, 3, 1, 12, 10, 0, tzinfo=UTC)):  # the next window
+        later = enqueue("test_once_per_window", data)
+
+    assert again.pk == first.pk and again.deduplicated
+    assert other.pk != first.pk and not other.deduplicated
+    assert later.pk not in (first.pk, other.pk) and not later.deduplicated
+    assert counted("enqueued", "test_once_per_window") == 3
+
+
+def test_a_period_without_fields_makes_one_job_of_the_type_per_window():
+    kind = Unique(fields=(), period=timedelta(hours=1))
+    assert kind.states == ("queued", "running", "retrying", "succeeded", "failed", "cancelled")
+    with pytest.raises(ValueError, match="fields"):
+        Unique(fields=())
+    with pytest.raises(ValueError, match="period"):
+        Unique(fields=["name"], period=timedelta(0))
+    with pytest.raises(ValueError, match="on_conflict"):
+        Unique(fields=["name"], on_conflict="merge")
+
+
+def test_replace_gives_the_waiting_job_the_latest_data_and_returns_it(user):
+    first = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": 1})
+    again = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": 2})
+    many = enqueue_many(
+        "test_latest_data",
+        [{"user_id": user.pk, "name": "x", "seconds": s} for s in (3, 4)]
+        + [{"user_id": user.pk, "name": "y", "seconds": 5}],
+    )
+
+    assert again.pk == first.pk and again.deduplicated and again.data["seconds"] == 2
+    assert [job.pk for job in many[:2]] == [first.pk, first.pk]
+    assert Job.objects.get(pk=first.pk).data["seconds"] == 4  # the latest enqueue's
+    assert Job.objects.filter(job_type="test_latest_data").count() == 2
+    assert OrmQ.objects.count() == 2 and counted("enqueued", "test_latest_data") == 2
+    run_job(first.pk)
+    assert Job.objects.get(pk=first.pk).result == {"name": "x", "seconds": 4}
+
+
+def test_replace_leaves_a_job_that_began_as_it_is(user):
+    first = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": 1})
+    Job.objects.filter(pk=first.pk).update(status="running")  # began meanwhile
+    job = Job.objects.get(pk=first.pk)
+    duplicate = Job(data={**job.data, "seconds": 9}, subject="")
+    assert engine().replace_waiting(job, duplicate) is False
+    assert Job.objects.get(pk=first.pk).data["seconds"] == 1
+    # Not waiting any more: the key is free again for a new waiting job.
+    second = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": 3})
+    assert second.pk != first.pk and second.data["seconds"] == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_replacing_enqueues_make_one_job_holding_one_of_their_data(user):
+    callers = 20
+    start = threading.Barrier(callers)
+    numbers = itertools.count()
+
+    def enqueue_mine():
+        seconds = next(numbers)
+        with transaction.atomic():
+            start.wait(timeout=30)
+            job = enqueue("test_latest_data", {"user_id": user.pk, "name": "x", "seconds": seconds})
+            connection.cursor().execute("SELECT pg_sleep(0.02)")
+        return job.pk
+
+    ids = in_threads(enqueue_mine, callers)
+    (job,) = Job.objects.filter(job_type="test_latest_data")
+    assert set(ids) == {job.pk} and OrmQ.objects.count() == 1
+    assert job.data["seconds"] in range(callers)
+    assert counted("enqueued", "test_latest_data") == 1

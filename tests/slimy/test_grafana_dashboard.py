@@ -20,6 +20,7 @@ from queues.api import enqueue
 from queues.django_q2.scheduler import record_failure
 from queues.execution.runner import run_job
 from tests.support.cluster import ROOT
+from tests.support.heartbeats import heartbeat
 
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "slimy-queues.json"
@@ -162,6 +163,7 @@ def test_every_metric_and_label_the_dashboard_queries_is_exported_by_metrics(
     run_job(enqueue("test_sleep", {"user_id": user.pk}).pk)
     run_job(enqueue("test_permanent", {"user_id": user.pk}).pk)
     record_failure("nightly report", "simulated failure")
+    heartbeat("database", 100, 4)  # a live cluster, so that its workers are exported
     response = client.get("/metrics")
     assert response.status_code == 200
     series = exported_series(response.content.decode())

@@ -4,5 +4,5 @@
 from slimy.settings import *  # noqa: F403
 from slimy.settings import QUEUE_SCHEDULES
 
-BAD_CRON = {"name": "bad cron", "func": "queues.maintenance.periodic.prune", "cron": "61 * * * *"}
+BAD_CRON = {"name": "bad cron", "job_type": "test_periodic", "cron": "61 * * * *"}
 QUEUE_SCHEDULES = [*QUEUE_SCHEDULES, BAD_CRON]

@@ -56,6 +56,16 @@ def database_session(**options):
     )
 
 
+def _children():
+    """{pid: its child processes' pids}, of every process."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=", "-e"], capture_output=True, text=True).stdout
+    children = {}
+    for line in out.splitlines():
+        pid, ppid = line.split()
+        children.setdefault(int(ppid), []).append(int(pid))
+    return children
+
+
 class Cluster:
     def __init__(self, process, log_path):
         self.process = process
@@ -66,16 +76,13 @@ class Cluster:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self):
-        """Pids of the cluster's worker processes (children of its sentinel)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=,ppid=,args=", "-e"], capture_output=True, text=True
-        ).stdout
-        rows = [line.split(None, 2) for line in out.splitlines() if line.strip()]
-        children = {}
-        for pid, ppid, _args in rows:
-            children.setdefault(int(ppid), []).append(int(pid))
-        sentinels = children.get(self.process.pid, [])
-        return [pid for s in sentinels for pid in children.get(s, [])]
+        """Pids of the cluster's worker processes (children of its sentinels)."""
+        children = _children()
+        return [pid for s in children.get(self.process.pid, []) for pid in children.get(s, [])]
+
+    def sentinel_pids(self):
+        """Pids of the cluster's sentinels, one per queue (children of its main process)."""
+        return _children().get(self.process.pid, [])
 
     def signal_group(self, sig):
         """Signal every process of the cluster, as systemd's default KillMode does on stop."""
@@ -108,7 +115,9 @@ class ClusterFactory:
         self.tmp_path = tmp_path
         self.clusters = []
 
-    def start(self, *, workers=4, timeout=10, extra_env=None, wait=True):
+    def start(self, *, workers=4, timeout=10, extra_env=None, wait=True, args=()):
+        """A `manage.py qcluster` (with `args`) whose queues' workers default to `workers`;
+        with `wait`, returned once every queue's sentinel runs."""
         env = {
             **os.environ,
             "DATABASE_URL": test_database_url(),
@@ -122,7 +131,7 @@ class ClusterFactory:
         log_path = self.tmp_path / f"qcluster-{len(self.clusters)}.log"
         with log_path.open("w") as log:  # the process keeps its own copy open
             process = subprocess.Popen(
-                [sys.executable, "manage.py", "qcluster"],
+                [sys.executable, "manage.py", "qcluster", *args],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -133,7 +142,7 @@ class ClusterFactory:
         self.clusters.append(cluster)
         if wait:
             wait_for(
-                lambda: "running." in cluster.log or process.poll() is not None,
+                lambda: " ready: " in cluster.log or process.poll() is not None,
                 60,
                 message="qcluster start",
             )
@@ -143,3 +152,22 @@ class ClusterFactory:
     def stop_all(self):
         for cluster in self.clusters:
             cluster.stop()
+
+
+def manage(*args, timeout=60, extra_env=None):
+    """`manage.py ARGS` in a process of its own, on the test database, as an operator types it
+    (with the test job types loaded); the `CompletedProcess`, output as text."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "JOB_TYPE_MODULES": "tests.support.job_types",
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

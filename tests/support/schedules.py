@@ -14,3 +14,8 @@ def has_run(name):
 
 def fail():
     raise RuntimeError("a scheduled function that fails")
+
+
+def mark_periodic():
+    """A function a `func` entry of QUEUE_SCHEDULES calls."""
+    mark("periodic")

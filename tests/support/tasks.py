@@ -12,7 +12,7 @@ from django.db import OperationalError
 from django_tasks import task
 from django_tasks.signals import task_finished, task_started
 
-from queues.errors import PermanentJobError, SubjectGone
+from queues.errors import PermanentJobError, Snooze, SubjectGone
 
 logger = logging.getLogger("tests.tasks")
 
@@ -27,11 +27,26 @@ async def add_later(a, b):
     return a + b
 
 
+@task
+def snoozes(seconds):
+    """Never ready: snoozes for `seconds` every time."""
+    raise Snooze(seconds)
+
+
 @task(takes_context=True)
 def flaky(context, fail_times):
     """Fails with a transient database error on its first `fail_times` attempts."""
     if context.attempt <= fail_times:
         raise OperationalError(f"simulated outage on attempt {context.attempt}")
+    return context.attempt
+
+
+@task(takes_context=True)
+async def fetch_flaky(context, fail_times):
+    """An async task whose host is unreachable (`ConnectionError`) on its first `fail_times`
+    attempts."""
+    if context.attempt <= fail_times:
+        raise ConnectionError(f"simulated unreachable host on attempt {context.attempt}")
     return context.attempt
 
 

@@ -1,5 +1,9 @@
 """`manage.py qcluster`: django-q2's command and options, running our cluster
-(`queues.django_q2.cluster`).
+(`queues.django_q2.cluster`), which serves several queues at once, each with its own workers.
+
+Which queues: `--queues database=4,emails=2` (a queue without `=N` gets its `QUEUES` workers),
+`--name QUEUE` (django-q2's flag: that queue alone), `Q_CLUSTER_NAME` in the environment (the
+same), or else every queue of the `QUEUES` setting.
 
 Found before django-q2's own command because `queues` comes before `django_q` in INSTALLED_APPS.
 It waits for its database before starting the cluster, so workers started before the database
@@ -10,6 +14,7 @@ cluster inherits it.
 """
 
 import os
+import re
 import sys
 import time
 
@@ -29,8 +34,28 @@ LONGEST_WAIT = 4.0
 
 
 class Command(qcluster.Command):
+    help = "Run a worker cluster serving the queues of the QUEUES setting (or those named)."
+
     def add_arguments(self, parser):
-        super().add_arguments(parser)
+        # django-q2's two flags, with what they do here.
+        parser.add_argument(
+            "--run-once",
+            action="store_true",
+            help="Start the cluster, then stop it at once (as SIGTERM does).",
+        )
+        parser.add_argument(
+            "-n",
+            "--name",
+            dest="cluster_name",
+            metavar="QUEUE",
+            help="Serve this queue alone (same as --queues QUEUE, or Q_CLUSTER_NAME=QUEUE).",
+        )
+        parser.add_argument(
+            "--queues",
+            metavar="QUEUE[=N],...",
+            help="The queues to serve, each with N worker processes (default: its QUEUES"
+            ' "workers"), e.g. database=4,emails=2. Default: every queue of QUEUES.',
+        )
         parser.add_argument(
             "--reload",
             action="store_true",
@@ -50,6 +75,7 @@ class Command(qcluster.Command):
         problem = pooled_connection_problem(Conf.ORM)
         if problem:
             raise CommandError(problem)
+        queues = served_queues(options["queues"], options["cluster_name"])
         if options["reload"]:
             argv = [arg for arg in sys.argv if arg != "--reload"]
             ReloadingCluster(argv).run()
@@ -59,14 +85,50 @@ class Command(qcluster.Command):
         if niceness:
             os.nice(niceness)
             logger.info("Cluster processes run at niceness %d", os.nice(0))
-        if options["cluster_name"]:
-            os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         wait_for_database(Conf.ORM)
-        cluster = Cluster()
+        cluster = Cluster(queues)
         cluster.start()
         if options["run_once"]:
             cluster.stop()
-        # Otherwise the process waits for the sentinel at exit, as django-q2's command does.
+        elif cluster.supervise():
+            raise CommandError("A queue's sentinel died; the cluster stopped (see the log).")
+
+
+QUEUE_SPEC = re.compile(r"(?P<name>[^=:\s]+)(?:[=:](?P<workers>.*))?")
+
+
+def served_queues(spec: str | None, name: str | None = None) -> dict[str, int]:
+    """{queue: worker processes} from `--queues` (`database=4,emails`), else `--name` or
+    `Q_CLUSTER_NAME` (one queue), else every queue of QUEUES; CommandError for a bad value."""
+    known = conf.QUEUES
+    if spec is not None and name:
+        raise CommandError("Give --queues or --name, not both.")
+    if spec is None:
+        name = name or os.environ.get("Q_CLUSTER_NAME")
+        spec = name if name else ",".join(known)
+    served: dict[str, int] = {}
+    for item in spec.split(","):
+        match = QUEUE_SPEC.fullmatch(item.strip())
+        if not match:
+            raise CommandError(
+                f"--queues: {item.strip()!r} is not QUEUE or QUEUE=N (e.g. database=4,emails=2)."
+            )
+        queue, workers = match["name"], match["workers"]
+        if queue not in known:
+            raise CommandError(
+                f"Unknown queue {queue!r}; the QUEUES setting has: {', '.join(known)}."
+            )
+        if queue in served:
+            raise CommandError(f"--queues names queue {queue!r} twice.")
+        if workers is None:
+            served[queue] = known[queue]["workers"]
+        elif workers.isdigit() and int(workers) > 0:
+            served[queue] = int(workers)
+        else:
+            raise CommandError(
+                f"--queues: workers of queue {queue!r} must be a number above 0, not {workers!r}."
+            )
+    return served
 
 
 def wait_for_database(using):

@@ -1,3 +1,5 @@
+import getpass
+
 from django.core.management.base import BaseCommand
 
 from queues.core.services import retry_jobs
@@ -5,7 +7,10 @@ from queues.models import Job
 
 
 class Command(BaseCommand):
-    help = "Send failed jobs back to their queue with a fresh attempt budget."
+    help = (
+        "Send failed jobs back to their queue with a fresh attempt budget "
+        "(`manage.py jobs retry` does the same with every filter of the job list)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--queue", help="only jobs of this queue")
@@ -17,4 +22,5 @@ class Command(BaseCommand):
             jobs = jobs.filter(queue=queue)
         if job_type:
             jobs = jobs.filter(job_type=job_type)
-        self.stdout.write(f"retried {retry_jobs(jobs)} failed job(s)")
+        detail = f"manage.py retry_failed, OS user {getpass.getuser()}"
+        self.stdout.write(f"retried {retry_jobs(jobs, detail=detail)} failed job(s)")

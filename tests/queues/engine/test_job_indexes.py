@@ -23,6 +23,7 @@ from queues.engine import engine, postgresql
 from queues.maintenance import rescuer
 from queues.maintenance.periodic import prune_finished_jobs
 from queues.models import Job
+from tests.support.clients import token_client
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -125,9 +126,35 @@ def test_a_user_sees_their_jobs_on_an_index(jobs, users):
     assert_every_plan_uses(plans, "job_user_status_idx")
 
 
-def test_the_oldest_due_job_is_found_on_an_index(jobs):
-    plans = job_plans(lambda: selectors.oldest_due_job("database"))
-    assert_every_plan_uses(plans, "job_waiting_due_idx")
+@pytest.mark.parametrize(
+    "query, index",
+    [
+        ("", "job_created_idx"),
+        ("?status=failed", "job_failed_created_idx"),
+        ("?subject=conversation:4242", "job_subject_idx"),
+        ("?q=conversation:4242", "job_subject_idx"),
+    ],
+)
+def test_the_apis_job_list_pages_on_an_index(jobs, query, index):
+    client = token_client(operator())
+    first = client.get(f"/api/queues/jobs{query}").json()
+    plans = job_plans(lambda: client.get(first["next"] or f"/api/queues/jobs{query}"))
+    pages = {sql: plan for sql, plan in plans.items() if "LIMIT" in sql}
+    assert len(pages) == 1, plans.keys()
+    assert_every_plan_uses(pages, index)
+
+
+def test_a_users_job_list_is_on_their_index(jobs, users):
+    plans = job_plans(lambda: token_client(users[7]).get("/api/queues/jobs"))
+    pages = {sql: plan for sql, plan in plans.items() if "LIMIT" in sql}
+    assert_every_plan_uses(pages, "job_user_status_idx")
+
+
+@pytest.mark.parametrize("job_types", [None, ["delete_conversation"]])
+def test_the_oldest_due_job_is_found_on_an_index(jobs, job_types):
+    index = "job_type_due_idx" if job_types else "job_waiting_due_idx"
+    plans = job_plans(lambda: selectors.oldest_due_job("database", job_types))
+    assert_every_plan_uses(plans, index)
 
 
 def test_the_oldest_due_job_of_some_types_is_found_on_an_index(jobs):
@@ -189,6 +216,16 @@ def test_retention_ranks_a_status_on_the_index_of_finished_jobs(jobs):
     plans = job_plans(prune_finished_jobs)
     (cancelled,) = [plan for sql, plan in plans.items() if "'cancelled'" in sql]
     assert "job_retention_finished_idx" in cancelled, cancelled
+
+
+def test_retention_by_age_finds_old_records_on_the_index_of_finish_times(jobs, settings):
+    # The oldest finished record is 55 hours old: a limit near it, as a day's pruning would meet.
+    settings.JOB_RETENTION_MAX_AGE = {"succeeded": timedelta(hours=54)}
+    settings.JOB_RETENTION_BY_TYPE = {"save_message": {"max_age": {"succeeded": 54 * 3600}}}
+    plans = job_plans(prune_finished_jobs)
+    by_age = {sql: plan for sql, plan in plans.items() if '"finished_at" <' in sql}
+    assert len(by_age) == 2, plans.keys()  # the type's own limit, the status's for the others
+    assert_every_plan_uses(by_age, "job_finished_idx")
 
 
 def test_the_sweeper_looks_its_subjects_up_on_an_index(jobs, users):

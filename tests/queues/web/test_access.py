@@ -67,6 +67,12 @@ TABLE = [
         {"anonymous": 401, "owner": 200, "other": 404, "staff": 404, "operator": 200},
     ),
     (
+        "get",
+        "/api/queues/jobs",
+        None,
+        {"anonymous": 401, "owner": 200, "other": 200, "staff": 200, "operator": 200},
+    ),
+    (
         "post",
         "/api/queues/jobs",
         {"queue": "database", "type": "test_sleep", "data": {}},
@@ -184,6 +190,28 @@ def test_each_endpoint_answers_each_role_as_the_table_says(
         conversation.refresh_from_db()
         assert conversation.title == "Owned" and conversation.deletion_requested_at is None
         assert conversation.messages.count() == 1
+
+
+@pytest.mark.parametrize(
+    "role, sees",
+    [("owner", "content"), ("other", None), ("staff", None), ("operator", "size")],
+)
+def test_the_job_list_shows_each_role_what_the_jobs_own_page_does(clients, user, role, sees):
+    """The owner sees the job with its content, an operator (`queues.view_job`) with its
+    content's size, anyone else not at all: whatever they filter on."""
+    conversation = Conversation.objects.create(owner=user, title="Owned")
+    data = {"conversation_id": conversation.pk, "role": "user", "content": "private words"}
+    job = enqueue("save_message", {"user_id": user.pk, **data})
+    token, _ = clients[role]
+    for query in ({}, {"subject": job.subject}, {"q": str(job.pk)}, {"user": user.username}):
+        listed = token.get("/api/queues/jobs", query).json()["results"]
+        if sees is None:
+            assert listed == [], query
+            continue
+        (shown,) = listed
+        assert shown == token.get(f"/api/queues/jobs/{job.pk}").json()
+        content = "private words" if sees == "content" else "[13 chars]"
+        assert shown["data"]["content"] == content
 
 
 @pytest.mark.parametrize(

@@ -100,3 +100,18 @@ def test_the_job_list_shows_short_ids_times_to_the_second_and_the_error_of_faile
     run_job(job.pk)
     assert Job.objects.get(pk=job.pk).status == "succeeded"
     assert "PermanentJobError" not in listed_row()  # on its page, not beside "Succeeded"
+
+
+def test_the_job_page_shows_its_options_and_progress(client, operator_user, user):
+    from queues.api import enqueue
+    from queues.models import Job
+
+    job = enqueue("test_progress", {"user_id": user.pk}, timeout=7.5, backoff_seconds=3)
+    Job.objects.filter(pk=job.pk).update(progress=60, progress_message="step 3 of 5")
+    client.force_login(operator_user)
+
+    detail = client.get(f"/admin/queues/job/{job.pk}/change/").content.decode()
+
+    for heading in ("Options", "Progress"):
+        assert f'class="fieldset-heading">{heading}</h2>' in detail
+    assert "7.5" in detail and "step 3 of 5" in detail and "60.0" in detail

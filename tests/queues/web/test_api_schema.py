@@ -34,7 +34,7 @@ def wsgi_app(settings):
 
 
 def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_user, wsgi_app):
-    """700 requests generated from the schema, valid and not, across the 14 operations."""
+    """700 requests generated from the schema, valid and not, across the 15 operations."""
     # A few real conversations, so generated small ids sometimes find one.
     for n in range(3):
         conversation = Conversation.objects.create(owner=user, title=f"Seed {n}")
@@ -44,7 +44,7 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_schema(user, operator_
     staff_headers = {"Authorization": f"Token {Token.objects.create(user=operator_user).key}"}
     schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 14
+    assert len(operations) == 15
 
     for operation in operations:
 
@@ -93,6 +93,11 @@ def test_schema_documents_every_endpoint_and_its_error_statuses(client):
     assert set(post_message) == {"201", "400", "401", "403", "404", "406", "413", "415"}
     stats = paths["/api/queues/stats/"]["get"]["responses"]
     assert set(stats) == {"200", "401", "403", "406"}
+    listing = paths["/api/queues/jobs/"]["get"]
+    assert set(listing["responses"]) == {"200", "400", "401", "403", "406"}
+    assert {"status", "job_type", "queue", "subject", "q", "cursor", "page_size"} <= {
+        parameter["name"] for parameter in listing["parameters"]
+    }
     for enqueue in ("/api/queues/jobs/", "/api/queues/jobs/bulk/"):
         responses = paths[enqueue]["post"]["responses"]
         assert set(responses) == {"200", "202", "400", "401", "403", "406", "413", "415", "429"}

@@ -123,3 +123,25 @@ def test_the_throughput_chart_puts_each_minute_in_its_slot_on_a_round_scale():
 )
 def test_the_count_axis_has_round_ticks_up_to_the_peak(peak, ticks):
     assert nice_ticks(peak) == ticks
+
+
+def test_a_running_jobs_progress_is_shown_its_message_redacted_like_output(
+    client, user, operator_user
+):
+    client.force_login(operator_user)
+    plain = enqueue("test_progress", {"user_id": user.pk})
+    task = enqueue(
+        "django_task.database",
+        {"task": "tests.support.tasks.add", "args": [1, 2], "kwargs": {}, "backend": "default"}
+        | {"queue_name": "default", "priority": 0},
+    )
+    running = {"status": "running", "attempts": 1, "started_at": timezone.now(), "progress": 40}
+    Job.objects.filter(pk=plain.pk).update(**running, progress_message="step 2 of 5")
+    Job.objects.filter(pk=task.pk).update(**running, progress_message="mailing ann@example.com")
+
+    page = client.get("/dashboard/queues").content.decode()
+
+    assert sorted(rows(page, "data-running-job")) == sorted([str(plain.pk), str(task.pk)])
+    assert page.count('<td class="progress">40%') == 2
+    assert "step 2 of 5" in page  # the app's own type: its message is no content
+    assert "ann@example.com" not in page and "[23 chars]" in page

@@ -130,6 +130,7 @@ def link(response, name):
         ({"older_than": "garbage"}, "Not a page of this list"),
         ({"older_than": "0001-01-01T00:00:00+14:00_" + "0" * 32}, "Not a page of this list"),
         ({"user": "x" * 151}, "Ensure this value has at most 150 characters"),
+        ({"created_after": "0001-01-01T00:10+05:00"}, "Not a time the database can hold"),
         (
             {
                 "older_than": f"{NOW.isoformat()}_{'0' * 32}",
@@ -146,6 +147,12 @@ def test_bad_search_input_is_a_clear_error_on_the_page(operator, user, query, me
     page = response.content.decode()
     assert message in page.replace("&quot;", '"').replace("&#x27;", "'")
     assert found(response) == []
+
+
+def test_a_time_with_an_offset_postgresql_refuses_is_searched_in_utc(operator, user):
+    make_job(user)
+    response = operator.get(JOBS, {"finished_before": "0244-01-04T05:10:58+21:44"})
+    assert response.status_code == 200 and found(response) == []
 
 
 def test_a_page_whose_jobs_are_gone_is_empty_not_an_error(operator, user):

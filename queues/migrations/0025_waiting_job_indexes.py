@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     """
 
     dependencies = [
-        ("queues", "0023_payload_names_the_runner"),
+        ("queues", "0024_job_options"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
