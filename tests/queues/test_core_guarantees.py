@@ -29,6 +29,7 @@ from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.data import make_conversation
 from tests.support.jobs import job_lock_held
+from tests.support.threads import in_a_thread
 
 postgres_only = pytest.mark.postgres
 
@@ -290,23 +291,6 @@ def test_a_users_conversations_are_theirs_only(user, other_user):
 # requested. The deletion holds the conversation's row while a message is on its way.
 
 
-def in_thread(fn, *args):
-    """Start `fn` on a connection of its own: the thread, and a dict of its result or error."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = fn(*args)
-        except Exception as exc:
-            outcome["error"] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
 def wait_until_blocked_on_a_lock():
     """Until another session of this database waits for a lock (the one this one holds)."""
     for _ in range(500):
@@ -323,28 +307,30 @@ def wait_until_blocked_on_a_lock():
 
 
 def race_deletion_against(conversation, fn, *args):
-    """Hold the conversation's row, start `fn`, and once it waits, request the deletion."""
+    """Hold the conversation's row, start `fn`, and once it waits, request the deletion.
+
+    Returns `fn`'s `join()`: its result, or what it raised.
+    """
     with transaction.atomic():
         services.Conversation.objects.select_for_update().get(pk=conversation.pk)
-        thread, outcome = in_thread(fn, *args)
+        join = in_a_thread(fn, *args)
         wait_until_blocked_on_a_lock()
         assert services.request_conversation_deletion(conversation, request_id="race")
-    thread.join(30)
-    assert not thread.is_alive()
-    return outcome
+    return join
 
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_message_racing_a_deletion_request_is_refused(user):
     conversation = make_conversation(user, messages=2)
-    outcome = race_deletion_against(
+    join = race_deletion_against(
         conversation,
         lambda: services.add_message(
             conversation_id=conversation.pk, user_id=user.pk, role="user", content="late"
         ),
     )
-    assert isinstance(outcome.get("error"), services.ConversationGone), outcome
+    with pytest.raises(services.ConversationGone):
+        join()
     assert Message.objects.filter(conversation_id=conversation.pk).count() == 2
 
 
@@ -356,9 +342,8 @@ def test_a_save_message_job_racing_a_deletion_request_fails_and_adds_nothing(use
         "save_message",
         {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user", "content": "late"},
     )
-    outcome = race_deletion_against(conversation, run_job, job.pk)
+    race_deletion_against(conversation, run_job, job.pk)()
 
-    assert "error" not in outcome, outcome
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "ConversationGone")
     assert "content" not in job.data, "a job that will never run keeps no content"
