@@ -15,7 +15,7 @@ from chat.models import Message
 from queues.api import enqueue
 from queues.core import registry, uniqueness
 from queues.django_q2.broker import JobBroker
-from queues.engine import engine
+from queues.engine import engine, liveness
 from queues.execution.runner import (
     AttemptSuperseded,
     begin_attempt,
@@ -28,7 +28,7 @@ from queues.maintenance import rescuer
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.data import make_conversation
-from tests.support.jobs import job_lock_held
+from tests.support.jobs import counted, job_lock_held
 from tests.support.threads import in_a_thread
 
 postgres_only = pytest.mark.postgres
@@ -179,6 +179,7 @@ def test_a_worker_lost_on_the_last_attempt_fails_the_job_for_good(user, settings
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "WorkerLost")
     assert job.last_error == f"worker {lost.worker} died during attempt 1"
     assert job.finished_at is not None
+    assert (counted("failed"), counted("running"), counted("retries_scheduled")) == (1, 0, 0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -248,15 +249,25 @@ def test_no_attempt_begins_in_a_paused_queue(user):
 # The rescuer hands out again only attempts whose worker is gone.
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
-def test_the_rescuer_counts_an_attempt_whose_lock_is_held_as_alive(user):
+def test_the_rescuer_counts_an_attempt_as_alive_until_its_worker_is_gone(user, settings, clock):
+    """PostgreSQL: alive while the worker's session holds its lock. SQLite: presumed alive for
+    its queue's timeout and grace, to the second; the clock stands still meanwhile."""
+    settings.QUEUES = {"database": {}, "other": {}}
     job = enqueue("test_sleep", {"user_id": user.pk})
     live = begin_attempt(job.pk)  # this connection holds its liveness lock
+    elsewhere = enqueue("test_sleep", {"user_id": user.pk})
+    # A dead attempt in another queue, long overdue: its own queue's rescue takes it.
+    Job.objects.filter(pk=elsewhere.pk).update(
+        queue="other", status="running", attempts=1, started_at=clock.now - timedelta(days=1)
+    )
 
+    clock.advance_to(live.started_at + liveness.presumed_alive_for(live))
     assert rescuer.lost_attempts("database") == []
     release_lock(job.pk)
+    clock.advance_to(clock.now + timedelta(seconds=1))
     assert [lost.pk for lost in rescuer.lost_attempts("database")] == [job.pk]
+    assert [lost.pk for lost in rescuer.lost_attempts("other")] == [elsewhere.pk]
     live.refresh_from_db()
     assert live.status == "running"
 

@@ -12,6 +12,7 @@ from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from chat import services
@@ -154,6 +155,44 @@ def test_a_due_job_whose_broker_row_is_gone_is_pushed_again_at_the_next_pass(use
     assert rescue("database") == 0
     run_job(lost.pk)
     assert Job.objects.get(pk=lost.pk).status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rescuer_pushes_again_only_its_own_queues_due_waiting_jobs(user, settings):
+    settings.QUEUES = {"database": {}, "other": {}}
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    done = enqueue("test_sleep", {"user_id": user.pk})
+    run_job(done.pk)
+    elsewhere = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=elsewhere.pk).update(queue="other")
+    OrmQ.objects.all().delete()  # every delivery is lost
+
+    assert rescue("database") == 1
+    assert Job.objects.get(pk=done.pk).broker_row == done.broker_row  # finished: left alone
+    assert Job.objects.get(pk=elsewhere.pk).broker_row == elsewhere.broker_row
+    lost.refresh_from_db()
+    assert OrmQ.objects.filter(pk=lost.broker_row).exists()
+    assert rescue("other") == 1
+
+
+@pytest.mark.django_db
+def test_outside_the_database_the_stranded_are_the_jobs_longest_past_due(user, monkeypatch):
+    """A broker that cannot be asked (Redis): jobs more than QUEUE_STRANDED_AFTER past due, the
+    earliest due first, finished ones never."""
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.django_q2.redis_broker.RedisJobBroker")
+    now = timezone.now()
+    late = now - timedelta(minutes=1)
+    due = {}
+    for name, minutes in (("later", 2), ("earliest", 5), ("recent", 0.5), ("finished", 9)):
+        job = enqueue("test_sleep", {"user_id": user.pk})
+        Job.objects.filter(pk=job.pk).update(run_after=now - timedelta(minutes=minutes))
+        due[name] = job.pk
+    Job.objects.filter(pk=due["finished"]).update(status="succeeded")
+
+    stranded = engine().stranded_jobs("database", now, late, limit=1)
+    assert [job.pk for job in stranded] == [due["earliest"]]
+    stranded = engine().stranded_jobs("database", now, late, limit=10)
+    assert [job.pk for job in stranded] == [due["earliest"], due["later"]]
 
 
 @contextmanager
