@@ -132,6 +132,7 @@ def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
         [bookmark_model(conversation=c) for c in (conversation, conversation, kept)]
     )
     job = services.request_conversation_deletion(conversation, request_id="cascade")
+    assert job.request_id == "cascade"
     trace = admin_log_entry(user, conversation)
 
     with mock.patch("chat.services.erase_traces", wraps=services.erase_traces) as erase:
@@ -205,16 +206,24 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
 
 
 def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
-    entry = LogEntry.objects.create(
-        user=user,
-        content_type=ContentType.objects.get_for_model(Conversation),
-        object_id=str(conversation.pk),
-        object_repr="Doomed secret title",
-        action_flag=CHANGE,
-    )
+    def logged(model, object_id, title):
+        return LogEntry.objects.create(
+            user=user,
+            content_type=ContentType.objects.get_for_model(model),
+            object_id=str(object_id),
+            object_repr=title,
+            action_flag=CHANGE,
+        )
+
+    entry = logged(Conversation, conversation.pk, "Doomed secret title")
+    # Entries of another conversation, and of another model with the same id, stay as they are.
+    other = logged(Conversation, make_conversation(user).pk, "Kept title")
+    same_id = logged(Job, conversation.pk, "A job")
     services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     entry.refresh_from_db()
     assert entry.object_repr == f"Conversation {conversation.pk}"
+    assert LogEntry.objects.get(pk=other.pk).object_repr == "Kept title"
+    assert LogEntry.objects.get(pk=same_id.pk).object_repr == "A job"
 
 
 def _queries_to_delete(user, messages):

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -90,6 +90,26 @@ def test_save_message_to_an_unavailable_conversation_fails_permanently(user, oth
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "ConversationGone")
     assert Message.objects.count() == 0
+    assert "content" not in job.data, "a job that can never run keeps no content"
+    assert job.finished_at is not None
+
+
+def test_a_job_failed_by_an_outage_keeps_its_content_for_a_retry(user, settings, monkeypatch):
+    settings.JOB_RETRY_POLICIES = {"save_message": {"attempts": 1}}
+    conversation = Conversation.objects.create(owner=user, title="t")
+
+    def outage(**kwargs):
+        raise OperationalError("database unreachable")
+
+    monkeypatch.setattr("chat.services.add_message", outage)
+    job = enqueue(
+        "save_message",
+        {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user", "content": "x"},
+    )
+    run_job(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.last_error_class) == ("failed", "OperationalError")
+    assert job.data["content"] == "x"
 
 
 def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monkeypatch):
@@ -104,6 +124,7 @@ def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monke
     assert job.run_after == stopped_clock + timedelta(seconds=2)
     # The retry's broker row is invisible to workers until run_after.
     assert OrmQ.objects.filter(lock__gte=job.run_after - timedelta(milliseconds=5)).count() == 1
+    assert OrmQ.objects.get(pk=job.broker_row).lock >= job.run_after - timedelta(milliseconds=5)
 
 
 def test_an_early_delivery_of_a_waiting_retry_does_nothing(user):

@@ -327,6 +327,7 @@ def test_a_finally_failed_deletion_is_shown_to_operators_not_queued_again(
         {"action": "retry_deletion", "_selected_action": [conversation.pk]},
     )
     retried = Job.objects.filter(subject=job.subject, status="queued").get()
+    assert retried.request_id.startswith("admin-")  # the operator's request, in the job's logs
     assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is None
     run_job(retried.pk)
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
