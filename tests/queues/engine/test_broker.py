@@ -134,4 +134,6 @@ def test_an_idle_cluster_starts_each_new_job_at_once_without_polling(cluster, us
         delays.append((done.started_at - job.created_at).total_seconds())
         time.sleep(1)  # idle: the pusher waits on LISTEN (up to 5 s) rather than polling
     delays.pop(0)  # the first job may have met workers still starting
-    assert max(delays) < 0.5, delays
+    # Woken by the notification: without it the pusher would sleep out the rest of its wait,
+    # about 4 s. The bound leaves a loaded machine room and still tells the two apart.
+    assert max(delays) < 2.0, delays

@@ -93,6 +93,21 @@ def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
+def test_every_outcome_gives_the_attempts_liveness_lock_back(user):
+    jobs = [
+        enqueue("test_sleep", {"user_id": user.pk}),
+        enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}),
+        enqueue("test_permanent", {"user_id": user.pk}),
+    ]
+    for job in jobs:
+        run_job(job.pk)
+    statuses = [Job.objects.get(pk=job.pk).status for job in jobs]
+    assert statuses == ["succeeded", "retrying", "failed"]
+    assert [job_lock_held(job.pk) for job in jobs] == [False, False, False]
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
 def test_a_running_job_whose_worker_connection_is_gone_is_lost_and_run_again(user):
     conversation, job = doomed_conversation(user)
     worker_gone(job.pk)
