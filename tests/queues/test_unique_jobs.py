@@ -3,6 +3,8 @@ duplicate enqueue returns the job holding the key, race-free across connections.
 
 import hashlib
 import threading
+import uuid
+from datetime import date
 from types import SimpleNamespace
 
 import pytest
@@ -53,6 +55,15 @@ def test_equal_field_values_make_equal_keys_whatever_their_keys_order():
     one = uniqueness.key_of(kind, {"filters": {"year": 2026, "owner": 1}})
     other = uniqueness.key_of(kind, {"filters": {"owner": 1, "year": 2026}})
     assert one == other != uniqueness.key_of(kind, {"filters": {"owner": 2, "year": 2026}})
+    assert one == hashlib.sha256(b'["report",[{"owner":1,"year":2026}]]').hexdigest()
+
+
+def test_a_key_may_be_made_of_dates_and_ids_as_validated_data_holds_them():
+    kind = SimpleNamespace(name="digest", unique=Unique(fields=["day", "owner"]))
+    owner = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    key = uniqueness.key_of(kind, {"day": date(2026, 1, 2), "owner": owner})
+    text = b'["digest",["2026-01-02","12345678-1234-5678-1234-567812345678"]]'
+    assert key == hashlib.sha256(text).hexdigest()
 
 
 def test_a_job_that_left_its_unique_states_frees_its_key(user):
