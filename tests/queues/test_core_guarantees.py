@@ -80,6 +80,8 @@ def test_the_runner_doubles_the_delay_after_each_failed_attempt(user, settings, 
     run_job(job.pk)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.result) == ("succeeded", 4, {"attempt": 4})
+    counts = [counted(name, "test_flaky") for name in ("retries_scheduled", "failed", "succeeded")]
+    assert counts == [3, 0, 1]
 
 
 @pytest.mark.django_db(transaction=True)

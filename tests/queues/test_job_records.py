@@ -9,6 +9,7 @@ from django_q.models import OrmQ
 
 from chat.models import Conversation, Message
 from queues.api import enqueue
+from queues.core.selectors import counter_totals
 from queues.core.services import retry_jobs
 from queues.errors import JobValidationError, WorkerLost
 from queues.execution.runner import record_failure, run_job
@@ -180,6 +181,15 @@ def test_delivery_of_a_finished_job_does_nothing(user):
     run_job(job.id)
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_a_delivery_of_a_job_no_longer_stored_does_nothing(user):
+    """Its record was pruned or deleted with its subject while a broker row still named it."""
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).delete()
+    counters_before = counter_totals()
+    assert run_job(job.id) is None
+    assert not Job.objects.exists() and counter_totals() == counters_before
 
 
 def test_retry_gives_failed_jobs_a_fresh_attempt_budget(user, staff_user):
