@@ -106,6 +106,17 @@ def test_every_outcome_gives_the_attempts_liveness_lock_back(user):
     assert [job_lock_held(job.pk) for job in jobs] == [False, False, False]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_path_whose_connection_is_gone_gives_no_lock_back_and_does_not_reconnect(user):
+    """The lock went with the session (PostgreSQL): giving it back needs no new connection."""
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    begin_attempt(job.pk)
+    connection.close()
+
+    engine().release_if_connected(job.pk)
+    assert connection.connection is None
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_running_job_whose_worker_connection_is_gone_is_lost_and_run_again(user):
