@@ -9,6 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from chat import selectors, services
 from chat.models import Message
@@ -141,7 +142,19 @@ def test_a_late_failure_of_a_superseded_attempt_records_nothing(user):
     assert record_failure(stale, OperationalError("late")) is False
     current = Job.objects.get(pk=job.pk)
     assert (current.status, current.attempts, current.last_error) == ("running", 2, "")
+    # Not even the retry's broker row it pushed before the fence said no.
+    assert list(OrmQ.objects.values_list("pk", flat=True)) == [job.broker_row]
     release_lock(job.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_attempt_is_counted_with_its_run_time(user, clock):
+    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
+    attempt = begin_attempt(job.pk)
+    clock.advance_to(clock.now + timedelta(seconds=3))
+
+    assert record_failure(attempt, OperationalError("outage")) is True
+    assert counted("run_seconds_sum", "test_flaky") == 3.0
 
 
 @pytest.mark.django_db(transaction=True)
