@@ -12,6 +12,7 @@ from django_q.models import OrmQ
 
 from chat import services
 from chat.models import Conversation, Message
+from queues.api import enqueue
 from queues.errors import PermanentJobError
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -44,6 +45,29 @@ def test_delete_answers_ok_with_the_job_id_and_hides_the_conversation(api, conve
     assert api.get("/api/chat/conversations").json()["count"] == 0
     assert Message.objects.filter(conversation=conversation).count() == 3
     assert Job.objects.count() == 1
+
+
+def test_delete_hides_that_conversation_only_and_only_for_its_owner(api, user, other_user):
+    doomed, kept = make_conversation(user), make_conversation(user)
+    assert services.request_deletion(doomed.pk, owner_id=other_user.pk, request_id="x") is None
+    assert not Conversation.objects.filter(deletion_requested_at__isnull=False).exists()
+
+    assert api.delete(f"/api/chat/conversations/{doomed.pk}").status_code == 200
+    assert [c["id"] for c in api.get("/api/chat/conversations").json()["results"]] == [kept.pk]
+    assert Conversation.objects.get(pk=kept.pk).deletion_requested_at is None
+
+
+def test_a_message_still_waiting_when_the_deletion_is_requested_is_withdrawn(api, user):
+    doomed, kept = make_conversation(user), make_conversation(user)
+
+    def waiting_message(conversation):
+        data = {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user"}
+        return enqueue("save_message", {**data, "content": "x"})
+
+    withdrawn, elsewhere = waiting_message(doomed), waiting_message(kept)
+    assert api.delete(f"/api/chat/conversations/{doomed.pk}").status_code == 200
+    assert Job.objects.get(pk=withdrawn.pk).status == "cancelled"
+    assert Job.objects.get(pk=elsewhere.pk).status == "queued"
 
 
 def test_job_id_from_delete_works_on_the_job_status_endpoint(api, conversation):
