@@ -7,6 +7,7 @@ from django.apps import apps
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection, models
+from django.db.models.signals import pre_delete
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
@@ -171,6 +172,35 @@ def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
     assert erase.call_args_list == [mock.call(conversation.pk)]
     trace.refresh_from_db()
     assert trace.object_repr == f"Conversation {conversation.pk}"
+
+
+def test_with_a_receiver_of_its_deletion_the_collector_deletes_alike(user, other_user):
+    """A `pre_delete` receiver takes the deletion off the fast path, to Django's collector: the
+    same refusal, result and rows gone."""
+    doomed, empty, kept = (make_conversation(user, messages=n) for n in (3, 0, 2))
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    pre_delete.connect(receiver, sender=Conversation)
+    try:
+        with pytest.raises(PermanentJobError):
+            services.delete_conversation(conversation_id=doomed.pk, user_id=other_user.pk)
+        results = [
+            services.delete_conversation(conversation_id=c.pk, user_id=user.pk)
+            for c in (doomed, empty)
+        ]
+    finally:
+        pre_delete.disconnect(receiver, sender=Conversation)
+
+    assert results == [
+        {"deleted": True, "conversation_id": doomed.pk, "messages": 3},
+        {"deleted": True, "conversation_id": empty.pk, "messages": 0},
+    ]
+    assert seen == [doomed.pk, empty.pk]
+    assert list(Conversation.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert Message.objects.filter(conversation_id=kept.pk).count() == Message.objects.count() == 2
 
 
 def admin_log_entry(user, conversation):
