@@ -7,7 +7,7 @@ from django.apps import apps
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection, models
-from django.db.models.signals import pre_delete
+from django.db.models.signals import post_delete, pre_delete
 from django.test.utils import CaptureQueriesContext
 from django_q.models import OrmQ
 
@@ -174,16 +174,17 @@ def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
     assert trace.object_repr == f"Conversation {conversation.pk}"
 
 
-def test_with_a_receiver_of_its_deletion_the_collector_deletes_alike(user, other_user):
-    """A `pre_delete` receiver takes the deletion off the fast path, to Django's collector: the
-    same refusal, result and rows gone."""
+@pytest.mark.parametrize("signal", [pre_delete, post_delete], ids=["pre_delete", "post_delete"])
+def test_with_a_receiver_of_its_deletion_the_collector_deletes_alike(signal, user, other_user):
+    """A receiver of a conversation's deletion (other than the erasure) takes the deletion off the
+    fast path, to Django's collector, which calls it: the same refusal, result and rows gone."""
     doomed, empty, kept = (make_conversation(user, messages=n) for n in (3, 0, 2))
     seen = []
 
     def receiver(sender, instance, **kwargs):
         seen.append(instance.pk)
 
-    pre_delete.connect(receiver, sender=Conversation)
+    signal.connect(receiver, sender=Conversation)
     try:
         with pytest.raises(PermanentJobError):
             services.delete_conversation(conversation_id=doomed.pk, user_id=other_user.pk)
@@ -192,7 +193,7 @@ def test_with_a_receiver_of_its_deletion_the_collector_deletes_alike(user, other
             for c in (doomed, empty)
         ]
     finally:
-        pre_delete.disconnect(receiver, sender=Conversation)
+        signal.disconnect(receiver, sender=Conversation)
 
     assert results == [
         {"deleted": True, "conversation_id": doomed.pk, "messages": 3},
