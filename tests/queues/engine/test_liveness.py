@@ -75,6 +75,26 @@ def test_a_stale_workers_late_outcome_is_fenced_and_its_work_rolled_back(user):
     engine().release(job.pk)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_taken_over_while_it_ran_records_nothing_and_lets_the_job_go(
+    user, monkeypatch, caplog
+):
+    job = enqueue("test_sleep", {"user_id": user.pk})
+
+    def taken_over_meanwhile(attempt):
+        Job.objects.filter(pk=job.pk).update(attempts=2)  # declared lost, run again elsewhere
+        return work(attempt)
+
+    monkeypatch.setattr("queues.execution.runner.work", taken_over_meanwhile)
+    assert run_job(job.pk) is None
+
+    current = Job.objects.get(pk=job.pk)
+    assert (current.status, current.attempts, current.result) == ("running", 2, None)
+    assert "attempt 1 was taken over by a newer one; nothing recorded" in caplog.messages
+    if connection.vendor == "postgresql":
+        assert not job_lock_held(job.pk), "the superseded delivery gave its lock back"
+
+
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
