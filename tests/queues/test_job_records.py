@@ -29,6 +29,22 @@ def test_enqueue_stores_a_queued_record_and_a_broker_row(user):
     assert OrmQ.objects.get().key == "database"
 
 
+def test_a_jobs_broker_row_carries_its_claim_rank(user):
+    """Claims take rows by this rank (lower first): the job type's priority, then app before
+    client jobs."""
+    urgent = enqueue("test_unique", {"user_id": user.pk, "name": "r"})
+    plain = enqueue("test_sleep", {"user_id": user.pk})
+
+    def row_rank(job):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT priority FROM {OrmQ._meta.db_table} WHERE id = %s", [job.broker_row]
+            )
+            return cursor.fetchone()[0]
+
+    assert [row_rank(urgent), row_rank(plain)] == [5, 1]
+
+
 @pytest.mark.parametrize(
     "job_type, data, problem",
     [
