@@ -262,4 +262,6 @@ def test_chat_internal_cancellation_still_withdraws_waiting_jobs(user):
         {"conversation_id": conversation.pk, "user_id": user.pk, "role": "user", "content": "x"},
     )
     assert cancel_waiting_jobs(job.subject, "save_message") == 1
-    assert Job.objects.get(pk=job.pk).status == "cancelled"
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert (counted("cancelled", "save_message"), counted("waiting", "save_message")) == (1, 0)

@@ -149,13 +149,17 @@ def test_a_late_failure_of_a_superseded_attempt_records_nothing(user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_attempt_is_counted_with_its_run_time(user, clock):
-    job = enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1})
-    attempt = begin_attempt(job.pk)
+def test_an_attempt_is_counted_with_its_run_time_failed_or_succeeded(user, clock):
+    failing = begin_attempt(enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}).pk)
     clock.advance_to(clock.now + timedelta(seconds=3))
+    assert record_failure(failing, OperationalError("outage")) is True
 
-    assert record_failure(attempt, OperationalError("outage")) is True
+    succeeding = begin_attempt(enqueue("test_sleep", {"user_id": user.pk}).pk)
+    clock.advance_to(clock.now + timedelta(seconds=2))
+    work(succeeding)
+
     assert counted("run_seconds_sum", "test_flaky") == 3.0
+    assert counted("run_seconds_sum", "test_sleep") == 2.0
 
 
 @pytest.mark.django_db(transaction=True)
