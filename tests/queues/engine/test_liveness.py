@@ -95,9 +95,9 @@ def test_a_delivery_taken_over_while_it_ran_records_nothing_and_lets_the_job_go(
         assert not job_lock_held(job.pk), "the superseded delivery gave its lock back"
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
+    """Alive: its worker's session holds its lock (PostgreSQL); it began in its time (SQLite)."""
     _, job = doomed_conversation(user)
     live = begin_attempt(job.pk)
 
