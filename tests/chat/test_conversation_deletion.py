@@ -7,6 +7,7 @@ from django.apps import apps
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, connection, models
+from django.db.models.signals import post_delete, pre_delete
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -14,6 +15,7 @@ from django_q.models import OrmQ
 from chat import jobs as chat_jobs
 from chat import services
 from chat.models import Conversation, Message
+from queues.api import enqueue
 from queues.errors import PermanentJobError
 from queues.execution.runner import run_job
 from queues.models import Job
@@ -46,6 +48,29 @@ def test_delete_answers_ok_with_the_job_id_and_hides_the_conversation(api, conve
     assert api.get("/api/chat/conversations").json()["count"] == 0
     assert Message.objects.filter(conversation=conversation).count() == 3
     assert Job.objects.count() == 1
+
+
+def test_delete_hides_that_conversation_only_and_only_for_its_owner(api, user, other_user):
+    doomed, kept = make_conversation(user), make_conversation(user)
+    assert services.request_deletion(doomed.pk, owner_id=other_user.pk, request_id="x") is None
+    assert not Conversation.objects.filter(deletion_requested_at__isnull=False).exists()
+
+    assert api.delete(f"/api/chat/conversations/{doomed.pk}").status_code == 200
+    assert [c["id"] for c in api.get("/api/chat/conversations").json()["results"]] == [kept.pk]
+    assert Conversation.objects.get(pk=kept.pk).deletion_requested_at is None
+
+
+def test_a_message_still_waiting_when_the_deletion_is_requested_is_withdrawn(api, user):
+    doomed, kept = make_conversation(user), make_conversation(user)
+
+    def waiting_message(conversation):
+        data = {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user"}
+        return enqueue("save_message", {**data, "content": "x"})
+
+    withdrawn, elsewhere = waiting_message(doomed), waiting_message(kept)
+    assert api.delete(f"/api/chat/conversations/{doomed.pk}").status_code == 200
+    assert Job.objects.get(pk=withdrawn.pk).status == "cancelled"
+    assert Job.objects.get(pk=elsewhere.pk).status == "queued"
 
 
 def test_job_id_from_delete_works_on_the_job_status_endpoint(api, conversation):
@@ -164,6 +189,7 @@ def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
         [bookmark_model(conversation=c) for c in (conversation, conversation, kept)]
     )
     job = services.request_conversation_deletion(conversation, request_id="cascade")
+    assert job.request_id == "cascade"
     trace = admin_log_entry(user, conversation)
 
     with mock.patch("chat.services.erase_traces", wraps=services.erase_traces) as erase:
@@ -178,6 +204,36 @@ def test_the_deletion_job_deletes_what_a_new_model_cascades_from_a_conversation(
     assert erase.call_args_list == [mock.call(conversation.pk)]
     trace.refresh_from_db()
     assert trace.object_repr == f"Conversation {conversation.pk}"
+
+
+@pytest.mark.parametrize("signal", [pre_delete, post_delete], ids=["pre_delete", "post_delete"])
+def test_with_a_receiver_of_its_deletion_the_collector_deletes_alike(signal, user, other_user):
+    """A receiver of a conversation's deletion (other than the erasure) takes the deletion off the
+    fast path, to Django's collector, which calls it: the same refusal, result and rows gone."""
+    doomed, empty, kept = (make_conversation(user, messages=n) for n in (3, 0, 2))
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    signal.connect(receiver, sender=Conversation)
+    try:
+        with pytest.raises(PermanentJobError):
+            services.delete_conversation(conversation_id=doomed.pk, user_id=other_user.pk)
+        results = [
+            services.delete_conversation(conversation_id=c.pk, user_id=user.pk)
+            for c in (doomed, empty)
+        ]
+    finally:
+        signal.disconnect(receiver, sender=Conversation)
+
+    assert results == [
+        {"deleted": True, "conversation_id": doomed.pk, "messages": 3},
+        {"deleted": True, "conversation_id": empty.pk, "messages": 0},
+    ]
+    assert seen == [doomed.pk, empty.pk]
+    assert list(Conversation.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert Message.objects.filter(conversation_id=kept.pk).count() == Message.objects.count() == 2
 
 
 def admin_log_entry(user, conversation):
@@ -237,16 +293,24 @@ def test_a_deletion_erases_the_content_job_records_keep(user, conversation):
 
 
 def test_a_deletion_erases_what_the_admin_log_keeps_of_it(user, conversation):
-    entry = LogEntry.objects.create(
-        user=user,
-        content_type=ContentType.objects.get_for_model(Conversation),
-        object_id=str(conversation.pk),
-        object_repr="Doomed secret title",
-        action_flag=CHANGE,
-    )
+    def logged(model, object_id, title):
+        return LogEntry.objects.create(
+            user=user,
+            content_type=ContentType.objects.get_for_model(model),
+            object_id=str(object_id),
+            object_repr=title,
+            action_flag=CHANGE,
+        )
+
+    entry = logged(Conversation, conversation.pk, "Doomed secret title")
+    # Entries of another conversation, and of another model with the same id, stay as they are.
+    other = logged(Conversation, make_conversation(user).pk, "Kept title")
+    same_id = logged(Job, conversation.pk, "A job")
     services.delete_conversation(conversation_id=conversation.pk, user_id=user.pk)
     entry.refresh_from_db()
     assert entry.object_repr == f"Conversation {conversation.pk}"
+    assert LogEntry.objects.get(pk=other.pk).object_repr == "Kept title"
+    assert LogEntry.objects.get(pk=same_id.pk).object_repr == "A job"
 
 
 def _queries_to_delete(user, messages):

@@ -1,6 +1,5 @@
 """Twenty clients against gunicorn and a running cluster: no 5xx, every deletion completes."""
 
-import threading
 from collections import Counter
 
 import pytest
@@ -10,6 +9,7 @@ from rest_framework.authtoken.models import Token
 from chat.models import Conversation
 from queues.models import Job
 from tests.support.jobs import wait_for_jobs
+from tests.support.threads import in_a_thread
 
 pytestmark = [pytest.mark.postgres, pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -67,16 +67,12 @@ def test_20_clients_x_300_mixed_requests_get_no_5xx_and_every_deletion_completes
     # Keep every record, so the totals can be checked against them (retention would prune).
     cluster.start(workers=4, extra_env={"JOB_KEEP_SUCCEEDED": str(CLIENTS * REQUESTS_EACH)})
     statuses, deletion_jobs, errors = Counter(), [], []
-    threads = [
-        threading.Thread(
-            target=client_session, args=(gunicorn, token, statuses, deletion_jobs, errors)
-        )
+    sessions = [
+        in_a_thread(client_session, gunicorn, token, statuses, deletion_jobs, errors)
         for token in tokens
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for join in sessions:
+        join(600)  # re-raises what a session raised outside its own reporting
 
     assert errors == []
     # Every request is the client's own and valid: half create (conversations, messages), half

@@ -7,8 +7,9 @@ from django.utils import timezone
 
 from chat.models import Conversation
 from queues.api import enqueue
+from queues.errors import JobCancelled
 from queues.execution.cancellation import cancel_jobs, raise_if_stop_requested
-from queues.execution.runner import run_job
+from queues.execution.runner import begin_attempt, record_stopped, run_job, work
 from queues.models import Job, JobEvent
 from tests.support.clients import token_client
 from tests.support.jobs import counted
@@ -116,6 +117,28 @@ def test_a_handler_that_checks_stops_and_its_work_rolls_back(user):
     assert not Conversation.objects.filter(title="written by test_stoppable").exists()
     assert list(job.events.values_list("action", flat=True)) == ["stopped"]
     assert counted("cancelled", "test_stoppable") == 1 and counted("running", "test_stoppable") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_an_operator_asks_of_a_running_job_is_recorded_as_theirs(
+    operator_api, operator_user, user, caplog
+):
+    job = enqueue("test_stoppable", {"user_id": user.pk, "seconds": 5})
+    running = begin_attempt(job.pk)
+    assert operator_api.post(cancel_url(job)).status_code == 202
+
+    # What `run_job` does with the attempt: the handler sees the request at its first check.
+    with pytest.raises(JobCancelled):
+        work(running)
+    record_stopped(running)
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == ("cancelled", 1)
+    assert list(job.events.order_by("pk").values_list("action", "by")) == [
+        ("cancel_requested", operator_user.pk),
+        ("stopped", operator_user.pk),
+    ]
+    assert "job stopped by its handler at a stop request; cancelled" in caplog.messages
 
 
 def test_a_cancelled_job_that_never_ran_keeps_no_content(api, operator_user, user):
@@ -239,4 +262,6 @@ def test_chat_internal_cancellation_still_withdraws_waiting_jobs(user):
         {"conversation_id": conversation.pk, "user_id": user.pk, "role": "user", "content": "x"},
     )
     assert cancel_waiting_jobs(job.subject, "save_message") == 1
-    assert Job.objects.get(pk=job.pk).status == "cancelled"
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert (counted("cancelled", "save_message"), counted("waiting", "save_message")) == (1, 0)

@@ -9,13 +9,14 @@ import pytest
 from django.core.management import call_command
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
+from django_q.models import OrmQ
 
 from chat import selectors, services
 from chat.models import Message
 from queues.api import enqueue
 from queues.core import registry, uniqueness
 from queues.django_q2.broker import JobBroker
-from queues.engine import engine
+from queues.engine import engine, liveness
 from queues.execution.runner import (
     AttemptSuperseded,
     begin_attempt,
@@ -28,7 +29,8 @@ from queues.maintenance import rescuer
 from queues.models import Job
 from tests.support.clients import token_client
 from tests.support.data import make_conversation
-from tests.support.jobs import job_lock_held
+from tests.support.jobs import counted, job_lock_held
+from tests.support.threads import in_a_thread
 
 postgres_only = pytest.mark.postgres
 
@@ -79,6 +81,8 @@ def test_the_runner_doubles_the_delay_after_each_failed_attempt(user, settings, 
     run_job(job.pk)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.result) == ("succeeded", 4, {"attempt": 4})
+    counts = [counted(name, "test_flaky") for name in ("retries_scheduled", "failed", "succeeded")]
+    assert counts == [3, 0, 1]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -138,7 +142,24 @@ def test_a_late_failure_of_a_superseded_attempt_records_nothing(user):
     assert record_failure(stale, OperationalError("late")) is False
     current = Job.objects.get(pk=job.pk)
     assert (current.status, current.attempts, current.last_error) == ("running", 2, "")
-    release_lock(job.pk)
+    # Not even the retry's broker row it pushed before the fence said no.
+    assert list(OrmQ.objects.values_list("pk", flat=True)) == [job.broker_row]
+    if connection.vendor == "postgresql":
+        assert not job_lock_held(job.pk), "the stale attempt gave its lock back"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_attempt_is_counted_with_its_run_time_failed_or_succeeded(user, clock):
+    failing = begin_attempt(enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}).pk)
+    clock.advance_to(clock.now + timedelta(seconds=3))
+    assert record_failure(failing, OperationalError("outage")) is True
+
+    succeeding = begin_attempt(enqueue("test_sleep", {"user_id": user.pk}).pk)
+    clock.advance_to(clock.now + timedelta(seconds=2))
+    work(succeeding)
+
+    assert counted("run_seconds_sum", "test_flaky") == 3.0
+    assert counted("run_seconds_sum", "test_sleep") == 2.0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -178,6 +199,7 @@ def test_a_worker_lost_on_the_last_attempt_fails_the_job_for_good(user, settings
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "WorkerLost")
     assert job.last_error == f"worker {lost.worker} died during attempt 1"
     assert job.finished_at is not None
+    assert (counted("failed"), counted("running"), counted("retries_scheduled")) == (1, 0, 0)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -247,15 +269,25 @@ def test_no_attempt_begins_in_a_paused_queue(user):
 # The rescuer hands out again only attempts whose worker is gone.
 
 
-@postgres_only
 @pytest.mark.django_db(transaction=True)
-def test_the_rescuer_counts_an_attempt_whose_lock_is_held_as_alive(user):
+def test_the_rescuer_counts_an_attempt_as_alive_until_its_worker_is_gone(user, settings, clock):
+    """PostgreSQL: alive while the worker's session holds its lock. SQLite: presumed alive for
+    its queue's timeout and grace, to the second; the clock stands still meanwhile."""
+    settings.QUEUES = {"database": {}, "other": {}}
     job = enqueue("test_sleep", {"user_id": user.pk})
     live = begin_attempt(job.pk)  # this connection holds its liveness lock
+    elsewhere = enqueue("test_sleep", {"user_id": user.pk})
+    # A dead attempt in another queue, long overdue: its own queue's rescue takes it.
+    Job.objects.filter(pk=elsewhere.pk).update(
+        queue="other", status="running", attempts=1, started_at=clock.now - timedelta(days=1)
+    )
 
+    clock.advance_to(live.started_at + liveness.presumed_alive_for(live))
     assert rescuer.lost_attempts("database") == []
     release_lock(job.pk)
+    clock.advance_to(clock.now + timedelta(seconds=1))
     assert [lost.pk for lost in rescuer.lost_attempts("database")] == [job.pk]
+    assert [lost.pk for lost in rescuer.lost_attempts("other")] == [elsewhere.pk]
     live.refresh_from_db()
     assert live.status == "running"
 
@@ -290,23 +322,6 @@ def test_a_users_conversations_are_theirs_only(user, other_user):
 # requested. The deletion holds the conversation's row while a message is on its way.
 
 
-def in_thread(fn, *args):
-    """Start `fn` on a connection of its own: the thread, and a dict of its result or error."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = fn(*args)
-        except Exception as exc:
-            outcome["error"] = exc
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, outcome
-
-
 def wait_until_blocked_on_a_lock():
     """Until another session of this database waits for a lock (the one this one holds)."""
     for _ in range(500):
@@ -323,28 +338,30 @@ def wait_until_blocked_on_a_lock():
 
 
 def race_deletion_against(conversation, fn, *args):
-    """Hold the conversation's row, start `fn`, and once it waits, request the deletion."""
+    """Hold the conversation's row, start `fn`, and once it waits, request the deletion.
+
+    Returns `fn`'s `join()`: its result, or what it raised.
+    """
     with transaction.atomic():
         services.Conversation.objects.select_for_update().get(pk=conversation.pk)
-        thread, outcome = in_thread(fn, *args)
+        join = in_a_thread(fn, *args)
         wait_until_blocked_on_a_lock()
         assert services.request_conversation_deletion(conversation, request_id="race")
-    thread.join(30)
-    assert not thread.is_alive()
-    return outcome
+    return join
 
 
 @postgres_only
 @pytest.mark.django_db(transaction=True)
 def test_a_message_racing_a_deletion_request_is_refused(user):
     conversation = make_conversation(user, messages=2)
-    outcome = race_deletion_against(
+    join = race_deletion_against(
         conversation,
         lambda: services.add_message(
             conversation_id=conversation.pk, user_id=user.pk, role="user", content="late"
         ),
     )
-    assert isinstance(outcome.get("error"), services.ConversationGone), outcome
+    with pytest.raises(services.ConversationGone):
+        join()
     assert Message.objects.filter(conversation_id=conversation.pk).count() == 2
 
 
@@ -356,9 +373,8 @@ def test_a_save_message_job_racing_a_deletion_request_fails_and_adds_nothing(use
         "save_message",
         {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user", "content": "late"},
     )
-    outcome = race_deletion_against(conversation, run_job, job.pk)
+    race_deletion_against(conversation, run_job, job.pk)()
 
-    assert "error" not in outcome, outcome
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "ConversationGone")
     assert "content" not in job.data, "a job that will never run keeps no content"

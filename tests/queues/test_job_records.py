@@ -3,12 +3,13 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django_q.models import OrmQ
 
 from chat.models import Conversation, Message
 from queues.api import enqueue
+from queues.core.selectors import counter_totals
 from queues.core.services import retry_jobs
 from queues.errors import JobValidationError, WorkerLost
 from queues.execution.runner import record_failure, run_job
@@ -26,6 +27,22 @@ def test_enqueue_stores_a_queued_record_and_a_broker_row(user):
     assert job.status == "queued" and job.attempts == 0 and job.max_attempts == 3
     assert job.data == {"user_id": user.pk, "request_id": "r-1", "fail_times": 0, "seconds": 0.0}
     assert OrmQ.objects.get().key == "database"
+
+
+def test_a_jobs_broker_row_carries_its_claim_rank(user):
+    """Claims take rows by this rank (lower first): the job type's priority, then app before
+    client jobs."""
+    urgent = enqueue("test_unique", {"user_id": user.pk, "name": "r"})
+    plain = enqueue("test_sleep", {"user_id": user.pk})
+
+    def row_rank(job):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT priority FROM {OrmQ._meta.db_table} WHERE id = %s", [job.broker_row]
+            )
+            return cursor.fetchone()[0]
+
+    assert [row_rank(urgent), row_rank(plain)] == [5, 1]
 
 
 @pytest.mark.parametrize(
@@ -90,6 +107,26 @@ def test_save_message_to_an_unavailable_conversation_fails_permanently(user, oth
     job.refresh_from_db()
     assert (job.status, job.attempts, job.last_error_class) == ("failed", 1, "ConversationGone")
     assert Message.objects.count() == 0
+    assert "content" not in job.data, "a job that can never run keeps no content"
+    assert job.finished_at is not None
+
+
+def test_a_job_failed_by_an_outage_keeps_its_content_for_a_retry(user, settings, monkeypatch):
+    settings.JOB_RETRY_POLICIES = {"save_message": {"attempts": 1}}
+    conversation = Conversation.objects.create(owner=user, title="t")
+
+    def outage(**kwargs):
+        raise OperationalError("database unreachable")
+
+    monkeypatch.setattr("chat.services.add_message", outage)
+    job = enqueue(
+        "save_message",
+        {"user_id": user.pk, "conversation_id": conversation.pk, "role": "user", "content": "x"},
+    )
+    run_job(job.id)
+    job.refresh_from_db()
+    assert (job.status, job.last_error_class) == ("failed", "OperationalError")
+    assert job.data["content"] == "x"
 
 
 def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monkeypatch):
@@ -104,6 +141,7 @@ def test_transient_failure_schedules_a_delayed_retry_in_the_database(user, monke
     assert job.run_after == stopped_clock + timedelta(seconds=2)
     # The retry's broker row is invisible to workers until run_after.
     assert OrmQ.objects.filter(lock__gte=job.run_after - timedelta(milliseconds=5)).count() == 1
+    assert OrmQ.objects.get(pk=job.broker_row).lock >= job.run_after - timedelta(milliseconds=5)
 
 
 def test_an_early_delivery_of_a_waiting_retry_does_nothing(user):
@@ -159,6 +197,15 @@ def test_delivery_of_a_finished_job_does_nothing(user):
     run_job(job.id)
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_a_delivery_of_a_job_no_longer_stored_does_nothing(user):
+    """Its record was pruned or deleted with its subject while a broker row still named it."""
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=job.pk).delete()
+    counters_before = counter_totals()
+    assert run_job(job.id) is None
+    assert not Job.objects.exists() and counter_totals() == counters_before
 
 
 def test_retry_gives_failed_jobs_a_fresh_attempt_budget(user, staff_user):

@@ -37,6 +37,7 @@ def test_job_log_lines_are_json_with_the_job_context(user):
         assert line["job_id"] == str(job.pk)
         assert (line["queue"], line["job_type"], line["attempt"]) == ("database", "test_flaky", 1)
         assert (line["request_id"], line["user_id"]) == ("req-9", user.pk)
+        assert "fail_times" not in line  # the data's ids only, never its other fields
     # A retry is expected: a warning without a traceback, which the job record keeps.
     assert lines[0]["level"] == "WARNING" and "traceback" not in lines[0]
     assert "OperationalError" in Job.objects.get(pk=job.pk).traceback

@@ -72,13 +72,14 @@ def test_the_claim_takes_nothing_from_a_paused_queue(user):
 
 def test_a_job_claimed_before_the_pause_waits_with_a_broker_row_of_its_own(user):
     job = enqueue("test_sleep", {"user_id": user.pk})
+    claimed = job.broker_row
     pausing.pause("database")
 
     run_job(job.pk)  # a delivery claimed before the pause
 
     job.refresh_from_db()
     assert (job.status, job.attempts) == ("queued", 0)
-    assert OrmQ.objects.filter(pk=job.broker_row).exists()
+    assert job.broker_row != claimed and OrmQ.objects.filter(pk=job.broker_row).exists()
     pausing.resume("database")
     run_job(job.pk)
     job.refresh_from_db()

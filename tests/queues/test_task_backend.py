@@ -315,8 +315,9 @@ def test_a_failing_task_is_retried_with_backoff_then_fails(cluster):
         3,
     )
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
-    # The default policy: 2 s, then 4 s, each ±10%.
-    assert len(gaps) == 2 and 1.8 <= gaps[0] <= 3.2 and 3.6 <= gaps[1] <= 5.4, gaps
+    # Never before its backoff (2 s, then 4 s, each -10% at most); after it by no more than a
+    # loaded machine's delay.
+    assert len(gaps) == 2 and 1.8 <= gaps[0] < 5.0 and 3.6 <= gaps[1] < 7.0, gaps
     (error,) = doomed.errors
     assert error.exception_class_path == "django.db.utils.OperationalError"
     assert "simulated outage on attempt 3" in error.traceback

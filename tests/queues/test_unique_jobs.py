@@ -1,9 +1,12 @@
 """Unique jobs: a type declares a key over its data and the statuses in which it is unique; a
 duplicate enqueue returns the job holding the key, race-free across connections."""
 
+import hashlib
 import itertools
 import threading
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -16,6 +19,7 @@ from chat.models import Conversation
 from chat.services import enqueue_deletion
 from chat.sweeper import sweep_deletions
 from queues.api import enqueue, enqueue_many
+from queues.core import uniqueness
 from queues.core.registry import Unique, register
 from queues.core.selectors import counter_totals
 from queues.core.services import retry_jobs
@@ -39,6 +43,29 @@ def test_a_duplicate_returns_the_live_job_and_stores_and_counts_nothing(user):
     assert Job.objects.count() == 2 and OrmQ.objects.count() == 2
     assert counted("enqueued", "test_unique") == 2
     assert counter_totals()[("database", "test_unique", "waiting")] == 2
+
+
+def test_a_unique_key_is_stable_across_releases(user):
+    """The key is stored: a change to how it is made would let a job enqueued after a deploy
+    miss the duplicate enqueued before it. SHA-256 of compact JSON of [type, field values]."""
+    job = enqueue("test_unique", {"user_id": user.pk, "name": "same"})
+    assert job.unique_key == hashlib.sha256(b'["test_unique",["same"]]').hexdigest()
+
+
+def test_equal_field_values_make_equal_keys_whatever_their_keys_order():
+    kind = SimpleNamespace(name="report", unique=Unique(fields=["filters"]))
+    one = uniqueness.key_of(kind, {"filters": {"year": 2026, "owner": 1}})
+    other = uniqueness.key_of(kind, {"filters": {"owner": 1, "year": 2026}})
+    assert one == other != uniqueness.key_of(kind, {"filters": {"owner": 2, "year": 2026}})
+    assert one == hashlib.sha256(b'["report",[{"owner":1,"year":2026}]]').hexdigest()
+
+
+def test_a_key_may_be_made_of_dates_and_ids_as_validated_data_holds_them():
+    kind = SimpleNamespace(name="digest", unique=Unique(fields=["day", "owner"]))
+    owner = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    key = uniqueness.key_of(kind, {"day": date(2026, 1, 2), "owner": owner})
+    text = b'["digest",["2026-01-02","12345678-1234-5678-1234-567812345678"]]'
+    assert key == hashlib.sha256(text).hexdigest()
 
 
 def test_a_job_that_left_its_unique_states_frees_its_key(user):

@@ -12,6 +12,7 @@ from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from chat import services
@@ -74,9 +75,29 @@ def test_a_stale_workers_late_outcome_is_fenced_and_its_work_rolled_back(user):
     engine().release(job.pk)
 
 
-@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_taken_over_while_it_ran_records_nothing_and_lets_the_job_go(
+    user, monkeypatch, caplog
+):
+    job = enqueue("test_sleep", {"user_id": user.pk})
+
+    def taken_over_meanwhile(attempt):
+        Job.objects.filter(pk=job.pk).update(attempts=2)  # declared lost, run again elsewhere
+        return work(attempt)
+
+    monkeypatch.setattr("queues.execution.runner.work", taken_over_meanwhile)
+    assert run_job(job.pk) is None
+
+    current = Job.objects.get(pk=job.pk)
+    assert (current.status, current.attempts, current.result) == ("running", 2, None)
+    assert "attempt 1 was taken over by a newer one; nothing recorded" in caplog.messages
+    if connection.vendor == "postgresql":
+        assert not job_lock_held(job.pk), "the superseded delivery gave its lock back"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
+    """Alive: its worker's session holds its lock (PostgreSQL); it began in its time (SQLite)."""
     _, job = doomed_conversation(user)
     live = begin_attempt(job.pk)
 
@@ -88,6 +109,40 @@ def test_a_duplicate_delivery_of_a_running_job_does_nothing(user):
     assert in_other_connection(begin_attempt, job.pk) is None  # finished: nothing to do
     after = Job.objects.get(pk=job.pk)
     assert (after.status, after.attempts, after.last_error_class) == ("succeeded", 1, "")
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_every_outcome_gives_the_attempts_liveness_lock_back(user):
+    jobs = [
+        enqueue("test_sleep", {"user_id": user.pk}),
+        enqueue("test_flaky", {"user_id": user.pk, "fail_times": 1}),
+        enqueue("test_permanent", {"user_id": user.pk}),
+    ]
+    for job in jobs:
+        run_job(job.pk)
+    statuses = [Job.objects.get(pk=job.pk).status for job in jobs]
+    assert statuses == ["succeeded", "retrying", "failed"]
+    assert [job_lock_held(job.pk) for job in jobs] == [False, False, False]
+
+
+def terminate(pid):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 10000)", [pid])  # waits until it is gone
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_path_whose_connection_was_cut_gives_no_lock_back_and_raises_nothing(user):
+    """The lock went with the session: nothing to give back, no error on a connection that is
+    gone (the runner's paths that record nothing end with this)."""
+    job = enqueue("test_sleep", {"user_id": user.pk})
+    begin_attempt(job.pk)
+    in_other_connection(terminate, connection.connection.info.backend_pid)
+
+    engine().release_if_connected(job.pk)
+    connection.close()
+    assert not job_lock_held(job.pk)
 
 
 @postgres_only
@@ -154,6 +209,44 @@ def test_a_due_job_whose_broker_row_is_gone_is_pushed_again_at_the_next_pass(use
     assert rescue("database") == 0
     run_job(lost.pk)
     assert Job.objects.get(pk=lost.pk).status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_rescuer_pushes_again_only_its_own_queues_due_waiting_jobs(user, settings):
+    settings.QUEUES = {"database": {}, "other": {}}
+    lost = enqueue("test_sleep", {"user_id": user.pk})
+    done = enqueue("test_sleep", {"user_id": user.pk})
+    run_job(done.pk)
+    elsewhere = enqueue("test_sleep", {"user_id": user.pk})
+    Job.objects.filter(pk=elsewhere.pk).update(queue="other")
+    OrmQ.objects.all().delete()  # every delivery is lost
+
+    assert rescue("database") == 1
+    assert Job.objects.get(pk=done.pk).broker_row == done.broker_row  # finished: left alone
+    assert Job.objects.get(pk=elsewhere.pk).broker_row == elsewhere.broker_row
+    lost.refresh_from_db()
+    assert OrmQ.objects.filter(pk=lost.broker_row).exists()
+    assert rescue("other") == 1
+
+
+@pytest.mark.django_db
+def test_outside_the_database_the_stranded_are_the_jobs_longest_past_due(user, monkeypatch):
+    """A broker that cannot be asked (Redis): jobs more than QUEUE_STRANDED_AFTER past due, the
+    earliest due first, finished ones never."""
+    monkeypatch.setattr(Conf, "BROKER_CLASS", "queues.django_q2.redis_broker.RedisJobBroker")
+    now = timezone.now()
+    late = now - timedelta(minutes=1)
+    due = {}
+    for name, minutes in (("later", 2), ("earliest", 5), ("recent", 0.5), ("finished", 9)):
+        job = enqueue("test_sleep", {"user_id": user.pk})
+        Job.objects.filter(pk=job.pk).update(run_after=now - timedelta(minutes=minutes))
+        due[name] = job.pk
+    Job.objects.filter(pk=due["finished"]).update(status="succeeded")
+
+    stranded = engine().stranded_jobs("database", now, late, limit=1)
+    assert [job.pk for job in stranded] == [due["earliest"]]
+    stranded = engine().stranded_jobs("database", now, late, limit=10)
+    assert [job.pk for job in stranded] == [due["earliest"], due["later"]]
 
 
 @contextmanager
@@ -326,6 +419,7 @@ def test_a_finally_failed_deletion_is_shown_to_operators_not_queued_again(
         {"action": "retry_deletion", "_selected_action": [conversation.pk]},
     )
     retried = Job.objects.filter(subject=job.subject, status="queued").get()
+    assert retried.request_id.startswith("admin-")  # the operator's request, in the job's logs
     assert Conversation.objects.get(pk=conversation.pk).deletion_failed_at is None
     run_job(retried.pk)
     assert not Conversation.objects.filter(pk=conversation.pk).exists()
