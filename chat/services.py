@@ -1,5 +1,6 @@
 """Every change to conversations and messages happens here, once."""
 
+import functools
 import logging
 
 from django.contrib.admin.models import LogEntry
@@ -21,6 +22,8 @@ from queues.api import (
     enqueue_if,
     forget_subject,
     keeps_content_about,
+    keeps_content_about_sql,
+    prepared_cursor,
 )
 
 logger = logging.getLogger("chat")
@@ -199,55 +202,77 @@ def _only_the_erasure_listens() -> bool:
     return not async_receivers and all(r is _conversation_deleted for r in receivers)
 
 
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+@functools.cache
+def _conversation_deletion_sql() -> str:
+    """The conversation's DELETE, RETURNING whether the admin log names it, its EXISTS left open
+    for the caller to close (and name, as `_deletion_sql` does)."""
+    return (
+        f"DELETE FROM {_quote(Conversation._meta.db_table)} WHERE id = %s AND owner_id = %s"
+        f" RETURNING EXISTS (SELECT 1 FROM {_quote(LogEntry._meta.db_table)} WHERE object_id = %s"
+        f" AND content_type_id = (SELECT id FROM {_quote(ContentType._meta.db_table)}"
+        " WHERE app_label = %s AND model = %s)"
+    )
+
+
+@functools.cache
+def _deletion_sql(cascade: tuple[tuple[str, str], ...], kept: str) -> str:
+    """PostgreSQL: the conversation's DELETE with one DELETE per referring table in `cascade` as
+    data-modifying CTEs; (whether anything is left to erase: the admin log names it or the
+    condition `kept` holds, messages deleted). Built once per cascade."""
+    conversation = _conversation_deletion_sql()
+    gone = [
+        f"gone{i} AS (DELETE FROM {_quote(table)} WHERE {_quote(column)} = %s"
+        " AND EXISTS (SELECT 1 FROM conversation)"
+        f"{' RETURNING 1' if table == Message._meta.db_table else ''})"
+        for i, (table, column) in enumerate(cascade)
+    ]
+    counted = [i for i, (table, _) in enumerate(cascade) if table == Message._meta.db_table]
+    count = f"(SELECT count(*) FROM gone{counted[0]})" if counted else "0"
+    return (
+        f"WITH conversation AS ({conversation}) AS logged){''.join(f', {g}' for g in gone)}"
+        f" SELECT logged OR {kept}, {count} FROM conversation"
+    )
+
+
 def _delete_fast(conversation_id: int, user_id: int, cascade: list[tuple[str, str]]):
     """(whether the owner's conversation was deleted, how many messages went with it): the
     conversation's DELETE, which tells whether the admin log names it, and one DELETE per
     referring table (foreign keys are checked at commit); on PostgreSQL all in one statement, the
     others riding as data-modifying CTEs. Then the erasure, if anything is left to erase."""
-    quote = connection.ops.quote_name
     meta = Conversation._meta
-    conversation = (
-        f"DELETE FROM {quote(meta.db_table)} WHERE id = %s AND owner_id = %s RETURNING"
-        f" EXISTS (SELECT 1 FROM {quote(LogEntry._meta.db_table)} WHERE object_id = %s AND"
-        f" content_type_id = (SELECT id FROM {quote(ContentType._meta.db_table)}"
-        " WHERE app_label = %s AND model = %s)"
-    )
     params = [conversation_id, user_id, str(conversation_id), meta.app_label, meta.model_name]
     messages = 0
-    with connection.cursor() as cursor:
+    # Its text is the same for every conversation: prepared once per connection on PostgreSQL.
+    with prepared_cursor() as cursor:
         if connection.vendor == "postgresql":
-            gone = [
-                f"gone{i} AS (DELETE FROM {quote(table)} WHERE {quote(column)} = %s"
-                " AND EXISTS (SELECT 1 FROM conversation)"
-                f"{' RETURNING 1' if table == Message._meta.db_table else ''})"
-                for i, (table, column) in enumerate(cascade)
-            ]
-            counted = [i for i, (table, _) in enumerate(cascade) if table == Message._meta.db_table]
-            count = f"(SELECT count(*) FROM gone{counted[0]})" if counted else "0"
+            # Whether a job record keeps content about it is asked in the same statement.
+            kept, kept_params = keeps_content_about_sql(Conversation.subject_for(conversation_id))
             cursor.execute(
-                f"WITH conversation AS ({conversation}) AS logged), {', '.join(gone)}"
-                f" SELECT logged, {count} FROM conversation"
-                if gone
-                else f"{conversation}), 0",
-                params + [conversation_id] * len(gone),
+                _deletion_sql(tuple(cascade), kept),
+                [*params, *[conversation_id] * len(cascade), *kept_params],
             )
             row = cursor.fetchone()
             if row is None:
                 return False, 0
-            logged, messages = row
+            erase, messages = row
         else:  # SQLite: no data-modifying CTEs
-            cursor.execute(f"{conversation})", params)
+            cursor.execute(f"{_conversation_deletion_sql()})", params)
             row = cursor.fetchone()
             if row is None:
                 return False, 0
-            logged = row[0]
+            erase = row[0]
             for table, column in cascade:
                 cursor.execute(
-                    f"DELETE FROM {quote(table)} WHERE {quote(column)} = %s", [conversation_id]
+                    f"DELETE FROM {_quote(table)} WHERE {_quote(column)} = %s", [conversation_id]
                 )
                 if table == Message._meta.db_table:
                     messages = cursor.rowcount
-    if logged or keeps_content_about(Conversation.subject_for(conversation_id)):
+            erase = erase or keeps_content_about(Conversation.subject_for(conversation_id))
+    if erase:
         erase_traces(conversation_id)
     return True, messages
 

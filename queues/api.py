@@ -41,6 +41,7 @@ from typing import Any
 from queues.core import periodic, registry, selectors, services
 from queues.core.registry import RetryPolicy, Unique
 from queues.core.schemas import JobData, UserlessJobData
+from queues.engine.statements import hot_cursor
 from queues.errors import (
     JobCancelled,
     JobError,
@@ -82,6 +83,8 @@ __all__ = [
     "forget_subject",
     "job_type",
     "keeps_content_about",
+    "keeps_content_about_sql",
+    "prepared_cursor",
     "raise_if_stop_requested",
     "subjects_with_failed_jobs",
     "subjects_with_live_jobs",
@@ -149,5 +152,10 @@ cancel_waiting_jobs = services.cancel_waiting_jobs
 forget_subject = services.forget_subject
 subjects_with_live_jobs = selectors.subjects_with_live_jobs
 keeps_content_about = selectors.keeps_content_about
+keeps_content_about_sql = selectors.keeps_content_about_sql
 subjects_with_failed_jobs = selectors.subjects_with_failed_jobs
 types_with_content = registry.types_with_content
+
+# A cursor for a statement a handler sends on every run, whose text is constant: on PostgreSQL its
+# parameters go apart and it is planned once per connection, as the queue's own per-job statements.
+prepared_cursor = hot_cursor

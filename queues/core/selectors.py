@@ -133,6 +133,13 @@ def keeps_content_about(subject: str) -> bool:
     return engine().keeps_content_about(subject, types_with_content())
 
 
+def keeps_content_about_sql(subject: str) -> tuple[str, list]:
+    """`keeps_content_about` as (a boolean SQL expression, its parameters) for the caller's own
+    statement: a deletion asks it in its DELETE, without a round trip of its own. Its text is the
+    same for every subject on PostgreSQL (`queues.api.prepared_cursor` can prepare it)."""
+    return engine().keeps_content_about_sql(subject, types_with_content())
+
+
 def subjects_with_live_jobs(job_type: str, subjects: Iterable[str]) -> set[str]:
     """Those of `subjects` with a job of `job_type` on its way: running, or waiting and not
     overdue (`Job.OVERDUE_AFTER`: its delivery is lost), or waiting in a paused queue."""

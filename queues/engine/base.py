@@ -93,6 +93,15 @@ class Engine:
 
         return Job.objects.filter(subject=subject, job_type__in=job_types).exists()
 
+    def keeps_content_about_sql(self, subject: str, job_types: list[str]) -> tuple[str, list]:
+        """(a boolean SQL expression, its parameters): `keeps_content_about` as a condition for
+        the caller's own statement, which so asks it without a round trip of its own."""
+        from queues.models import Job
+
+        jobs = Job.objects.filter(subject=subject, job_type__in=job_types).values("pk")[:1]
+        sql, params = jobs.query.sql_with_params()
+        return f"EXISTS ({sql})", list(params)
+
     # --- attempts: begin, finish, retry, cancel, counters, acknowledgement, liveness ----------
 
     def begin(

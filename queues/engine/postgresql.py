@@ -418,9 +418,10 @@ DELETE_ROW = f"DELETE FROM {TABLE} WHERE id = %s"
 
 
 # Whether a job record of one of some types is about a subject: its content is to be erased.
-KEEPS_CONTENT_ABOUT = (
-    "SELECT EXISTS (SELECT 1 FROM queues_job WHERE subject = %s AND job_type = ANY(%s))"
+KEEPS_CONTENT_ABOUT_CONDITION = (
+    "EXISTS (SELECT 1 FROM queues_job WHERE subject = %s AND job_type = ANY(%s))"
 )
+KEEPS_CONTENT_ABOUT = f"SELECT {KEEPS_CONTENT_ABOUT_CONDITION}"
 
 
 class PostgreSQLEngine(Engine):
@@ -430,6 +431,9 @@ class PostgreSQLEngine(Engine):
         with hot_cursor() as cursor:
             cursor.execute(KEEPS_CONTENT_ABOUT, [subject, job_types])
             return cursor.fetchone()[0]
+
+    def keeps_content_about_sql(self, subject: str, job_types: list[str]) -> tuple[str, list]:
+        return KEEPS_CONTENT_ABOUT_CONDITION, [subject, job_types]
 
     # --- storing jobs: enqueue, enqueue_if, enqueue_many, operator retries -------------------
 

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from chat.models import Conversation, Message
-from queues.api import enqueue
+from queues.api import enqueue, keeps_content_about, keeps_content_about_sql, prepared_cursor
 from queues.core.selectors import counter_totals
 from queues.core.services import retry_jobs
 from queues.errors import JobValidationError, WorkerLost
@@ -432,3 +432,17 @@ def test_a_retry_waiting_on_retentions_delete_finds_the_job_gone(failed_job, set
     assert not Job.objects.filter(pk=failed_job.pk).exists()
     assert not OrmQ.objects.exists()
     assert counted("waiting", "test_permanent") == 0
+
+
+def test_the_content_question_asked_inside_a_statement_answers_as_asked_alone(user):
+    """`keeps_content_about_sql` is `keeps_content_about` as a condition of the caller's own
+    statement: true only for a subject a job record of a type with content is about."""
+    conversation = Conversation.objects.create(owner=user, title="t")
+    subject = Conversation.subject_for(conversation.pk)
+    message = {"conversation_id": conversation.pk, "role": "user", "content": "hi"}
+    enqueue("save_message", {"user_id": user.pk, **message})
+    for about, kept in [(subject, True), (Conversation.subject_for(conversation.pk + 1), False)]:
+        condition, params = keeps_content_about_sql(about)
+        with prepared_cursor() as cursor:
+            cursor.execute(f"SELECT {condition}", params)
+            assert bool(cursor.fetchone()[0]) is kept is keeps_content_about(about)
