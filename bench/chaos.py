@@ -143,6 +143,8 @@ class Run:
             "JOB_TYPE_MODULES": JOB_TYPES,
             "QUEUE_REDELIVERY_GRACE": str(self.options.grace),
             "JOB_KEEP_SUCCEEDED": "100000",
+            # The harness itself logs warnings only; a cluster's start is its INFO "ready" line.
+            "LOG_LEVEL": "INFO",
         }
         if self.redis:
             env.update(QUEUE_BROKER="redis", REDIS_URL=self.redis.url)
