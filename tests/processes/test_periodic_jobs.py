@@ -35,6 +35,10 @@ def test_two_clusters_fire_one_job_per_slot_and_a_failing_one_is_retried_and_sho
     # Missed for five minutes: the clusters' first scheduler pass fires the latest slot only.
     Schedule.objects.filter(name=NAME).update(next_run=timezone.now() - timedelta(minutes=5))
 
+    # Each cluster passes about every 30 s, at its own phase, so the two pass about every 15 s:
+    # start early in a minute, so that the first slot's job fails for good (within seconds of
+    # the first pass) before the next slot starts and a pass fires it.
+    wait_for(lambda: timezone.now().second < 5, 60, message="the start of a minute")
     started = timezone.now()
     cluster.start(workers=2, extra_env=SETTINGS)
     cluster.start(workers=2, extra_env=SETTINGS)
