@@ -228,7 +228,8 @@ class Run:
         self.fault_wall = time.time()
 
     def stop(self):
-        for cluster in self.clusters:
+        # Every cluster the factory started, also one whose start timed out before it was listed.
+        for cluster in self.factory.clusters:
             cluster.stop(timeout=self.options.timeout + 15)
 
     def reset(self):
